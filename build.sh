@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# ping-web: the one entry point.
+#
+#   ./build.sh            install what is missing, build everything, run the demo
+#   ./build.sh test       build if needed, then run every test (CPython, Pyodide in Node)
+#   ./build.sh build      install what is missing and build, nothing else
+#   ./build.sh demo       run the demo (builds first if needed)
+#   ./build.sh clean      remove build outputs (keeps downloaded caches)
+#
+# Every step is incremental: inputs are fingerprinted and a step is skipped when its
+# fingerprint has not changed. Outputs, fixed so other tools can rely on them:
+#   dist/ping_web-<version>-py3-none-any.whl   the package, wasm inside
+#   dist/pyodide/                              Pyodide 314 + wheels + pyodide-lock.json
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+CACHE="$ROOT/.cache"
+STAMPS="$CACHE/stamps"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+TOOLS="$CACHE/tools"
+WASM_TARGET_DIR="$ROOT/wasm/target"
+WASM_RAW="$WASM_TARGET_DIR/wasm32-unknown-unknown/release/ping_web_mls.wasm"
+WASM_OUT="$ROOT/ping_web/_wasm"
+DIST="$ROOT/dist"
+DEBIAN_RUSTC=/usr/bin/rustc
+DEBIAN_CARGO=/usr/bin/cargo
+WASM_LD=/usr/lib/llvm-19/bin/wasm-ld
+DEBIAN_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 chromium chromium-driver)
+
+mkdir -p "$STAMPS" "$TOOLS"
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf '\nbuild.sh: %s\n' "$*" >&2; exit 1; }
+
+# fingerprint FILE...: one hash over the contents of the given files/directories.
+fingerprint() {
+  { find "$@" -type f -not -path '*/target/*' -not -path '*/__pycache__/*' -print0 2>/dev/null || true; } \
+    | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+# fresh NAME HASH: true if step NAME last ran with HASH.
+fresh() { [[ -f "$STAMPS/$1" && "$(cat "$STAMPS/$1")" == "$2" ]]; }
+stamp() { echo "$2" >"$STAMPS/$1"; }
+
+ensure_debian_packages() {
+  local missing=()
+  [[ -x "$DEBIAN_RUSTC" ]] && "$DEBIAN_RUSTC" --version 2>/dev/null | grep -q '^rustc 1\.9[6-9]' || missing+=(rustc-web cargo-web)
+  compgen -G "/usr/src/rustc-*/library/std" >/dev/null || missing+=(rust-web-src)
+  [[ -x "$WASM_LD" ]] || missing+=(lld-19)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if ((${#missing[@]} == 0)); then
+    note "Debian packages present: ${DEBIAN_PACKAGES[*]}"
+    return
+  fi
+  step "Installing Debian packages: ${missing[*]}"
+  [[ $(id -u) == 0 ]] || die "need root to install Debian packages: apt-get install -y ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_node_packages() {
+  local fp
+  fp=$(fingerprint package.json package-lock.json)
+  if fresh npm "$fp" && [[ -d node_modules/pyodide ]]; then
+    note "npm packages up to date"
+    return
+  fi
+  step "Installing npm packages (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+  stamp npm "$fp"
+}
+
+ensure_venv() {
+  local fp
+  fp=$(fingerprint requirements-dev.txt)
+  if fresh venv "$fp" && [[ -x "$PY" ]]; then
+    note "Python venv up to date (.venv)"
+    return
+  fi
+  step "Creating .venv and installing requirements-dev.txt"
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q -r requirements-dev.txt
+  stamp venv "$fp"
+}
+
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ {getline; gsub(/[^0-9.]/, ""); print; exit}' wasm/Cargo.lock
+}
+
+ensure_wasm_bindgen() {
+  local want have=""
+  want=$(wasm_bindgen_version)
+  [[ -x "$TOOLS/bin/wasm-bindgen" ]] && have=$("$TOOLS/bin/wasm-bindgen" --version | awk '{print $2}')
+  if [[ "$have" == "$want" ]]; then
+    note "wasm-bindgen CLI $want present"
+    return
+  fi
+  step "Installing wasm-bindgen-cli $want (matches Cargo.lock; native build, a few minutes)"
+  # Not --locked: the registry mirror can lag behind the CLI's own lock file.
+  cargo install wasm-bindgen-cli --version "=$want" --root "$TOOLS" --quiet
+}
+
+build_wasm() {
+  local fp
+  fp=$(fingerprint wasm/src wasm/Cargo.toml wasm/Cargo.lock wasm/.cargo build.sh)
+  if fresh wasm "$fp" && [[ -f "$WASM_OUT/ping_web_mls_bg.wasm" ]]; then
+    note "wasm module up to date ($(stat -c %s "$WASM_OUT/ping_web_mls_bg.wasm") bytes)"
+    return
+  fi
+  step "Building the OpenMLS wasm module (release; first build takes a few minutes)"
+  local start=$SECONDS
+  (cd wasm && RUSTC="$DEBIAN_RUSTC" RUSTC_BOOTSTRAP=1 "$DEBIAN_CARGO" build --release \
+    --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort)
+  note "cargo build: $((SECONDS - start)) s"
+  step "Generating JS bindings (wasm-bindgen --target no-modules) and optimising (wasm-opt -Oz)"
+  local gen="$CACHE/wasm-bindgen"
+  rm -rf "$gen" && mkdir -p "$gen"
+  "$TOOLS/bin/wasm-bindgen" --target no-modules --no-typescript --out-dir "$gen" "$WASM_RAW"
+  node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    "$gen/ping_web_mls_bg.wasm" -o "$gen/ping_web_mls_bg.opt.wasm"
+  mkdir -p "$WASM_OUT"
+  cp "$gen/ping_web_mls.js" "$WASM_OUT/ping_web_mls.js"
+  cp "$gen/ping_web_mls_bg.opt.wasm" "$WASM_OUT/ping_web_mls_bg.wasm"
+  local raw gz
+  raw=$(stat -c %s "$WASM_OUT/ping_web_mls_bg.wasm")
+  gz=$(gzip -9 -c "$WASM_OUT/ping_web_mls_bg.wasm" | wc -c)
+  printf 'wasm_raw_bytes=%s\nwasm_gzip_bytes=%s\nwasm_bindgen=%s\n' "$raw" "$gz" "$(wasm_bindgen_version)" \
+    >"$WASM_OUT/BUILD_INFO"
+  note "ping_web_mls_bg.wasm: $raw bytes raw, $gz bytes gzip -9"
+  stamp wasm "$fp"
+}
+
+build_wheel() {
+  local fp
+  fp=$(fingerprint ping_web pyproject.toml README.md)
+  if fresh wheel "$fp" && compgen -G "$DIST/ping_web-*-py3-none-any.whl" >/dev/null; then
+    note "wheel up to date"
+    return
+  fi
+  step "Building the ping_web wheel"
+  mkdir -p "$DIST"
+  rm -f "$DIST"/ping_web-*.whl
+  rm -rf build ping_web.egg-info
+  "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DIST" .
+  rm -rf build ping_web.egg-info
+  unzip -l "$DIST"/ping_web-*.whl | grep -q ping_web_mls_bg.wasm || die "wheel lacks the wasm module"
+  note "$(basename "$DIST"/ping_web-*.whl)"
+  stamp wheel "$fp"
+}
+
+build_pyodide_dist() {
+  local fp
+  fp=$(fingerprint requirements-pyodide.txt tools/pyodide_dist.py node_modules/pyodide/package.json "$DIST"/ping_web-*.whl)
+  if fresh pyodide "$fp" && [[ -f "$DIST/pyodide/pyodide-lock.json" ]]; then
+    note "dist/pyodide up to date"
+    return
+  fi
+  step "Assembling dist/pyodide (Pyodide runtime, wheels, lock file)"
+  local wheels="$CACHE/wheels"
+  mkdir -p "$wheels"
+  local cbor2 pure
+  cbor2=$(grep '^cbor2==' requirements-pyodide.txt)
+  pure=$(grep -vE '^(#|cbor2==|$)' requirements-pyodide.txt)
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform pyemscripten_2026_0_wasm32 \
+    --python-version 3.14 --implementation cp --abi cp314 -d "$wheels" "$cbor2"
+  # shellcheck disable=SC2086
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.14 -d "$wheels" $pure
+  local selected=()
+  while read -r req; do
+    local name=${req%%==*} version=${req##*==}
+    local pattern
+    pattern="$(echo "$name" | tr '-' '_')-$version-*.whl"
+    selected+=("$(ls "$wheels"/$pattern | head -n1)")
+  done < <(grep -vE '^(#|$)' requirements-pyodide.txt)
+  "$PY" tools/pyodide_dist.py --pyodide node_modules/pyodide --out "$DIST/pyodide" \
+    "${selected[@]}" "$DIST"/ping_web-*.whl
+  stamp pyodide "$fp"
+}
+
+build_all() {
+  step "Checking the toolchain"
+  ensure_debian_packages
+  ensure_node_packages
+  ensure_venv
+  ensure_wasm_bindgen
+  build_wasm
+  build_wheel
+  build_pyodide_dist
+}
+
+run_demo() {
+  step "Demo: two users, one conversation, in Node under Pyodide"
+  node demo/run.mjs
+}
+
+run_tests() {
+  mkdir -p test-output
+  step "CPython tests (pure-Python modules)"
+  "$PY" -m pytest tests/unit -q
+  step "Pyodide tests (Node runtime, real OpenMLS wasm from dist/)"
+  "$PY" -m pytest tests/pyodide -q --runtime node --dist-dir "$DIST/pyodide" \
+    -p no:cacheprovider -W ignore::DeprecationWarning
+}
+
+case "${1:-all}" in
+  all) build_all; run_demo ;;
+  build) build_all ;;
+  demo) build_all; run_demo ;;
+  test) build_all; run_tests ;;
+  clean) rm -rf "$DIST" "$WASM_OUT"/*.js "$WASM_OUT"/*.wasm "$WASM_OUT/BUILD_INFO" "$STAMPS" "$CACHE/wasm-bindgen" ;;
+  *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, clean)" ;;
+esac

@@ -1,0 +1,1 @@
+"""Package data: the wasm-bindgen output of `wasm/` (written by build.sh, not in git)."""

@@ -1,0 +1,77 @@
+"""The ping_web exception hierarchy.
+
+Every failure the package reports is a :class:`PingError`. Untrusted bytes never
+surface as a bare ``KeyError``/``ValueError``/JS error: callers catch one base class
+and branch on the subclass to decide what to do.
+"""
+
+from __future__ import annotations
+
+
+class PingError(Exception):
+    """Base class of every error ping_web raises."""
+
+
+class InvalidInput(PingError):
+    """Input was malformed, oversized or out of range; nothing was changed."""
+
+
+class DecodeError(InvalidInput):
+    """Bytes could not be decoded into the expected structure."""
+
+
+class MlsError(PingError):
+    """OpenMLS refused the operation. ``code`` is the wasm module's stable error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.detail = message
+
+
+class WasmTrap(PingError):
+    """The wasm instance trapped (a Rust panic); it must be dropped and rebuilt from storage."""
+
+
+class StorageError(PingError):
+    """The storage backend failed; the operation was not applied."""
+
+
+class StorageQuotaExceeded(StorageError):
+    """The backend is full. Free space and retry; stored data is intact."""
+
+
+class StorageUnavailable(StorageError):
+    """A transient failure (closed connection, aborted transaction). Retry later."""
+
+
+class StorageCorrupted(StorageError):
+    """Stored records could not be decoded. Nothing was deleted; inspect or restore a backup."""
+
+
+class DatabaseInUse(StorageError):
+    """Another tab, worker or client already owns this device's database."""
+
+
+class StateConflict(PingError):
+    """The operation does not fit the current state (wrong epoch, pending commit, ...)."""
+
+
+class WrongEpoch(StateConflict):
+    """A handshake message is for an epoch other than the group's current one."""
+
+
+class PendingCommit(StateConflict):
+    """An own commit awaits confirm_commit() or discard_commit() first."""
+
+
+class NoPendingCommit(StateConflict):
+    """confirm_commit()/discard_commit() was called with no commit pending."""
+
+
+class NotAMember(StateConflict):
+    """This device is no longer a member of the conversation."""
+
+
+class UnknownConversation(StateConflict):
+    """No conversation with that id is known to this client."""

@@ -1,0 +1,328 @@
+"""Typed Python face of the OpenMLS wasm module: bytes in, bytes out, PingErrors out.
+
+One :class:`MlsRuntime` is one wasm instance. Objects made from it (providers, identities,
+groups) belong to it. If the instance traps, the runtime is marked dead and every later
+call raises :class:`~ping_web.errors.WasmTrap`: a trapped instance is never used again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TypeVar
+
+from . import errors
+from .errors import PingError
+
+T = TypeVar("T")
+
+Change = tuple[bytes, bytes | None]
+"""One working-set change: ``(key, value)``, where ``value is None`` means deleted."""
+
+_U32 = struct.Struct(">I")
+_PROCESSED_HEADER = struct.Struct(">BBIQ")
+_DELETED = 0xFFFF_FFFF
+
+_STATE_ERRORS: dict[str, type[PingError]] = {
+    "invalid_input": errors.InvalidInput,
+    "malformed_message": errors.DecodeError,
+    "wrong_message_type": errors.InvalidInput,
+    "pending_commit": errors.PendingCommit,
+    "no_pending_commit": errors.NoPendingCommit,
+    "not_member": errors.NotAMember,
+    "wrong_epoch": errors.WrongEpoch,
+    "storage": errors.StorageCorrupted,
+}
+
+
+def _translate(exc: Exception) -> PingError:
+    """Turn a JS exception from the module into the matching PingError."""
+    js_error = getattr(exc, "js_error", None)
+    name = str(getattr(js_error, "name", "") or getattr(exc, "name", ""))
+    message = str(getattr(js_error, "message", "") or exc)
+    if name == "RuntimeError":
+        return errors.WasmTrap(f"the wasm instance trapped ({message}); reload from storage")
+    code = getattr(js_error, "code", None)
+    if not isinstance(code, str):
+        return errors.MlsError("unknown", f"{name}: {message}")
+    cls = _STATE_ERRORS.get(code)
+    if cls is None:
+        return errors.MlsError(code, message)
+    return cls(f"{message} [{code}]")
+
+
+# -- flat byte encodings shared with wasm/src/bytes.rs -------------------------------------
+
+
+def encode_byte_list(items: Iterable[bytes]) -> bytes:
+    return b"".join(_U32.pack(len(item)) + item for item in items)
+
+
+def decode_byte_list(data: bytes) -> list[bytes]:
+    items: list[bytes] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        (size,) = _U32.unpack_from(view, pos)
+        pos += 4
+        items.append(bytes(view[pos : pos + size]))
+        pos += size
+    return items
+
+
+def encode_changes(changes: Iterable[Change]) -> bytes:
+    out = bytearray()
+    for key, value in changes:
+        out += _U32.pack(len(key)) + key
+        out += _U32.pack(_DELETED) if value is None else _U32.pack(len(value)) + value
+    return bytes(out)
+
+
+def decode_changes(data: bytes) -> list[Change]:
+    changes: list[Change] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        (key_len,) = _U32.unpack_from(view, pos)
+        key = bytes(view[pos + 4 : pos + 4 + key_len])
+        pos += 4 + key_len
+        (value_len,) = _U32.unpack_from(view, pos)
+        pos += 4
+        if value_len == _DELETED:
+            changes.append((key, None))
+        else:
+            changes.append((key, bytes(view[pos : pos + value_len])))
+            pos += value_len
+    return changes
+
+
+# -- the runtime -----------------------------------------------------------------------------
+
+
+class MlsRuntime:
+    """One instance of the wasm module."""
+
+    def __init__(self, exports: Any) -> None:
+        from pyodide.ffi import JsException, to_js
+
+        self._exports = exports
+        self._js_exception = JsException
+        self._to_js = to_js
+        self.trapped = False
+
+    @classmethod
+    def load(cls) -> MlsRuntime:
+        """Instantiate the module shipped in this package afresh."""
+        from .wasm_loader import instantiate
+
+        return cls(instantiate())
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call into wasm, translating JS exceptions; refuse once the instance trapped."""
+        if self.trapped:
+            raise errors.WasmTrap("this wasm instance trapped earlier; load a fresh one")
+        try:
+            return fn(*args)
+        except self._js_exception as exc:
+            error = _translate(exc)
+            if isinstance(error, errors.WasmTrap):
+                self.trapped = True
+            raise error from None
+
+    def u8(self, data: bytes) -> Any:
+        """Python bytes as a JS Uint8Array."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise errors.InvalidInput(f"expected bytes, got {type(data).__name__}")
+        return self._to_js(bytes(data))
+
+    @property
+    def build_info(self) -> dict[str, str]:
+        text = str(self._exports.buildInfo())
+        return dict(line.split("=", 1) for line in text.splitlines())
+
+    def provider(self) -> Provider:
+        return Provider(self, self.call(self._exports.Provider.new))
+
+
+class Provider:
+    """Crypto plus the key/value working set OpenMLS reads and writes."""
+
+    def __init__(self, runtime: MlsRuntime, js: Any) -> None:
+        self.runtime = runtime
+        self.js = js
+
+    def checkpoint(self) -> list[Change]:
+        """Every change since the last checkpoint; starts a new one."""
+        return decode_changes(self.runtime.call(self.js.checkpoint).to_bytes())
+
+    def rollback(self) -> None:
+        """Undo every change since the last checkpoint."""
+        self.runtime.call(self.js.rollback)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.js.hasChanges)
+
+    def restore(self, entries: Iterable[Change]) -> None:
+        """Load stored entries (already durable; not reported by the next checkpoint)."""
+        self.runtime.call(self.js.restore, self.runtime.u8(encode_changes(entries)))
+
+    def import_entries(self, entries: Iterable[Change]) -> None:
+        """Write entries as new changes (reported by the next checkpoint)."""
+        self.runtime.call(self.js.importEntries, self.runtime.u8(encode_changes(entries)))
+
+    def group_entries(self, group_id: bytes) -> list[tuple[bytes, bytes]]:
+        raw = self.runtime.call(self.js.groupEntries, self.runtime.u8(group_id)).to_bytes()
+        return [(key, value) for key, value in decode_changes(raw) if value is not None]
+
+    def drop_group(self, group_id: bytes) -> None:
+        self.runtime.call(self.js.dropGroup, self.runtime.u8(group_id))
+
+    def group_prefix(self, group_id: bytes) -> bytes:
+        return self.runtime.call(self.runtime._exports.Provider.groupPrefix, self.runtime.u8(group_id)).to_bytes()
+
+    @property
+    def entry_count(self) -> int:
+        return int(self.js.entryCount)
+
+    def create_identity(self, user_id: bytes) -> Identity:
+        """A new Ed25519 signing identity for ``user_id``, stored in this provider."""
+        js = self.runtime.call(self.runtime._exports.Identity.create, self.js, self.runtime.u8(user_id))
+        return Identity(self, js, bytes(user_id))
+
+    def load_identity(self, user_id: bytes, public_key: bytes) -> Identity:
+        js = self.runtime.call(
+            self.runtime._exports.Identity.load, self.js, self.runtime.u8(user_id), self.runtime.u8(public_key)
+        )
+        return Identity(self, js, bytes(user_id))
+
+    def create_group(self, identity: Identity, group_id: bytes) -> Group:
+        js = self.runtime.call(self.runtime._exports.Group.create, self.js, identity.js, self.runtime.u8(group_id))
+        return Group(self, js)
+
+    def join_group(self, welcome: bytes) -> Group:
+        js = self.runtime.call(self.runtime._exports.Group.join, self.js, self.runtime.u8(welcome))
+        return Group(self, js)
+
+    def load_group(self, group_id: bytes) -> Group | None:
+        js = self.runtime.call(self.runtime._exports.Group.load, self.js, self.runtime.u8(group_id))
+        return None if js is None else Group(self, js)
+
+
+class Identity:
+    """A device's signature key pair and BasicCredential (identity = user id)."""
+
+    def __init__(self, provider: Provider, js: Any, user_id: bytes) -> None:
+        self.provider = provider
+        self.js = js
+        self.user_id = user_id
+        self.public_key: bytes = js.publicKey.to_bytes()
+
+    def key_package(self) -> bytes:
+        """A fresh KeyPackage (TLS-serialized MlsMessage) whose private keys stay here."""
+        return self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes()
+
+
+class ProcessedKind(IntEnum):
+    APPLICATION = 1
+    COMMIT = 2
+    PROPOSAL = 3
+    OWN_MESSAGE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """What processing one inbound MLS message did."""
+
+    kind: ProcessedKind
+    still_member: bool
+    sender_leaf: int | None
+    epoch: int
+    plaintext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    leaf_index: int
+    identity: bytes
+    signature_key: bytes
+
+
+class Group:
+    """One MLS group. A failed call leaves the group and the working set unchanged."""
+
+    def __init__(self, provider: Provider, js: Any) -> None:
+        self.provider = provider
+        self.js = js
+        self._call = provider.runtime.call
+        self._u8 = provider.runtime.u8
+
+    @property
+    def group_id(self) -> bytes:
+        return self.js.groupId.to_bytes()
+
+    @property
+    def epoch(self) -> int:
+        return int(self.js.epoch)
+
+    @property
+    def own_leaf_index(self) -> int:
+        return int(self.js.ownLeafIndex)
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self.js.isActive)
+
+    @property
+    def has_pending_commit(self) -> bool:
+        return bool(self.js.hasPendingCommit)
+
+    def members(self) -> list[Member]:
+        items = decode_byte_list(self._call(self.js.members).to_bytes())
+        return [
+            Member(_U32.unpack(items[i])[0], items[i + 1], items[i + 2]) for i in range(0, len(items), 3)
+        ]
+
+    def add_members(self, identity: Identity, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
+        """Stage a commit adding these KeyPackages; returns ``(commit, welcome)``."""
+        raw = self._call(self.js.addMembers, self.provider.js, identity.js, self._u8(encode_byte_list(key_packages)))
+        commit, welcome = decode_byte_list(raw.to_bytes())
+        return commit, welcome
+
+    def remove_members(self, identity: Identity, leaf_indexes: Sequence[int]) -> bytes:
+        """Stage a commit removing the members at these leaves; returns the commit."""
+        import js
+
+        leaves = js.Uint32Array.new(self.provider.runtime._to_js(list(leaf_indexes)))
+        return self._call(self.js.removeMembers, self.provider.js, identity.js, leaves).to_bytes()
+
+    def self_update(self, identity: Identity) -> bytes:
+        """Stage a commit refreshing our own leaf; returns the commit."""
+        return self._call(self.js.selfUpdate, self.provider.js, identity.js).to_bytes()
+
+    def merge_pending_commit(self) -> None:
+        self._call(self.js.mergePendingCommit, self.provider.js)
+
+    def clear_pending_commit(self) -> None:
+        self._call(self.js.clearPendingCommit, self.provider.js)
+
+    def create_message(self, identity: Identity, plaintext: bytes) -> bytes:
+        return self._call(self.js.createMessage, self.provider.js, identity.js, self._u8(plaintext)).to_bytes()
+
+    def process_message(self, message: bytes) -> Processed:
+        raw = self._call(self.js.processMessage, self.provider.js, self._u8(message)).to_bytes()
+        kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)
+        return Processed(
+            kind=ProcessedKind(kind),
+            still_member=bool(flags & 1),
+            sender_leaf=None if sender == _DELETED else sender,
+            epoch=epoch,
+            plaintext=raw[_PROCESSED_HEADER.size :],
+        )
+
+    def export_secret(self, label: str, context: bytes, length: int) -> bytes:
+        if not isinstance(length, int) or not 1 <= length <= 1024:
+            raise errors.InvalidInput(f"export_secret length must be 1..1024, got {length!r}")
+        return self._call(self.js.exportSecret, self.provider.js, label, self._u8(context), length).to_bytes()

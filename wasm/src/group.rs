@@ -1,0 +1,370 @@
+//! One MLS group. Every mutating call either succeeds, or rolls the working set back to the
+//! last checkpoint and reloads the group from it, so a failure changes nothing.
+//! (Callers checkpoint after each successful call; see `Provider::checkpoint`.)
+
+use openmls::prelude::{
+    BasicCredential, GroupId, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
+    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration,
+    StagedWelcome,
+};
+use openmls_traits::OpenMlsProvider;
+use tls_codec::{Deserialize as _, Serialize as _};
+use wasm_bindgen::prelude::*;
+
+use crate::bytes::{decode_byte_list, encode_byte_list};
+use crate::error::{code, js_error, mls_error, JsResult};
+use crate::identity::{Identity, CIPHERSUITE};
+use crate::provider::Provider;
+
+/// Past epochs whose message secrets are kept, so late application messages still decrypt.
+const MAX_PAST_EPOCHS: usize = 3;
+/// Sender ratchet: how far back out-of-order messages may arrive, and how far ahead.
+const OUT_OF_ORDER_TOLERANCE: u32 = 64;
+const MAXIMUM_FORWARD_DISTANCE: u32 = 10_000;
+const GROUP_ID_LEN: usize = 16;
+const MAX_EXPORT_LEN: usize = 1024;
+
+/// Kinds in the first byte of `processMessage`'s result.
+const KIND_APPLICATION: u8 = 1;
+const KIND_COMMIT: u8 = 2;
+const KIND_PROPOSAL: u8 = 3;
+/// A message we sent ourselves, fanned back by the delivery service: nothing to apply.
+const KIND_OWN: u8 = 4;
+/// Flag bit in the second byte: this member is still in the group.
+const FLAG_ACTIVE: u8 = 1;
+const NO_LEAF: u32 = u32::MAX;
+
+fn ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAXIMUM_FORWARD_DISTANCE)
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(ratchet())
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(ratchet())
+        .build()
+}
+
+fn parse_message(bytes: &[u8]) -> JsResult<MlsMessageBodyIn> {
+    let message = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| js_error(code::MALFORMED_MESSAGE, format!("not an MLS message: {e}")))?;
+    Ok(message.extract())
+}
+
+fn serialize(message: MlsMessageOut) -> JsResult<Vec<u8>> {
+    message
+        .tls_serialize_detached()
+        .map_err(|e| js_error(code::LIBRARY, e))
+}
+
+/// A loaded MLS group of the provider it was opened with.
+#[wasm_bindgen]
+pub struct Group {
+    inner: MlsGroup,
+}
+
+impl Group {
+    /// Run a mutating operation; on error undo its storage writes and reload the group.
+    fn guarded<T>(
+        &mut self,
+        provider: &Provider,
+        op: impl FnOnce(&mut MlsGroup) -> JsResult<T>,
+    ) -> JsResult<T> {
+        let result = op(&mut self.inner);
+        if result.is_err() {
+            provider.storage().rollback();
+            if let Ok(Some(group)) = MlsGroup::load(provider.storage(), self.inner.group_id()) {
+                self.inner = group;
+            }
+        }
+        result
+    }
+}
+
+#[wasm_bindgen]
+impl Group {
+    /// Create a group with the given 16-byte id, `identity` its only member.
+    pub fn create(provider: &Provider, identity: &Identity, group_id: &[u8]) -> JsResult<Group> {
+        if group_id.len() != GROUP_ID_LEN {
+            return Err(js_error(
+                code::INVALID_INPUT,
+                format!("group id must be {GROUP_ID_LEN} bytes, got {}", group_id.len()),
+            ));
+        }
+        if MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return Err(js_error(code::INVALID_INPUT, "a group with this id already exists"));
+        }
+        MlsGroup::new_with_group_id(
+            provider,
+            &identity.signer,
+            &create_config(),
+            GroupId::from_slice(group_id),
+            identity.credential.clone(),
+        )
+        .map(|inner| Group { inner })
+        .map_err(|e| {
+            provider.storage().rollback();
+            mls_error(code::CREATE, e)
+        })
+    }
+
+    /// Join from a Welcome (TLS-serialized `MlsMessage`) made for one of our KeyPackages.
+    pub fn join(provider: &Provider, welcome: &[u8]) -> JsResult<Group> {
+        let welcome = match parse_message(welcome)? {
+            MlsMessageBodyIn::Welcome(welcome) => welcome,
+            _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a Welcome")),
+        };
+        StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+            .map_err(|e| mls_error(code::JOIN, e))
+            .and_then(|staged| staged.into_group(provider).map_err(|e| mls_error(code::JOIN, e)))
+            .map(|inner| Group { inner })
+            .map_err(|e| {
+                provider.storage().rollback();
+                e
+            })
+    }
+
+    /// Load a group from the provider's working set; `undefined` if it has none.
+    pub fn load(provider: &Provider, group_id: &[u8]) -> JsResult<Option<Group>> {
+        MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+            .map(|group| group.map(|inner| Group { inner }))
+            .map_err(|e| js_error(code::STORAGE, e))
+    }
+
+    /// Stage a commit adding the members whose KeyPackages are given (a byte list).
+    /// Returns a byte list `[commit, welcome]`; the commit stays pending until
+    /// `mergePendingCommit` or `clearPendingCommit`.
+    #[wasm_bindgen(js_name = addMembers)]
+    pub fn add_members(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        key_packages: &[u8],
+    ) -> JsResult<Vec<u8>> {
+        let mut validated = Vec::new();
+        for raw in decode_byte_list(key_packages)? {
+            let key_package: KeyPackageIn = match parse_message(&raw)? {
+                MlsMessageBodyIn::KeyPackage(kp) => kp,
+                _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a KeyPackage")),
+            };
+            validated.push(
+                key_package
+                    .validate(provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(|e| mls_error(code::KEY_PACKAGE, e))?,
+            );
+        }
+        if validated.is_empty() {
+            return Err(js_error(code::INVALID_INPUT, "no KeyPackages given"));
+        }
+        self.guarded(provider, |group| {
+            let (commit, welcome, _) = group
+                .add_members(provider, &identity.signer, &validated)
+                .map_err(|e| mls_error(code::COMMIT, e))?;
+            Ok(encode_byte_list(&[serialize(commit)?, serialize(welcome)?]))
+        })
+    }
+
+    /// Stage a commit removing the members at `leaf_indexes`. Returns the commit.
+    #[wasm_bindgen(js_name = removeMembers)]
+    pub fn remove_members(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        leaf_indexes: &[u32],
+    ) -> JsResult<Vec<u8>> {
+        let members: Vec<LeafNodeIndex> = leaf_indexes.iter().map(|i| LeafNodeIndex::new(*i)).collect();
+        for leaf in &members {
+            if self.inner.member(*leaf).is_none() {
+                return Err(js_error(code::INVALID_INPUT, format!("no member at leaf {}", leaf.u32())));
+            }
+        }
+        self.guarded(provider, |group| {
+            let (commit, _, _) = group
+                .remove_members(provider, &identity.signer, &members)
+                .map_err(|e| mls_error(code::COMMIT, e))?;
+            serialize(commit)
+        })
+    }
+
+    /// Stage a commit that refreshes our own leaf (post-compromise security).
+    #[wasm_bindgen(js_name = selfUpdate)]
+    pub fn self_update(&mut self, provider: &Provider, identity: &Identity) -> JsResult<Vec<u8>> {
+        self.guarded(provider, |group| {
+            let bundle = group
+                .self_update(provider, &identity.signer, LeafNodeParameters::default())
+                .map_err(|e| mls_error(code::COMMIT, e))?;
+            serialize(bundle.into_commit())
+        })
+    }
+
+    /// Apply our pending commit (the delivery service accepted it).
+    #[wasm_bindgen(js_name = mergePendingCommit)]
+    pub fn merge_pending_commit(&mut self, provider: &Provider) -> JsResult<()> {
+        if self.inner.pending_commit().is_none() {
+            return Err(js_error(code::NO_PENDING_COMMIT, "no pending commit to merge"));
+        }
+        self.guarded(provider, |group| {
+            group
+                .merge_pending_commit(provider)
+                .map_err(|e| mls_error(code::MERGE, e))
+        })
+    }
+
+    /// Drop our pending commit (the delivery service took another one for this epoch).
+    #[wasm_bindgen(js_name = clearPendingCommit)]
+    pub fn clear_pending_commit(&mut self, provider: &Provider) -> JsResult<()> {
+        if self.inner.pending_commit().is_none() {
+            return Err(js_error(code::NO_PENDING_COMMIT, "no pending commit to discard"));
+        }
+        self.guarded(provider, |group| {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(|e| js_error(code::STORAGE, e))
+        })
+    }
+
+    #[wasm_bindgen(getter, js_name = hasPendingCommit)]
+    pub fn has_pending_commit(&self) -> bool {
+        self.inner.pending_commit().is_some()
+    }
+
+    /// Encrypt an application message. Returns the TLS-serialized `MlsMessage`.
+    #[wasm_bindgen(js_name = createMessage)]
+    pub fn create_message(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        plaintext: &[u8],
+    ) -> JsResult<Vec<u8>> {
+        self.guarded(provider, |group| {
+            let message = group
+                .create_message(provider, &identity.signer, plaintext)
+                .map_err(|e| mls_error(code::SEND, e))?;
+            serialize(message)
+        })
+    }
+
+    /// Process an inbound application, commit or proposal message (commits are merged).
+    ///
+    /// Result: `kind u8 || flags u8 || sender_leaf u32 || epoch u64 || plaintext`, where kind is
+    /// 1 application, 2 commit, 3 proposal, 4 own message echoed back; flags bit 0 set while we are still a member;
+    /// sender_leaf is 0xFFFFFFFF for non-member senders; epoch is the group's epoch after.
+    #[wasm_bindgen(js_name = processMessage)]
+    pub fn process_message(&mut self, provider: &Provider, message: &[u8]) -> JsResult<Vec<u8>> {
+        let protocol: ProtocolMessage = match parse_message(message)? {
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            MlsMessageBodyIn::PublicMessage(m) => m.into(),
+            _ => {
+                return Err(js_error(
+                    code::WRONG_MESSAGE_TYPE,
+                    "expected a group message (application, commit or proposal)",
+                ))
+            }
+        };
+        self.guarded(provider, |group| {
+            let processed = group
+                .process_message(provider, protocol)
+                .map_err(|e| mls_error(code::PROCESS, e))?;
+            let sender_leaf = match processed.sender() {
+                Sender::Member(leaf) => leaf.u32(),
+                _ => NO_LEAF,
+            };
+            let (kind, body) = match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(app) => (KIND_APPLICATION, app.into_bytes()),
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    group
+                        .merge_staged_commit(provider, *staged)
+                        .map_err(|e| mls_error(code::MERGE, e))?;
+                    (KIND_COMMIT, Vec::new())
+                }
+                ProcessedMessageContent::ProposalMessage(proposal) => {
+                    group
+                        .store_pending_proposal(provider.storage(), *proposal)
+                        .map_err(|e| js_error(code::STORAGE, e))?;
+                    (KIND_PROPOSAL, Vec::new())
+                }
+                ProcessedMessageContent::ExternalJoinProposalMessage(_) => (KIND_PROPOSAL, Vec::new()),
+                ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage { .. } => {
+                    (KIND_OWN, Vec::new())
+                }
+            };
+            let mut out = Vec::with_capacity(14 + body.len());
+            out.push(kind);
+            out.push(if group.is_active() { FLAG_ACTIVE } else { 0 });
+            out.extend_from_slice(&sender_leaf.to_be_bytes());
+            out.extend_from_slice(&group.epoch().as_u64().to_be_bytes());
+            out.extend_from_slice(&body);
+            Ok(out)
+        })
+    }
+
+    /// RFC 9420 §8.5 exporter secret of the current epoch; `length` in 1..=1024.
+    #[wasm_bindgen(js_name = exportSecret)]
+    pub fn export_secret(
+        &self,
+        provider: &Provider,
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> JsResult<Vec<u8>> {
+        if length == 0 || length > MAX_EXPORT_LEN {
+            return Err(js_error(
+                code::INVALID_INPUT,
+                format!("export length must be 1..={MAX_EXPORT_LEN}, got {length}"),
+            ));
+        }
+        self.inner
+            .export_secret(provider.crypto(), label, context, length)
+            .map_err(|e| mls_error(code::EXPORT, e))
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch().as_u64()
+    }
+
+    #[wasm_bindgen(getter, js_name = groupId)]
+    pub fn group_id(&self) -> Vec<u8> {
+        self.inner.group_id().as_slice().to_vec()
+    }
+
+    #[wasm_bindgen(getter, js_name = ownLeafIndex)]
+    pub fn own_leaf_index(&self) -> u32 {
+        self.inner.own_leaf_index().u32()
+    }
+
+    #[wasm_bindgen(getter, js_name = isActive)]
+    pub fn is_active(&self) -> bool {
+        self.inner.is_active()
+    }
+
+    /// Members as a byte list of triples: `leaf_index (u32 BE)`, credential identity,
+    /// signature public key.
+    pub fn members(&self) -> Vec<u8> {
+        let mut items: Vec<Vec<u8>> = Vec::new();
+        for member in self.inner.members() {
+            let identity = BasicCredential::try_from(member.credential)
+                .map(|c| c.identity().to_vec())
+                .unwrap_or_default();
+            items.push(member.index.u32().to_be_bytes().to_vec());
+            items.push(identity);
+            items.push(member.signature_key);
+        }
+        encode_byte_list(&items)
+    }
+}

@@ -1,0 +1,27 @@
+//! ping-web's OpenMLS module: OpenMLS 0.9 exposed through wasm-bindgen, bytes in, bytes out.
+//!
+//! Thin by design: it exposes MLS operations and the provider's key/value working set;
+//! conversations, envelopes, ordering and persistence live in Python (`ping_web`).
+
+mod bytes;
+mod error;
+mod group;
+mod identity;
+mod provider;
+mod storage;
+
+pub use group::Group;
+pub use identity::Identity;
+pub use provider::Provider;
+
+use wasm_bindgen::prelude::*;
+
+/// Versions compiled into this module, as `name=version` lines.
+#[wasm_bindgen(js_name = buildInfo)]
+pub fn build_info() -> String {
+    format!(
+        "ping_web_mls={}\nopenmls=0.9.2\nciphersuite=0x0001\nstorage_version={}",
+        env!("CARGO_PKG_VERSION"),
+        openmls_traits::storage::CURRENT_VERSION
+    )
+}

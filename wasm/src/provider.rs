@@ -1,0 +1,104 @@
+//! The OpenMLS provider: RustCrypto for crypto and randomness, [`WorkingSet`] for storage.
+
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::OpenMlsProvider;
+use wasm_bindgen::prelude::*;
+
+use crate::bytes::{decode_changes, encode_changes};
+use crate::error::JsResult;
+use crate::storage::{group_prefix, WorkingSet};
+
+/// Crypto plus the key/value working set of one device.
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct Provider {
+    crypto: RustCrypto,
+    storage: WorkingSet,
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = WorkingSet;
+
+    fn storage(&self) -> &WorkingSet {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &RustCrypto {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &RustCrypto {
+        &self.crypto
+    }
+}
+
+#[wasm_bindgen]
+impl Provider {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Provider {
+        Provider::default()
+    }
+
+    /// Every entry written or deleted since the last checkpoint (a change list), and a new
+    /// checkpoint. The caller persists it atomically with its own records.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        encode_changes(&self.storage.checkpoint())
+    }
+
+    /// Undo every change since the last checkpoint.
+    pub fn rollback(&self) {
+        self.storage.rollback()
+    }
+
+    /// Whether there are changes a checkpoint would return.
+    #[wasm_bindgen(getter, js_name = hasChanges)]
+    pub fn has_changes(&self) -> bool {
+        self.storage.has_changes()
+    }
+
+    /// Load entries read back from storage (a change list); they are not reported by the
+    /// next checkpoint.
+    pub fn restore(&self, changes: &[u8]) -> JsResult<()> {
+        self.storage.restore(decode_changes(changes)?);
+        Ok(())
+    }
+
+    /// Write entries (a change list) as new changes, e.g. a snapshot being imported.
+    #[wasm_bindgen(js_name = importEntries)]
+    pub fn import_entries(&self, changes: &[u8]) -> JsResult<()> {
+        self.storage.import(decode_changes(changes)?);
+        Ok(())
+    }
+
+    /// Every entry of one group, as a change list (for snapshots).
+    #[wasm_bindgen(js_name = groupEntries)]
+    pub fn group_entries(&self, group_id: &[u8]) -> Vec<u8> {
+        let entries: Vec<_> = self
+            .storage
+            .entries_with_prefix(&group_prefix(group_id))
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        encode_changes(&entries)
+    }
+
+    /// Delete every entry of one group (reported by the next checkpoint).
+    #[wasm_bindgen(js_name = dropGroup)]
+    pub fn drop_group(&self, group_id: &[u8]) {
+        self.storage.delete_prefix(&group_prefix(group_id))
+    }
+
+    /// The key prefix shared by every entry of one group.
+    #[wasm_bindgen(js_name = groupPrefix)]
+    pub fn group_prefix(group_id: &[u8]) -> Vec<u8> {
+        group_prefix(group_id)
+    }
+
+    /// Number of entries in the working set.
+    #[wasm_bindgen(getter, js_name = entryCount)]
+    pub fn entry_count(&self) -> usize {
+        self.storage.len()
+    }
+}
