@@ -24,9 +24,12 @@ class MlsError(PingError):
     """OpenMLS refused the operation. ``code`` is the wasm module's stable error code."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message)
         self.code = code
         self.detail = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
 
 
 class WasmTrap(PingError):

@@ -127,9 +127,10 @@ class MlsRuntime:
             return fn(*args)
         except self._js_exception as exc:
             error = _translate(exc)
-            if isinstance(error, errors.WasmTrap):
-                self.trapped = True
-            raise error from None
+        # Raised outside the handler so no JS exception rides along as __context__.
+        if isinstance(error, errors.WasmTrap):
+            self.trapped = True
+        raise error
 
     def u8(self, data: bytes) -> Any:
         """Python bytes as a JS Uint8Array."""

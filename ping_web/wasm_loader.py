@@ -36,8 +36,13 @@ def _artifacts() -> tuple[str, Any]:
 
 def instantiate() -> Any:
     """A fresh instance of the module: its exports namespace (``Provider``, ``Group``, ...)."""
+    import js
     from pyodide.code import run_js
 
+    from .errors import PingError
+
+    if not hasattr(getattr(js, "crypto", None), "getRandomValues"):
+        raise PingError("this JavaScript host has no crypto.getRandomValues; OpenMLS needs it")
     glue, module = _artifacts()
     namespace = run_js(glue)
     return run_js(_INIT)(namespace, module)

@@ -1,6 +1,5 @@
-//! One MLS group. Every mutating call either succeeds, or rolls the working set back to the
-//! last checkpoint and reloads the group from it, so a failure changes nothing.
-//! (Callers checkpoint after each successful call; see `Provider::checkpoint`.)
+//! One MLS group. Every mutating call either succeeds, or undoes its own writes to the
+//! working set and reloads the group from it, so a failure changes nothing.
 
 use openmls::prelude::{
     BasicCredential, GroupId, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
@@ -81,9 +80,8 @@ impl Group {
         provider: &Provider,
         op: impl FnOnce(&mut MlsGroup) -> JsResult<T>,
     ) -> JsResult<T> {
-        let result = op(&mut self.inner);
+        let result = provider.storage().atomically(|| op(&mut self.inner));
         if result.is_err() {
-            provider.storage().rollback();
             if let Ok(Some(group)) = MlsGroup::load(provider.storage(), self.inner.group_id()) {
                 self.inner = group;
             }
@@ -109,18 +107,19 @@ impl Group {
         {
             return Err(js_error(code::INVALID_INPUT, "a group with this id already exists"));
         }
-        MlsGroup::new_with_group_id(
-            provider,
-            &identity.signer,
-            &create_config(),
-            GroupId::from_slice(group_id),
-            identity.credential.clone(),
-        )
-        .map(|inner| Group { inner })
-        .map_err(|e| {
-            provider.storage().rollback();
-            mls_error(code::CREATE, e)
-        })
+        provider
+            .storage()
+            .atomically(|| {
+                MlsGroup::new_with_group_id(
+                    provider,
+                    &identity.signer,
+                    &create_config(),
+                    GroupId::from_slice(group_id),
+                    identity.credential.clone(),
+                )
+            })
+            .map(|inner| Group { inner })
+            .map_err(|e| mls_error(code::CREATE, e))
     }
 
     /// Join from a Welcome (TLS-serialized `MlsMessage`) made for one of our KeyPackages.
@@ -129,14 +128,15 @@ impl Group {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a Welcome")),
         };
-        StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
-            .map_err(|e| mls_error(code::JOIN, e))
-            .and_then(|staged| staged.into_group(provider).map_err(|e| mls_error(code::JOIN, e)))
-            .map(|inner| Group { inner })
-            .map_err(|e| {
-                provider.storage().rollback();
-                e
+        // Staging consumes the KeyPackage's private key: a failed join must put it back.
+        provider
+            .storage()
+            .atomically(|| {
+                StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+                    .map_err(|e| mls_error(code::JOIN, e))
+                    .and_then(|staged| staged.into_group(provider).map_err(|e| mls_error(code::JOIN, e)))
             })
+            .map(|inner| Group { inner })
     }
 
     /// Load a group from the provider's working set; `undefined` if it has none.

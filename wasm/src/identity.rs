@@ -48,8 +48,9 @@ impl Identity {
     pub fn create(provider: &Provider, user_id: &[u8]) -> JsResult<Identity> {
         check_user_id(user_id)?;
         let signer = SignatureKeyPair::new(SIGNATURE_SCHEME).map_err(|e| mls_error(code::CREATE, e))?;
-        signer
-            .store(provider.storage())
+        provider
+            .storage()
+            .atomically(|| signer.store(provider.storage()))
             .map_err(|e| js_error(code::STORAGE, e))?;
         Ok(Identity::from_parts(signer, user_id))
     }
@@ -72,12 +73,10 @@ impl Identity {
     /// provider so a Welcome made from it can be joined.
     #[wasm_bindgen(js_name = keyPackage)]
     pub fn key_package(&self, provider: &Provider) -> JsResult<Vec<u8>> {
-        let bundle = KeyPackage::builder()
-            .build(CIPHERSUITE, provider, &self.signer, self.credential.clone())
-            .map_err(|e| {
-                provider.storage().rollback();
-                mls_error(code::KEY_PACKAGE, e)
-            })?;
+        let bundle = provider
+            .storage()
+            .atomically(|| KeyPackage::builder().build(CIPHERSUITE, provider, &self.signer, self.credential.clone()))
+            .map_err(|e| mls_error(code::KEY_PACKAGE, e))?;
         MlsMessageOut::from(bundle.key_package().clone())
             .tls_serialize_detached()
             .map_err(|e| js_error(code::LIBRARY, e))

@@ -99,14 +99,56 @@ pub struct WorkingSet {
     entries: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Value each touched key had at the last checkpoint (`None`: absent).
     undo: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// While an operation runs: value each key had when the operation began.
+    journal: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
 }
 
 impl WorkingSet {
     fn remember(&self, key: &[u8]) {
+        let current = || self.entries.borrow().get(key).cloned();
         let mut undo = self.undo.borrow_mut();
         if !undo.contains_key(key) {
-            undo.insert(key.to_vec(), self.entries.borrow().get(key).cloned());
+            undo.insert(key.to_vec(), current());
         }
+        if let Some(journal) = self.journal.borrow_mut().as_mut() {
+            if !journal.contains_key(key) {
+                journal.insert(key.to_vec(), current());
+            }
+        }
+    }
+
+    /// Start recording an operation so that [`Self::abort_op`] can undo exactly it.
+    pub fn begin_op(&self) {
+        *self.journal.borrow_mut() = Some(BTreeMap::new());
+    }
+
+    /// The operation succeeded: keep its writes.
+    pub fn commit_op(&self) {
+        *self.journal.borrow_mut() = None;
+    }
+
+    /// The operation failed: put back every key it touched.
+    pub fn abort_op(&self) {
+        let journal = self.journal.borrow_mut().take().unwrap_or_default();
+        let mut entries = self.entries.borrow_mut();
+        for (key, before) in journal {
+            match before {
+                Some(value) => entries.insert(key, value),
+                None => entries.remove(&key),
+            };
+        }
+    }
+
+    /// Run `op` as one operation: its writes stay if it succeeds and are undone if it fails.
+    pub fn atomically<T, E>(&self, op: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        self.begin_op();
+        let result = op();
+        if result.is_ok() {
+            self.commit_op();
+        } else {
+            self.abort_op();
+        }
+        result
     }
 
     fn put(&self, key: Vec<u8>, value: Vec<u8>) {
@@ -161,7 +203,11 @@ impl WorkingSet {
 
     /// Whether changes are waiting for a checkpoint.
     pub fn has_changes(&self) -> bool {
-        !self.undo.borrow().is_empty()
+        let entries = self.entries.borrow();
+        self.undo
+            .borrow()
+            .iter()
+            .any(|(key, before)| entries.get(key) != before.as_ref())
     }
 
     /// Load stored entries as they are (they are already durable: nothing to checkpoint).
