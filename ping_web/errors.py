@@ -20,6 +20,10 @@ class DecodeError(InvalidInput):
     """Bytes could not be decoded into the expected structure."""
 
 
+class ContentHashMismatch(InvalidInput):
+    """An envelope's content hash does not match its content; it was rejected unapplied."""
+
+
 class MlsError(PingError):
     """OpenMLS refused the operation. ``code`` is the wasm module's stable error code."""
 

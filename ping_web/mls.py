@@ -34,6 +34,7 @@ _STATE_ERRORS: dict[str, type[PingError]] = {
     "not_member": errors.NotAMember,
     "wrong_epoch": errors.WrongEpoch,
     "storage": errors.StorageCorrupted,
+    "hash_mismatch": errors.ContentHashMismatch,
 }
 
 
@@ -207,6 +208,12 @@ class Provider:
         js = self.runtime.call(self.runtime._exports.Group.join, self.js, self.runtime.u8(welcome))
         return Group(self, js)
 
+    def inspect_key_package(self, key_package: bytes) -> tuple[bytes, bytes]:
+        """Validate a KeyPackage; returns ``(credential identity, signature key)``."""
+        raw = self.runtime.call(self.runtime._exports.inspectKeyPackage, self.js, self.runtime.u8(key_package))
+        identity, signature_key = decode_byte_list(raw.to_bytes())
+        return identity, signature_key
+
     def load_group(self, group_id: bytes) -> Group | None:
         js = self.runtime.call(self.runtime._exports.Group.load, self.js, self.runtime.u8(group_id))
         return None if js is None else Group(self, js)
@@ -312,8 +319,16 @@ class Group:
     def create_message(self, identity: Identity, plaintext: bytes) -> bytes:
         return self._call(self.js.createMessage, self.provider.js, identity.js, self._u8(plaintext)).to_bytes()
 
-    def process_message(self, message: bytes) -> Processed:
-        raw = self._call(self.js.processMessage, self.provider.js, self._u8(message)).to_bytes()
+    def process_message(self, message: bytes, plaintext_sha256: bytes = b"") -> Processed:
+        """Process one inbound message; commits are merged.
+
+        With ``plaintext_sha256``, an application message whose plaintext hashes to anything
+        else is rejected (:class:`~ping_web.errors.ContentHashMismatch`) with its ratchet
+        step undone.
+        """
+        raw = self._call(
+            self.js.processMessage, self.provider.js, self._u8(message), self._u8(plaintext_sha256)
+        ).to_bytes()
         kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)
         return Processed(
             kind=ProcessedKind(kind),

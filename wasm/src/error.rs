@@ -17,6 +17,7 @@ pub mod code {
     pub const NO_PENDING_COMMIT: &str = "no_pending_commit";
     pub const NOT_MEMBER: &str = "not_member";
     pub const WRONG_EPOCH: &str = "wrong_epoch";
+    pub const HASH_MISMATCH: &str = "hash_mismatch";
     pub const LIBRARY: &str = "library";
     pub const KEY_PACKAGE: &str = "key_package";
     pub const CREATE: &str = "create_failed";

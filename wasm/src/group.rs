@@ -7,6 +7,8 @@ use openmls::prelude::{
     ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration,
     StagedWelcome,
 };
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::types::HashType;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize as _, Serialize as _};
 use wasm_bindgen::prelude::*;
@@ -53,6 +55,28 @@ fn join_config() -> MlsGroupJoinConfig {
         .max_past_epochs(MAX_PAST_EPOCHS)
         .sender_ratchet_configuration(ratchet())
         .build()
+}
+
+fn parse_key_package(provider: &Provider, bytes: &[u8]) -> JsResult<openmls::prelude::KeyPackage> {
+    let key_package: KeyPackageIn = match parse_message(bytes)? {
+        MlsMessageBodyIn::KeyPackage(kp) => kp,
+        _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a KeyPackage")),
+    };
+    key_package
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| mls_error(code::KEY_PACKAGE, e))
+}
+
+/// Validate a KeyPackage (signature, ciphersuite, lifetime) and return a byte list
+/// `[credential identity, signature public key]`.
+#[wasm_bindgen(js_name = inspectKeyPackage)]
+pub fn inspect_key_package(provider: &Provider, key_package: &[u8]) -> JsResult<Vec<u8>> {
+    let key_package = parse_key_package(provider, key_package)?;
+    let leaf = key_package.leaf_node();
+    let identity = BasicCredential::try_from(leaf.credential().clone())
+        .map(|c| c.identity().to_vec())
+        .map_err(|e| js_error(code::KEY_PACKAGE, format!("not a basic credential: {e}")))?;
+    Ok(encode_byte_list(&[identity, leaf.signature_key().as_slice().to_vec()]))
 }
 
 fn parse_message(bytes: &[u8]) -> JsResult<MlsMessageBodyIn> {
@@ -156,18 +180,10 @@ impl Group {
         identity: &Identity,
         key_packages: &[u8],
     ) -> JsResult<Vec<u8>> {
-        let mut validated = Vec::new();
-        for raw in decode_byte_list(key_packages)? {
-            let key_package: KeyPackageIn = match parse_message(&raw)? {
-                MlsMessageBodyIn::KeyPackage(kp) => kp,
-                _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a KeyPackage")),
-            };
-            validated.push(
-                key_package
-                    .validate(provider.crypto(), ProtocolVersion::Mls10)
-                    .map_err(|e| mls_error(code::KEY_PACKAGE, e))?,
-            );
-        }
+        let validated = decode_byte_list(key_packages)?
+            .iter()
+            .map(|raw| parse_key_package(provider, raw))
+            .collect::<JsResult<Vec<_>>>()?;
         if validated.is_empty() {
             return Err(js_error(code::INVALID_INPUT, "no KeyPackages given"));
         }
@@ -261,11 +277,19 @@ impl Group {
 
     /// Process an inbound application, commit or proposal message (commits are merged).
     ///
+    /// If `plaintext_sha256` is not empty, an application message whose plaintext does not
+    /// hash to it is rejected (`hash_mismatch`) and its ratchet step undone.
+    ///
     /// Result: `kind u8 || flags u8 || sender_leaf u32 || epoch u64 || plaintext`, where kind is
     /// 1 application, 2 commit, 3 proposal, 4 own message echoed back; flags bit 0 set while we are still a member;
     /// sender_leaf is 0xFFFFFFFF for non-member senders; epoch is the group's epoch after.
     #[wasm_bindgen(js_name = processMessage)]
-    pub fn process_message(&mut self, provider: &Provider, message: &[u8]) -> JsResult<Vec<u8>> {
+    pub fn process_message(
+        &mut self,
+        provider: &Provider,
+        message: &[u8],
+        plaintext_sha256: &[u8],
+    ) -> JsResult<Vec<u8>> {
         let protocol: ProtocolMessage = match parse_message(message)? {
             MlsMessageBodyIn::PrivateMessage(m) => m.into(),
             MlsMessageBodyIn::PublicMessage(m) => m.into(),
@@ -285,7 +309,22 @@ impl Group {
                 _ => NO_LEAF,
             };
             let (kind, body) = match processed.into_content() {
-                ProcessedMessageContent::ApplicationMessage(app) => (KIND_APPLICATION, app.into_bytes()),
+                ProcessedMessageContent::ApplicationMessage(app) => {
+                    let plaintext = app.into_bytes();
+                    if !plaintext_sha256.is_empty() {
+                        let digest = provider
+                            .crypto()
+                            .hash(HashType::Sha2_256, &plaintext)
+                            .map_err(|e| js_error(code::LIBRARY, format!("{e:?}")))?;
+                        if digest != plaintext_sha256 {
+                            return Err(js_error(
+                                code::HASH_MISMATCH,
+                                "the decrypted plaintext does not match the envelope's content hash",
+                            ));
+                        }
+                    }
+                    (KIND_APPLICATION, plaintext)
+                }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {
                     group
                         .merge_staged_commit(provider, *staged)

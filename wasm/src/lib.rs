@@ -10,7 +10,7 @@ mod identity;
 mod provider;
 mod storage;
 
-pub use group::Group;
+pub use group::{inspect_key_package, Group};
 pub use identity::Identity;
 pub use provider::Provider;
 
