@@ -24,6 +24,11 @@ class ContentHashMismatch(InvalidInput):
     """An envelope's content hash does not match its content; it was rejected unapplied."""
 
 
+class HeaderMismatch(InvalidInput):
+    """An envelope's header (kind, sender device, epoch, seq, clock) differs from what its
+    sender authenticated inside the MLS message; it was rejected unapplied."""
+
+
 class MlsError(PingError):
     """OpenMLS refused the operation. ``code`` is the wasm module's stable error code."""
 

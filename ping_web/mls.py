@@ -35,6 +35,7 @@ _STATE_ERRORS: dict[str, type[PingError]] = {
     "wrong_epoch": errors.WrongEpoch,
     "storage": errors.StorageCorrupted,
     "hash_mismatch": errors.ContentHashMismatch,
+    "aad_mismatch": errors.HeaderMismatch,
 }
 
 
@@ -293,22 +294,29 @@ class Group:
             Member(_U32.unpack(items[i])[0], items[i + 1], items[i + 2]) for i in range(0, len(items), 3)
         ]
 
-    def add_members(self, identity: Identity, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
-        """Stage a commit adding these KeyPackages; returns ``(commit, welcome)``."""
-        raw = self._call(self.js.addMembers, self.provider.js, identity.js, self._u8(encode_byte_list(key_packages)))
+    def add_members(
+        self, identity: Identity, key_packages: Sequence[bytes], aad: bytes = b""
+    ) -> tuple[bytes, bytes]:
+        """Stage a commit adding these KeyPackages; returns ``(commit, welcome)``.
+
+        ``aad`` (here and below) is authenticated data bound into the MLS message.
+        """
+        raw = self._call(
+            self.js.addMembers, self.provider.js, identity.js, self._u8(encode_byte_list(key_packages)), self._u8(aad)
+        )
         commit, welcome = decode_byte_list(raw.to_bytes())
         return commit, welcome
 
-    def remove_members(self, identity: Identity, leaf_indexes: Sequence[int]) -> bytes:
+    def remove_members(self, identity: Identity, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
         """Stage a commit removing the members at these leaves; returns the commit."""
         import js
 
         leaves = js.Uint32Array.new(self.provider.runtime._to_js(list(leaf_indexes)))
-        return self._call(self.js.removeMembers, self.provider.js, identity.js, leaves).to_bytes()
+        return self._call(self.js.removeMembers, self.provider.js, identity.js, leaves, self._u8(aad)).to_bytes()
 
-    def self_update(self, identity: Identity) -> bytes:
+    def self_update(self, identity: Identity, aad: bytes = b"") -> bytes:
         """Stage a commit refreshing our own leaf; returns the commit."""
-        return self._call(self.js.selfUpdate, self.provider.js, identity.js).to_bytes()
+        return self._call(self.js.selfUpdate, self.provider.js, identity.js, self._u8(aad)).to_bytes()
 
     def merge_pending_commit(self) -> None:
         self._call(self.js.mergePendingCommit, self.provider.js)
@@ -316,18 +324,22 @@ class Group:
     def clear_pending_commit(self) -> None:
         self._call(self.js.clearPendingCommit, self.provider.js)
 
-    def create_message(self, identity: Identity, plaintext: bytes) -> bytes:
-        return self._call(self.js.createMessage, self.provider.js, identity.js, self._u8(plaintext)).to_bytes()
+    def create_message(self, identity: Identity, plaintext: bytes, aad: bytes = b"") -> bytes:
+        return self._call(
+            self.js.createMessage, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
+        ).to_bytes()
 
-    def process_message(self, message: bytes, plaintext_sha256: bytes = b"") -> Processed:
+    def process_message(self, message: bytes, expected_aad: bytes = b"", plaintext_sha256: bytes = b"") -> Processed:
         """Process one inbound message; commits are merged.
 
-        With ``plaintext_sha256``, an application message whose plaintext hashes to anything
-        else is rejected (:class:`~ping_web.errors.ContentHashMismatch`) with its ratchet
-        step undone.
+        With ``expected_aad``, a message that authenticated other data is rejected
+        (:class:`~ping_web.errors.HeaderMismatch`); with ``plaintext_sha256``, an application
+        message whose plaintext hashes to anything else is rejected
+        (:class:`~ping_web.errors.ContentHashMismatch`). A rejected message changes nothing.
         """
         raw = self._call(
-            self.js.processMessage, self.provider.js, self._u8(message), self._u8(plaintext_sha256)
+            self.js.processMessage, self.provider.js, self._u8(message), self._u8(expected_aad),
+            self._u8(plaintext_sha256),
         ).to_bytes()
         kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)
         return Processed(

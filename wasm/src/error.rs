@@ -18,6 +18,7 @@ pub mod code {
     pub const NOT_MEMBER: &str = "not_member";
     pub const WRONG_EPOCH: &str = "wrong_epoch";
     pub const HASH_MISMATCH: &str = "hash_mismatch";
+    pub const AAD_MISMATCH: &str = "aad_mismatch";
     pub const LIBRARY: &str = "library";
     pub const KEY_PACKAGE: &str = "key_package";
     pub const CREATE: &str = "create_failed";

@@ -179,6 +179,7 @@ impl Group {
         provider: &Provider,
         identity: &Identity,
         key_packages: &[u8],
+        aad: &[u8],
     ) -> JsResult<Vec<u8>> {
         let validated = decode_byte_list(key_packages)?
             .iter()
@@ -188,6 +189,7 @@ impl Group {
             return Err(js_error(code::INVALID_INPUT, "no KeyPackages given"));
         }
         self.guarded(provider, |group| {
+            group.set_aad(aad.to_vec());
             let (commit, welcome, _) = group
                 .add_members(provider, &identity.signer, &validated)
                 .map_err(|e| mls_error(code::COMMIT, e))?;
@@ -202,6 +204,7 @@ impl Group {
         provider: &Provider,
         identity: &Identity,
         leaf_indexes: &[u32],
+        aad: &[u8],
     ) -> JsResult<Vec<u8>> {
         let members: Vec<LeafNodeIndex> = leaf_indexes.iter().map(|i| LeafNodeIndex::new(*i)).collect();
         for leaf in &members {
@@ -210,6 +213,7 @@ impl Group {
             }
         }
         self.guarded(provider, |group| {
+            group.set_aad(aad.to_vec());
             let (commit, _, _) = group
                 .remove_members(provider, &identity.signer, &members)
                 .map_err(|e| mls_error(code::COMMIT, e))?;
@@ -219,8 +223,9 @@ impl Group {
 
     /// Stage a commit that refreshes our own leaf (post-compromise security).
     #[wasm_bindgen(js_name = selfUpdate)]
-    pub fn self_update(&mut self, provider: &Provider, identity: &Identity) -> JsResult<Vec<u8>> {
+    pub fn self_update(&mut self, provider: &Provider, identity: &Identity, aad: &[u8]) -> JsResult<Vec<u8>> {
         self.guarded(provider, |group| {
+            group.set_aad(aad.to_vec());
             let bundle = group
                 .self_update(provider, &identity.signer, LeafNodeParameters::default())
                 .map_err(|e| mls_error(code::COMMIT, e))?;
@@ -266,8 +271,10 @@ impl Group {
         provider: &Provider,
         identity: &Identity,
         plaintext: &[u8],
+        aad: &[u8],
     ) -> JsResult<Vec<u8>> {
         self.guarded(provider, |group| {
+            group.set_aad(aad.to_vec());
             let message = group
                 .create_message(provider, &identity.signer, plaintext)
                 .map_err(|e| mls_error(code::SEND, e))?;
@@ -277,8 +284,10 @@ impl Group {
 
     /// Process an inbound application, commit or proposal message (commits are merged).
     ///
-    /// If `plaintext_sha256` is not empty, an application message whose plaintext does not
-    /// hash to it is rejected (`hash_mismatch`) and its ratchet step undone.
+    /// If `expected_aad` is not empty, a message whose authenticated data differs is
+    /// rejected (`aad_mismatch`); if `plaintext_sha256` is not empty, an application message
+    /// whose plaintext does not hash to it is rejected (`hash_mismatch`). Either way the
+    /// message's effects (ratchet step, commit) are undone.
     ///
     /// Result: `kind u8 || flags u8 || sender_leaf u32 || epoch u64 || plaintext`, where kind is
     /// 1 application, 2 commit, 3 proposal, 4 own message echoed back; flags bit 0 set while we are still a member;
@@ -288,6 +297,7 @@ impl Group {
         &mut self,
         provider: &Provider,
         message: &[u8],
+        expected_aad: &[u8],
         plaintext_sha256: &[u8],
     ) -> JsResult<Vec<u8>> {
         let protocol: ProtocolMessage = match parse_message(message)? {
@@ -304,6 +314,12 @@ impl Group {
             let processed = group
                 .process_message(provider, protocol)
                 .map_err(|e| mls_error(code::PROCESS, e))?;
+            if !expected_aad.is_empty() && processed.aad() != expected_aad {
+                return Err(js_error(
+                    code::AAD_MISMATCH,
+                    "the envelope's header does not match the data its sender authenticated",
+                ));
+            }
             let sender_leaf = match processed.sender() {
                 Sender::Member(leaf) => leaf.u32(),
                 _ => NO_LEAF,

@@ -1,0 +1,583 @@
+"""Conversation: one MLS group plus the wire-level state around it. No I/O.
+
+Each operation turns input into envelopes and state changes: it calls OpenMLS (through
+:mod:`ping_web.mls`), then updates meta, cursor, device leaves and sending state in memory.
+Persisting them is the caller's job (:class:`~ping_web.client.MessagingClient` writes the
+provider's checkpoint and :meth:`Conversation.records` in one atomic batch).
+
+Contract with the caller: take ``provider.checkpoint()`` after every operation, whether it
+succeeded or failed. Then a failed operation changes nothing: the wasm module undoes its
+own writes, and where a check after the MLS step fails, this class rolls the provider back
+to that checkpoint and reloads the group.
+
+Semantics follow the seed's ``ping_core/conversation.rs`` with DESIGN.md §9's fixes:
+own commits stay pending until confirmed or discarded; late application messages of a
+past epoch are delivered; envelopes from a future epoch are held until their commit;
+a commit from another device for the epoch of our pending commit wins, ours is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+from . import mls
+from .conversation_state import MAX_HELD, ConversationState, PendingCommitInfo
+from .cursor import SyncCursor
+from .envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
+from .errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
+from .hlc import Hlc
+from .ids import ConversationId, DeviceId, UserId
+from .records import (
+    AddOutcome,
+    ConversationMeta,
+    GroupStateSnapshot,
+    MemberInfo,
+    encode_device_leaves,
+)
+
+T = TypeVar("T")
+
+_HEADER = struct.Struct(">B16sQQQI")
+
+
+def authenticated_header(kind: MessageKind, device: DeviceId, epoch: int, seq: int, hlc: Hlc) -> bytes:
+    """The envelope header fields a sender binds into its MLS message as authenticated data.
+
+    ``kind u8 || sender_device 16 || epoch u64 || seq u64 || hlc.wall_ms u64 || hlc.counter u32``
+    (45 bytes). A receiver rejects an envelope whose header differs, so a relay cannot
+    rewrite seq, sender or epoch to make a later genuine message look like a replay.
+    """
+    return _HEADER.pack(int(kind), device.raw, epoch, seq, hlc.wall_ms, hlc.counter)
+
+OPENMLS_STORAGE_VERSION: Final = 1
+MAX_HOLD_AHEAD: Final = 16
+"""How many epochs ahead an envelope may be and still be held (further is refused)."""
+RESTORE_SEQ_SKIP: Final = 1 << 32
+"""Seqs a conversation restored from backup skips: it cannot know how many it used after the
+backup was taken, and a reused seq would make receivers drop a new message as a replay."""
+EXPORT_LABEL_PREFIX: Final = "ping/"
+MAX_EXPORT_LENGTH: Final = 1024
+_PLAINTEXT_LIMIT: Final = MAX_PLAINTEXT - 4096
+"""Largest plaintext sent: its ciphertext and framing must still fit an envelope."""
+
+
+class Conversation:
+    """One conversation of this device: an MLS group, its cursor, meta and sending state."""
+
+    def __init__(
+        self,
+        *,
+        provider: mls.Provider,
+        identity: mls.Identity,
+        device_id: DeviceId,
+        group: mls.Group,
+        meta: ConversationMeta,
+        cursor: SyncCursor,
+        device_leaves: dict[DeviceId, int],
+        state: ConversationState,
+    ) -> None:
+        self._provider = provider
+        self._identity = identity
+        self._device = device_id
+        self._group = group
+        self._meta = meta
+        self._cursor = cursor
+        self._leaves = device_leaves
+        self._state = state
+        self._members: list[mls.Member] | None = None  # cache, valid for the current epoch
+        self._released: list[IncomingMessage] = []
+        self._rejected: list[tuple[MessageEnvelope, PingError]] = []
+        self._state.seq = max(self._state.seq, cursor.highest_seq(device_id))
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        provider: mls.Provider,
+        identity: mls.Identity,
+        device_id: DeviceId,
+        now_ms: int,
+        *,
+        name: str | None = None,
+        conversation_id: ConversationId | None = None,
+        is_device_group: bool = False,
+    ) -> Conversation:
+        """A new conversation with this device as its only member (leaf 0, epoch 0)."""
+        conversation_id = conversation_id or ConversationId.new()
+        meta = ConversationMeta(conversation_id, name, 0, 1, is_device_group, now_ms)  # validates first
+        group = provider.create_group(identity, conversation_id.raw)
+        return cls(
+            provider=provider,
+            identity=identity,
+            device_id=device_id,
+            group=group,
+            meta=meta,
+            cursor=SyncCursor(0),
+            device_leaves={device_id: group.own_leaf_index},
+            state=ConversationState(hlc=_tick(Hlc.ZERO, now_ms)),
+        )
+
+    @classmethod
+    def join(
+        cls,
+        provider: mls.Provider,
+        identity: mls.Identity,
+        device_id: DeviceId,
+        welcome: MessageEnvelope,
+        now_ms: int,
+        *,
+        name: str | None = None,
+        is_device_group: bool = False,
+    ) -> Conversation:
+        """Join from a Welcome envelope made for one of this device's KeyPackages.
+
+        The cursor starts at the join epoch, so the commit that added us is skipped.
+        """
+        if not isinstance(welcome, MessageEnvelope) or welcome.kind is not MessageKind.WELCOME:
+            raise InvalidInput("join needs a WELCOME envelope")
+        validate(welcome)
+        group = provider.join_group(welcome.payload)
+        if group.group_id != welcome.conversation_id.raw or group.epoch != welcome.epoch:
+            provider.rollback()
+            raise InvalidInput("the Welcome's group id or epoch does not match its envelope")
+        members = group.members()
+        meta = ConversationMeta(welcome.conversation_id, name, group.epoch, len(members), is_device_group, now_ms)
+        state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms).merge(welcome.hlc, now_ms))
+        return cls(
+            provider=provider,
+            identity=identity,
+            device_id=device_id,
+            group=group,
+            meta=meta,
+            cursor=SyncCursor(group.epoch),
+            device_leaves={device_id: group.own_leaf_index},
+            state=state,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        provider: mls.Provider,
+        identity: mls.Identity,
+        device_id: DeviceId,
+        *,
+        meta: ConversationMeta,
+        cursor: SyncCursor,
+        device_leaves: dict[DeviceId, int],
+        state: ConversationState,
+    ) -> Conversation | None:
+        """Rehydrate from persisted records; ``None`` if the provider has no such group."""
+        group = provider.load_group(meta.id.raw)
+        if group is None:
+            return None
+        return cls(
+            provider=provider,
+            identity=identity,
+            device_id=device_id,
+            group=group,
+            meta=meta,
+            cursor=cursor,
+            device_leaves=dict(device_leaves),
+            state=state,
+        )
+
+    @classmethod
+    def restore_snapshot(
+        cls,
+        provider: mls.Provider,
+        identity: mls.Identity,
+        device_id: DeviceId,
+        snapshot: bytes,
+        *,
+        meta: ConversationMeta,
+        cursor: SyncCursor,
+        device_leaves: dict[DeviceId, int],
+        state: ConversationState,
+    ) -> Conversation:
+        """Restore this device's conversation from its own backup (CR-7).
+
+        The restored copy may have sent more in the snapshot's epoch than the snapshot
+        knows, so it must not send there again: it is flagged to commit a self-update
+        first, and its seq skips ahead by RESTORE_SEQ_SKIP. (Linking a new device never
+        uses this: a new device is a new member.)
+        """
+        decoded = GroupStateSnapshot.decode(snapshot)
+        if decoded.group_id != meta.id:
+            raise InvalidInput("the snapshot is of another conversation")
+        if decoded.openmls_storage_version != OPENMLS_STORAGE_VERSION:
+            raise InvalidInput(f"snapshot storage version {decoded.openmls_storage_version} is not supported")
+        prefix = provider.group_prefix(meta.id.raw)
+        if any(not key.startswith(prefix) for key, _ in decoded.entries):
+            raise InvalidInput("the snapshot holds entries of another group")
+        provider.drop_group(meta.id.raw)
+        provider.import_entries(decoded.entries)
+        group = provider.load_group(meta.id.raw)
+        if group is None:
+            provider.rollback()
+            raise InvalidInput("the snapshot does not hold a complete group")
+        seq = max(state.seq, cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
+        restored = dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True)
+        restored.held = list(state.held)
+        return cls(
+            provider=provider,
+            identity=identity,
+            device_id=device_id,
+            group=group,
+            meta=dataclasses.replace(meta, epoch=group.epoch),
+            cursor=cursor,
+            device_leaves=dict(device_leaves),
+            state=restored,
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def id(self) -> ConversationId:
+        return self._meta.id
+
+    @property
+    def meta(self) -> ConversationMeta:
+        return self._meta
+
+    @property
+    def cursor(self) -> SyncCursor:
+        return self._cursor
+
+    @property
+    def state(self) -> ConversationState:
+        return self._state
+
+    @property
+    def device_leaves(self) -> dict[DeviceId, int]:
+        """Known device -> leaf index map (CR-2): own leaf, devices we added, senders seen."""
+        return dict(self._leaves)
+
+    @property
+    def has_pending_commit(self) -> bool:
+        return self._state.pending is not None
+
+    @property
+    def own_leaf_index(self) -> int:
+        return self._group.own_leaf_index
+
+    def epoch(self) -> int:
+        return self._group.epoch
+
+    def members(self) -> list[MemberInfo]:
+        """One entry per leaf; a user with several devices appears once per device."""
+        return [MemberInfo(UserId(m.identity), m.leaf_index, m.signature_key) for m in self._member_list()]
+
+    def leaf_index_of(self, device_id: DeviceId) -> int | None:
+        return self._leaves.get(device_id)
+
+    def records(self) -> dict[str, bytes]:
+        """Everything this conversation persists besides the MLS entries, encoded."""
+        return {
+            "meta": self._meta.encode(),
+            "cursor": self._cursor.encode(),
+            "leaves": encode_device_leaves(self._leaves),
+            "state": self._state.encode(),
+        }
+
+    def take_released(self) -> list[IncomingMessage]:
+        """Held future-epoch messages that were decrypted since the last call."""
+        released, self._released = self._released, []
+        return released
+
+    def take_rejected(self) -> list[tuple[MessageEnvelope, PingError]]:
+        """Held envelopes that failed once their epoch arrived, with why."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_application(self, plaintext: bytes, now_ms: int) -> MessageEnvelope:
+        """Encrypt ``plaintext`` for the group; returns the envelope to deliver."""
+        self._require_sender()
+        if not isinstance(plaintext, (bytes, bytearray)):
+            raise InvalidInput(f"plaintext must be bytes, got {type(plaintext).__name__}")
+        if len(plaintext) > _PLAINTEXT_LIMIT:
+            raise InvalidInput(f"plaintext of {len(plaintext)} bytes is over the {_PLAINTEXT_LIMIT}-byte limit")
+        if self._state.needs_self_update:
+            raise StateConflict("restored from a snapshot: commit a self_update() before sending")
+        hlc = _tick(self._state.hlc, now_ms)
+        seq, epoch = self._state.seq + 1, self.epoch()
+        aad = authenticated_header(MessageKind.APPLICATION, self._device, epoch, seq, hlc)
+        payload = self._group.create_message(self._identity, bytes(plaintext), aad)
+        envelope = self._guard_after_mls(
+            lambda: MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
+        )
+        self._state.seq, self._state.hlc = seq, hlc
+        self._cursor.advance(MessageKind.APPLICATION, envelope.epoch, self._device, seq, hlc)
+        return envelope
+
+    def add_members(self, entries: Sequence[tuple[DeviceId, bytes]], now_ms: int) -> AddOutcome:
+        """Stage a commit adding each ``(device id, KeyPackage)``; returns commit + welcome.
+
+        The commit is pending until :meth:`confirm_commit` (the delivery service accepted
+        it) or :meth:`discard_commit`; deliver the welcome only after confirming.
+        """
+        self._require_no_pending()
+        if not entries:
+            raise InvalidInput("add_members needs at least one (device id, KeyPackage)")
+        added: list[tuple[DeviceId, bytes]] = []
+        key_packages: list[bytes] = []
+        for entry in entries:
+            if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[0], DeviceId):
+                raise InvalidInput("add_members entries are (DeviceId, KeyPackage bytes) pairs")
+            device, key_package = entry
+            if device in self._leaves or any(device == d for d, _ in added):
+                raise InvalidInput(f"device {device.hex} is already a member or listed twice")
+            if not isinstance(key_package, (bytes, bytearray)):
+                raise InvalidInput("a KeyPackage must be bytes")
+            _, signature_key = self._provider.inspect_key_package(bytes(key_package))
+            added.append((device, signature_key))
+            key_packages.append(bytes(key_package))
+        source_epoch = self.epoch()
+        hlc = _tick(self._state.hlc, now_ms)
+        seq = self._state.seq + 1
+        aad = authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc)
+        commit, welcome = self._group.add_members(self._identity, key_packages, aad)
+        outcome = self._guard_after_mls(
+            lambda: AddOutcome(
+                MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, commit),
+                MessageEnvelope.handshake(MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome),
+            )
+        )
+        self._stage(PendingCommitInfo("add", seq, source_epoch, tuple(added)), hlc)
+        return outcome
+
+    def remove_members(self, leaf_indexes: Sequence[int], now_ms: int) -> MessageEnvelope:
+        """Stage a commit removing the members at ``leaf_indexes``; pending like any commit."""
+        self._require_no_pending()
+        leaves = tuple(leaf_indexes)
+        if not leaves or any(type(i) is not int for i in leaves) or len(set(leaves)) != len(leaves):
+            raise InvalidInput("remove_members needs distinct integer leaf indexes")
+        if self._group.own_leaf_index in leaves:
+            raise InvalidInput("a device cannot remove its own leaf; another member must")
+        return self._commit("remove", now_ms, lambda aad: self._group.remove_members(self._identity, leaves, aad), leaves)
+
+    def self_update(self, now_ms: int) -> MessageEnvelope:
+        """Stage a commit refreshing this device's leaf keys (post-compromise security)."""
+        self._require_no_pending()
+        return self._commit("update", now_ms, lambda aad: self._group.self_update(self._identity, aad), ())
+
+    def confirm_commit(self) -> None:
+        """The delivery service accepted our pending commit: apply it."""
+        pending = self._state.pending
+        if pending is None:
+            raise NoPendingCommit("no own commit is pending")
+        self._group.merge_pending_commit()
+        self._after_epoch_change()
+        if pending.added:
+            by_key = {m.signature_key: m.leaf_index for m in self._member_list()}
+            for device, key in pending.added:
+                if key in by_key:
+                    self._leaves[device] = by_key[key]
+        self._cursor.advance(MessageKind.COMMIT, pending.epoch, self._device, pending.seq, self._state.hlc)
+        self._state.pending = None
+        self._state.needs_self_update = False  # every own commit carries a fresh leaf
+        self._release_held()
+
+    def discard_commit(self) -> None:
+        """The delivery service took another commit for this epoch: drop ours."""
+        pending = self._state.pending
+        if pending is None:
+            raise NoPendingCommit("no own commit is pending")
+        self._group.clear_pending_commit()
+        self._state.pending = None
+        self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def process(self, envelope: MessageEnvelope, now_ms: int) -> IncomingMessage | None:
+        """Apply one envelope of this conversation.
+
+        Returns the decrypted message for an application envelope, ``None`` for anything
+        else (a commit, a proposal, a duplicate, an own echo, or an envelope held until its
+        epoch arrives). Messages released from the hold come out of :meth:`take_released`.
+        """
+        if not isinstance(envelope, MessageEnvelope):
+            raise InvalidInput(f"expected a MessageEnvelope, got {type(envelope).__name__}")
+        if envelope.conversation_id != self.id:
+            raise InvalidInput("the envelope belongs to another conversation")
+        if envelope.kind is MessageKind.WELCOME:
+            raise InvalidInput("a Welcome starts a conversation: use Conversation.join")
+        validate(envelope)
+        if not self._cursor.is_new(envelope.kind, envelope.epoch, envelope.sender_device, envelope.seq):
+            return None
+        if envelope.sender_device == self._device:
+            return self._own_echo(envelope)
+        epoch = self.epoch()
+        if envelope.epoch > epoch:
+            self._hold(envelope, epoch)
+            return None
+        if envelope.kind is not MessageKind.APPLICATION and envelope.epoch < epoch:
+            return None
+        if self._state.removed:
+            raise NotAMember("this device was removed from the conversation")
+        return self._apply(envelope, now_ms)
+
+    def export_secret(self, label: str, context: bytes, length: int) -> bytes:
+        """RFC 9420 exporter secret of the current epoch. Never log the result."""
+        if not isinstance(label, str) or not label.startswith(EXPORT_LABEL_PREFIX):
+            raise InvalidInput(f"export labels live under {EXPORT_LABEL_PREFIX!r}")
+        if type(length) is not int or not 1 <= length <= MAX_EXPORT_LENGTH:
+            raise InvalidInput(f"export_secret length must be 1..{MAX_EXPORT_LENGTH}, got {length!r}")
+        if not isinstance(context, (bytes, bytearray)):
+            raise InvalidInput("context must be bytes")
+        return self._group.export_secret(label, bytes(context), length)
+
+    def export_state_snapshot(self, now_ms: int) -> bytes:
+        """Versioned CBOR of every MLS entry of this group, for backup (CR-7; hard-capped)."""
+        return GroupStateSnapshot(
+            self.id,
+            OPENMLS_STORAGE_VERSION,
+            now_ms,
+            tuple(self._provider.group_entries(self.id.raw)),
+        ).encode()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _require_sender(self) -> None:
+        if self._state.removed or not self._group.is_active:
+            raise NotAMember("this device was removed from the conversation")
+
+    def _require_no_pending(self) -> None:
+        self._require_sender()
+        if self._state.pending is not None:
+            raise PendingCommit("an own commit is pending: confirm_commit() or discard_commit() first")
+
+    def _commit(
+        self, kind: str, now_ms: int, make: Callable[[bytes], bytes], removed: tuple[int, ...]
+    ) -> MessageEnvelope:
+        source_epoch = self.epoch()
+        hlc = _tick(self._state.hlc, now_ms)
+        seq = self._state.seq + 1
+        payload = make(authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc))
+        envelope = self._guard_after_mls(
+            lambda: MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload)
+        )
+        self._stage(PendingCommitInfo(kind, seq, source_epoch, (), removed), hlc)
+        return envelope
+
+    def _stage(self, pending: PendingCommitInfo, hlc: Hlc) -> None:
+        self._state.pending = pending
+        self._state.seq = pending.seq
+        self._state.hlc = hlc
+
+    def _guard_after_mls(self, build: Callable[[], T]) -> T:
+        """Run a check after an MLS step; if it fails, undo the step and re-raise."""
+        try:
+            return build()
+        except PingError:
+            self._undo_mls()
+            raise
+
+    def _undo_mls(self) -> None:
+        self._provider.rollback()
+        group = self._provider.load_group(self.id.raw)
+        if group is not None:
+            self._group = group
+        self._members = None
+
+    def _member_list(self) -> list[mls.Member]:
+        if self._members is None:
+            self._members = self._group.members()
+        return self._members
+
+    def _after_epoch_change(self) -> None:
+        self._members = None
+        members = self._member_list()
+        self._meta = dataclasses.replace(self._meta, epoch=self._group.epoch, member_count=max(1, len(members)))
+        live = {m.leaf_index for m in members}
+        self._leaves = {device: leaf for device, leaf in self._leaves.items() if leaf in live}
+
+    def _own_echo(self, envelope: MessageEnvelope) -> None:
+        """An envelope this device sent, fanned back by the delivery service."""
+        pending = self._state.pending
+        if envelope.kind is MessageKind.COMMIT and pending is not None and envelope.seq == pending.seq:
+            self.confirm_commit()  # the ordered log holds our commit: it was accepted
+            return None
+        # Sent before a restore from backup: account for the seq so it is never reused.
+        self._cursor.mark_seen(self._device, envelope.seq, envelope.hlc)
+        self._state.seq = max(self._state.seq, envelope.seq)
+        return None
+
+    def _hold(self, envelope: MessageEnvelope, epoch: int) -> None:
+        if envelope.epoch > epoch + MAX_HOLD_AHEAD:
+            raise WrongEpoch(f"envelope of epoch {envelope.epoch} is too far ahead of epoch {epoch}")
+        held = self._state.held
+        if any(h.sender_device == envelope.sender_device and h.seq == envelope.seq for h in held):
+            return
+        if len(held) >= MAX_HELD:
+            raise WrongEpoch(f"{MAX_HELD} envelopes already wait for a future epoch; sync the missing commits")
+        held.append(envelope)
+
+    def _apply(self, envelope: MessageEnvelope, now_ms: int) -> IncomingMessage | None:
+        pending = self._state.pending
+        lost = envelope.kind is MessageKind.COMMIT and pending is not None and envelope.epoch == pending.epoch
+        if lost:
+            # The ordered log put another device's commit first: ours lost this epoch.
+            self._group.clear_pending_commit()
+        header = authenticated_header(envelope.kind, envelope.sender_device, envelope.epoch, envelope.seq, envelope.hlc)
+        expected = envelope.content_hash if envelope.kind is MessageKind.APPLICATION else b""
+        try:
+            processed = self._group.process_message(envelope.payload, header, expected)
+        except PingError:
+            if lost:
+                self._undo_mls()
+            raise
+        if lost:
+            assert pending is not None
+            self._state.pending = None
+            self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+        self._state.hlc = self._state.hlc.merge(envelope.hlc, now_ms)
+        message: IncomingMessage | None = None
+        if processed.kind is mls.ProcessedKind.APPLICATION:
+            message = self._incoming(envelope, processed)
+        elif processed.kind is mls.ProcessedKind.COMMIT:
+            self._after_epoch_change()
+            if not processed.still_member:
+                self._state.removed = True
+        self._cursor.advance(envelope.kind, envelope.epoch, envelope.sender_device, envelope.seq, envelope.hlc)
+        if processed.kind is mls.ProcessedKind.COMMIT and not self._state.removed:
+            self._release_held()
+        return message
+
+    def _incoming(self, envelope: MessageEnvelope, processed: mls.Processed) -> IncomingMessage:
+        sender_user = None
+        if processed.sender_leaf is not None:
+            self._leaves.setdefault(envelope.sender_device, processed.sender_leaf)
+            sender_user = next(
+                (UserId(m.identity) for m in self._member_list() if m.leaf_index == processed.sender_leaf), None
+            )
+        return IncomingMessage.from_envelope(envelope, processed.plaintext, sender_user)
+
+    def _release_held(self) -> None:
+        """Apply held envelopes whose epoch has arrived, commits of an epoch first."""
+        while True:
+            epoch = self.epoch()
+            ready = [h for h in self._state.held if h.epoch <= epoch]
+            if not ready:
+                return
+            ready.sort(key=lambda h: (h.epoch, h.kind is not MessageKind.COMMIT, h.hlc, h.seq))
+            envelope = ready[0]
+            self._state.held.remove(envelope)
+            try:
+                message = self.process(envelope, envelope.hlc.wall_ms)
+            except PingError as error:
+                self._rejected.append((envelope, error))
+                continue
+            if message is not None:
+                self._released.append(message)
+
+
+def _tick(hlc: Hlc, now_ms: int) -> Hlc:
+    if type(now_ms) is not int or now_ms < 0:
+        raise InvalidInput(f"now_ms must be a non-negative int, got {now_ms!r}")
+    return hlc.tick(now_ms)

@@ -1,0 +1,174 @@
+"""SyncCursor: which envelopes of one conversation were already applied.
+
+Dedupe runs before any MLS call, on every received envelope, so :meth:`SyncCursor.is_new`
+and :meth:`SyncCursor.advance` are O(1): per sender device the cursor keeps the highest
+seq applied and a WINDOW-bit int whose bit ``i`` says seq ``high - i`` was applied. That
+delivers one sender's envelopes arriving out of order (within WINDOW) exactly once, and
+rejects replays. A seq more than WINDOW below the highest is treated as already seen.
+
+Rules (DESIGN §5, §9.3):
+
+* application: new iff ``(device, seq)`` is unseen and ``epoch >= min_epoch``. Not
+  filtered by the current epoch: a late message from the previous epoch is still
+  delivered (MLS keeps past epochs' secrets). ``min_epoch`` is the epoch this device's
+  membership began; nothing older was encrypted for it.
+* commit, proposal: additionally need ``epoch >= cursor epoch`` (an older one is stale).
+* welcome: additionally needs ``epoch > cursor epoch`` (it names the epoch it creates).
+
+The cursor is mutable: copying a per-device table on every message would make the hot
+path O(devices). A caller that must roll back on failure takes :meth:`copy` first and
+keeps it until the state is committed (the copy costs what :meth:`encode` costs anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final
+
+from . import codec
+from .envelope import MessageKind
+from .errors import InvalidInput
+from .hlc import Hlc
+from .ids import DeviceId
+
+WINDOW: Final = 256
+"""How many seqs below a device's highest are tracked one by one."""
+_FULL: Final = (1 << WINDOW) - 1
+CURSOR_MAX_SIZE: Final = 4 << 20
+"""Largest encoded cursor read back (about 60 bytes per device: ~70 000 devices)."""
+
+_KEYS: Final = frozenset({"v", "e", "m", "t", "d"})
+_APPLICATION: Final = MessageKind.APPLICATION
+_COMMIT: Final = MessageKind.COMMIT
+_WELCOME: Final = MessageKind.WELCOME
+
+
+class SyncCursor:
+    """Current epoch, per-device applied seqs, and the highest HLC seen."""
+
+    __slots__ = ("_epoch", "_hlc", "_min_epoch", "_seen")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+    VERSION: ClassVar[int] = 1
+
+    def __init__(self, epoch: int = 0, *, min_epoch: int | None = None) -> None:
+        """A cursor for a device that created (epoch 0) or joined the group at ``epoch``."""
+        self._epoch = codec.uint(epoch, "epoch")
+        self._min_epoch = codec.uint(epoch if min_epoch is None else min_epoch, "min_epoch", hi=epoch)
+        self._hlc = Hlc.ZERO
+        self._seen: dict[bytes, tuple[int, int]] = {}  # device bytes -> (highest seq, window bits)
+
+    @property
+    def epoch(self) -> int:
+        """The group epoch the applied messages have brought this device to."""
+        return self._epoch
+
+    @property
+    def min_epoch(self) -> int:
+        return self._min_epoch
+
+    @property
+    def hlc(self) -> Hlc:
+        """The highest HLC among applied envelopes."""
+        return self._hlc
+
+    def highest_seq(self, device: DeviceId) -> int:
+        """The highest seq applied from ``device`` (0 if none): restores a send counter."""
+        state = self._seen.get(device.raw)
+        return 0 if state is None else state[0]
+
+    def is_new(self, kind: MessageKind, epoch: int, device: DeviceId, seq: int) -> bool:
+        """Whether an envelope still needs applying (False: drop it, it is done or stale)."""
+        if kind is _APPLICATION:
+            if epoch < self._min_epoch:
+                return False
+        elif kind is _WELCOME:
+            if epoch <= self._epoch:
+                return False
+        elif epoch < self._epoch:
+            return False
+        state = self._seen.get(device.raw)
+        if state is None:
+            return True
+        high, bits = state
+        if seq > high:
+            return True
+        gap = high - seq
+        return gap < WINDOW and not (bits >> gap) & 1
+
+    def mark_seen(self, device: DeviceId, seq: int, hlc: Hlc) -> None:
+        """Record ``(device, seq)`` as applied and raise the HLC; the epoch is untouched.
+
+        For an envelope that consumed a seq without moving the epoch, e.g. an own commit
+        the delivery service rejected.
+        """
+        codec.uint(seq, "seq", lo=1)
+        key = device.raw
+        high, bits = self._seen.get(key, (0, 0))
+        if seq > high:
+            shift = seq - high
+            bits = ((bits << shift) | 1) & _FULL if shift < WINDOW else 1
+            high = seq
+        elif high - seq < WINDOW:
+            bits |= 1 << (high - seq)
+        self._seen[key] = (high, bits)
+        if hlc > self._hlc:
+            self._hlc = hlc
+
+    def advance(self, kind: MessageKind, epoch: int, device: DeviceId, seq: int, hlc: Hlc) -> None:
+        """Record an applied envelope (received, or an own one once merged).
+
+        A commit made in ``epoch`` moves the cursor to ``epoch + 1``, a welcome to its
+        ``epoch``; the cursor epoch never goes back.
+        """
+        self.mark_seen(device, seq, hlc)
+        if kind is _COMMIT:
+            self._epoch = max(self._epoch, codec.uint(epoch, "epoch", hi=codec.U64_MAX - 1) + 1)
+        elif kind is _WELCOME:
+            self._epoch = max(self._epoch, codec.uint(epoch, "epoch"))
+
+    def copy(self) -> SyncCursor:
+        clone = SyncCursor.__new__(SyncCursor)
+        clone._epoch, clone._min_epoch, clone._hlc = self._epoch, self._min_epoch, self._hlc
+        clone._seen = dict(self._seen)
+        return clone
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SyncCursor):
+            return NotImplemented
+        return self._state() == other._state()
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncCursor(epoch={self._epoch}, min_epoch={self._min_epoch}, hlc={self._hlc}, devices={len(self._seen)})"
+        )
+
+    def _state(self) -> tuple[int, int, Hlc, dict[bytes, tuple[int, int]]]:
+        return self._epoch, self._min_epoch, self._hlc, self._seen
+
+    def encode(self) -> bytes:
+        devices = {
+            key: [high, bits.to_bytes((bits.bit_length() + 7) // 8, "big")] for key, (high, bits) in self._seen.items()
+        }
+        return codec.encode(
+            {"v": self.VERSION, "e": self._epoch, "m": self._min_epoch, "t": self._hlc.to_cbor(), "d": devices}
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> SyncCursor:
+        with codec.record(data, "SyncCursor", keys=_KEYS, versions=(cls.VERSION,), max_size=CURSOR_MAX_SIZE) as m:
+            cursor = cls(m["e"], min_epoch=m["m"])
+            cursor._hlc = Hlc.from_cbor(m["t"])
+            for key, entry in codec.bytes_map(m["d"], "devices").items():
+                device = DeviceId(key)
+                cursor._seen[device.raw] = _window_from_cbor(entry, f"devices[{device.hex}]")
+            return cursor
+
+
+def _window_from_cbor(value: Any, what: str) -> tuple[int, int]:
+    """Parse ``[high, bits]``, accepting only what :meth:`SyncCursor.encode` writes."""
+    high, raw = codec.array(value, what, size=2)
+    high = codec.uint(high, what, lo=1)
+    raw = codec.byte_string(raw, what, lo=1, hi=WINDOW // 8)
+    bits = int.from_bytes(raw, "big")
+    if raw[0] == 0 or not bits & 1 or bits.bit_length() > min(high, WINDOW):
+        raise InvalidInput(f"{what}: window bits are not canonical for highest seq {high}")
+    return high, bits
