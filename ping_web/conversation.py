@@ -5,10 +5,9 @@ Each operation turns input into envelopes and state changes: it calls OpenMLS (t
 Persisting them is the caller's job (:class:`~ping_web.client.MessagingClient` writes the
 provider's checkpoint and :meth:`Conversation.records` in one atomic batch).
 
-Contract with the caller: take ``provider.checkpoint()`` after every operation, whether it
-succeeded or failed. Then a failed operation changes nothing: the wasm module undoes its
-own writes, and where a check after the MLS step fails, this class rolls the provider back
-to that checkpoint and reloads the group.
+A failed operation changes nothing: the wasm module undoes its own writes, and where a
+step after an MLS call fails, this class undoes the call through a provider savepoint and
+reloads the group. The caller takes ``provider.checkpoint()`` whenever it persists.
 
 Semantics follow the seed's ``ping_core/conversation.rs`` with DESIGN.md §9's fixes:
 own commits stay pending until confirmed or discarded; late application messages of a
@@ -20,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Callable, Sequence
-from typing import Final, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final
 
 from . import mls
 from .conversation_state import MAX_HELD, ConversationState, PendingCommitInfo
@@ -37,8 +37,6 @@ from .records import (
     MemberInfo,
     encode_device_leaves,
 )
-
-T = TypeVar("T")
 
 _HEADER = struct.Struct(">B16sQQQI")
 
@@ -140,10 +138,10 @@ class Conversation:
         if not isinstance(welcome, MessageEnvelope) or welcome.kind is not MessageKind.WELCOME:
             raise InvalidInput("join needs a WELCOME envelope")
         validate(welcome)
-        group = provider.join_group(welcome.payload)
-        if group.group_id != welcome.conversation_id.raw or group.epoch != welcome.epoch:
-            provider.rollback()
-            raise InvalidInput("the Welcome's group id or epoch does not match its envelope")
+        with provider.savepoint():
+            group = provider.join_group(welcome.payload)
+            if group.group_id != welcome.conversation_id.raw or group.epoch != welcome.epoch:
+                raise InvalidInput("the Welcome's group id or epoch does not match its envelope")
         members = group.members()
         meta = ConversationMeta(welcome.conversation_id, name, group.epoch, len(members), is_device_group, now_ms)
         state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms).merge(welcome.hlc, now_ms))
@@ -213,12 +211,12 @@ class Conversation:
         prefix = provider.group_prefix(meta.id.raw)
         if any(not key.startswith(prefix) for key, _ in decoded.entries):
             raise InvalidInput("the snapshot holds entries of another group")
-        provider.drop_group(meta.id.raw)
-        provider.import_entries(decoded.entries)
-        group = provider.load_group(meta.id.raw)
-        if group is None:
-            provider.rollback()
-            raise InvalidInput("the snapshot does not hold a complete group")
+        with provider.savepoint():
+            provider.drop_group(meta.id.raw)
+            provider.import_entries(decoded.entries)
+            group = provider.load_group(meta.id.raw)
+            if group is None:
+                raise InvalidInput("the snapshot does not hold a complete group")
         seq = max(state.seq, cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
         restored = dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True)
         restored.held = list(state.held)
@@ -307,10 +305,9 @@ class Conversation:
         hlc = _tick(self._state.hlc, now_ms)
         seq, epoch = self._state.seq + 1, self.epoch()
         aad = authenticated_header(MessageKind.APPLICATION, self._device, epoch, seq, hlc)
-        payload = self._group.create_message(self._identity, bytes(plaintext), aad)
-        envelope = self._guard_after_mls(
-            lambda: MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
-        )
+        with self._undo_on_error():
+            payload = self._group.create_message(self._identity, bytes(plaintext), aad)
+            envelope = MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
         self._state.seq, self._state.hlc = seq, hlc
         self._cursor.advance(MessageKind.APPLICATION, envelope.epoch, self._device, seq, hlc)
         return envelope
@@ -341,13 +338,12 @@ class Conversation:
         hlc = _tick(self._state.hlc, now_ms)
         seq = self._state.seq + 1
         aad = authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc)
-        commit, welcome = self._group.add_members(self._identity, key_packages, aad)
-        outcome = self._guard_after_mls(
-            lambda: AddOutcome(
+        with self._undo_on_error():
+            commit, welcome = self._group.add_members(self._identity, key_packages, aad)
+            outcome = AddOutcome(
                 MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, commit),
                 MessageEnvelope.handshake(MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome),
             )
-        )
         self._stage(PendingCommitInfo("add", seq, source_epoch, tuple(added)), hlc)
         return outcome
 
@@ -458,10 +454,9 @@ class Conversation:
         source_epoch = self.epoch()
         hlc = _tick(self._state.hlc, now_ms)
         seq = self._state.seq + 1
-        payload = make(authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc))
-        envelope = self._guard_after_mls(
-            lambda: MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload)
-        )
+        with self._undo_on_error():
+            payload = make(authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc))
+            envelope = MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload)
         self._stage(PendingCommitInfo(kind, seq, source_epoch, (), removed), hlc)
         return envelope
 
@@ -470,20 +465,18 @@ class Conversation:
         self._state.seq = pending.seq
         self._state.hlc = hlc
 
-    def _guard_after_mls(self, build: Callable[[], T]) -> T:
-        """Run a check after an MLS step; if it fails, undo the step and re-raise."""
+    @contextmanager
+    def _undo_on_error(self) -> Iterator[None]:
+        """MLS calls in the block are undone, and the group reloaded, if the block raises."""
         try:
-            return build()
-        except PingError:
-            self._undo_mls()
+            with self._provider.savepoint():
+                yield
+        except BaseException:
+            group = self._provider.load_group(self.id.raw)
+            if group is not None:
+                self._group = group
+            self._members = None
             raise
-
-    def _undo_mls(self) -> None:
-        self._provider.rollback()
-        group = self._provider.load_group(self.id.raw)
-        if group is not None:
-            self._group = group
-        self._members = None
 
     def _member_list(self) -> list[mls.Member]:
         if self._members is None:
@@ -521,17 +514,15 @@ class Conversation:
     def _apply(self, envelope: MessageEnvelope, now_ms: int) -> IncomingMessage | None:
         pending = self._state.pending
         lost = envelope.kind is MessageKind.COMMIT and pending is not None and envelope.epoch == pending.epoch
-        if lost:
-            # The ordered log put another device's commit first: ours lost this epoch.
-            self._group.clear_pending_commit()
         header = authenticated_header(envelope.kind, envelope.sender_device, envelope.epoch, envelope.seq, envelope.hlc)
         expected = envelope.content_hash if envelope.kind is MessageKind.APPLICATION else b""
-        try:
+        if lost:
+            # The ordered log put another device's commit first: ours lost this epoch.
+            with self._undo_on_error():
+                self._group.clear_pending_commit()
+                processed = self._group.process_message(envelope.payload, header, expected)
+        else:
             processed = self._group.process_message(envelope.payload, header, expected)
-        except PingError:
-            if lost:
-                self._undo_mls()
-            raise
         if lost:
             assert pending is not None
             self._state.pending = None

@@ -8,7 +8,8 @@ call raises :class:`~ping_web.errors.WasmTrap`: a trapped instance is never used
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -163,6 +164,17 @@ class Provider:
     def rollback(self) -> None:
         """Undo every change since the last checkpoint."""
         self.runtime.call(self.js.rollback)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo every change made inside the block if it raises (one level, no nesting)."""
+        self.runtime.call(self.js.savepoint)
+        try:
+            yield
+        except BaseException:
+            self.runtime.call(self.js.rollbackToSavepoint)
+            raise
+        self.runtime.call(self.js.releaseSavepoint)
 
     @property
     def has_changes(self) -> bool:

@@ -52,6 +52,23 @@ impl Provider {
         self.storage.rollback()
     }
 
+    /// Mark the working set so that several calls can be undone together.
+    pub fn savepoint(&self) {
+        self.storage.begin_savepoint()
+    }
+
+    /// Undo every change since `savepoint()` and end it.
+    #[wasm_bindgen(js_name = rollbackToSavepoint)]
+    pub fn rollback_to_savepoint(&self) {
+        self.storage.rollback_savepoint()
+    }
+
+    /// Keep the changes since `savepoint()` and end it.
+    #[wasm_bindgen(js_name = releaseSavepoint)]
+    pub fn release_savepoint(&self) {
+        self.storage.release_savepoint()
+    }
+
     /// Whether there are changes a checkpoint would return.
     #[wasm_bindgen(getter, js_name = hasChanges)]
     pub fn has_changes(&self) -> bool {

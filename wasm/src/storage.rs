@@ -101,6 +101,16 @@ pub struct WorkingSet {
     undo: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// While an operation runs: value each key had when the operation began.
     journal: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    /// While a caller's savepoint is open: value each key had when it was taken.
+    savepoint: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+}
+
+fn record_first(log: &RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>, key: &[u8], current: &dyn Fn() -> Option<Vec<u8>>) {
+    if let Some(log) = log.borrow_mut().as_mut() {
+        if !log.contains_key(key) {
+            log.insert(key.to_vec(), current());
+        }
+    }
 }
 
 impl WorkingSet {
@@ -110,11 +120,35 @@ impl WorkingSet {
         if !undo.contains_key(key) {
             undo.insert(key.to_vec(), current());
         }
-        if let Some(journal) = self.journal.borrow_mut().as_mut() {
-            if !journal.contains_key(key) {
-                journal.insert(key.to_vec(), current());
-            }
+        drop(undo);
+        record_first(&self.journal, key, &current);
+        record_first(&self.savepoint, key, &current);
+    }
+
+    fn put_back(&self, log: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        let mut entries = self.entries.borrow_mut();
+        for (key, before) in log {
+            match before {
+                Some(value) => entries.insert(key, value),
+                None => entries.remove(&key),
+            };
         }
+    }
+
+    /// Mark the current state so that several operations can be undone together.
+    pub fn begin_savepoint(&self) {
+        *self.savepoint.borrow_mut() = Some(BTreeMap::new());
+    }
+
+    /// Put back every key changed since [`Self::begin_savepoint`], and end the savepoint.
+    pub fn rollback_savepoint(&self) {
+        let log = self.savepoint.borrow_mut().take().unwrap_or_default();
+        self.put_back(log);
+    }
+
+    /// Keep the changes made since [`Self::begin_savepoint`], and end the savepoint.
+    pub fn release_savepoint(&self) {
+        *self.savepoint.borrow_mut() = None;
     }
 
     /// Start recording an operation so that [`Self::abort_op`] can undo exactly it.
@@ -130,13 +164,7 @@ impl WorkingSet {
     /// The operation failed: put back every key it touched.
     pub fn abort_op(&self) {
         let journal = self.journal.borrow_mut().take().unwrap_or_default();
-        let mut entries = self.entries.borrow_mut();
-        for (key, before) in journal {
-            match before {
-                Some(value) => entries.insert(key, value),
-                None => entries.remove(&key),
-            };
-        }
+        self.put_back(journal);
     }
 
     /// Run `op` as one operation: its writes stay if it succeeds and are undone if it fails.
@@ -192,13 +220,8 @@ impl WorkingSet {
     /// Put every key back to its value at the last checkpoint.
     pub fn rollback(&self) {
         let undo = std::mem::take(&mut *self.undo.borrow_mut());
-        let mut entries = self.entries.borrow_mut();
-        for (key, before) in undo {
-            match before {
-                Some(value) => entries.insert(key, value),
-                None => entries.remove(&key),
-            };
-        }
+        *self.savepoint.borrow_mut() = None;
+        self.put_back(undo);
     }
 
     /// Whether changes are waiting for a checkpoint.

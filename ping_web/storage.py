@@ -1,0 +1,66 @@
+"""The storage protocol: what MessagingClient needs from a backend, and nothing more.
+
+A backend holds byte values under ``(namespace, key)``, reads one value or every value
+under a key prefix, and applies a :class:`Batch` of puts and deletes atomically: after a
+crash either all of a batch is stored or none of it. Everything is async, because the
+browser's storage (IndexedDB, WebCrypto) is.
+
+Backends: :class:`~ping_web.memory_storage.MemoryStorage` (default),
+:class:`~ping_web.indexeddb_storage.IndexedDbStorage` (browser, worker; a polyfill in Node),
+:class:`~ping_web.encrypted_storage.EncryptedStorage` (AES-GCM over any backend).
+The namespaces and key layout are documented in ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Protocol, runtime_checkable
+
+NAMESPACES: Final = ("device", "mls", "conversations", "history", "outbox")
+"""Every namespace a backend must provide (IndexedDB needs them fixed at creation)."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Puts and deletes applied together or not at all. Later operations on the same key win."""
+
+    puts: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    deletes: list[tuple[str, bytes]] = field(default_factory=list)
+    delete_prefixes: list[tuple[str, bytes]] = field(default_factory=list)
+    """Delete every key of the namespace that starts with the prefix (applied before puts)."""
+
+    def put(self, namespace: str, key: bytes, value: bytes) -> None:
+        self.puts.append((namespace, key, value))
+
+    def delete(self, namespace: str, key: bytes) -> None:
+        self.deletes.append((namespace, key))
+
+    def delete_prefix(self, namespace: str, prefix: bytes) -> None:
+        self.delete_prefixes.append((namespace, prefix))
+
+    def __len__(self) -> int:
+        return len(self.puts) + len(self.deletes) + len(self.delete_prefixes)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """An async key/value store with atomic batches. See the module docstring."""
+
+    async def get(self, namespace: str, key: bytes) -> bytes | None:
+        """The value under ``key``, or ``None``."""
+        ...
+
+    async def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` whose key starts with ``prefix``, in bytewise key order."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` atomically: deletes of prefixes, then deletes, then puts.
+
+        Raises a :class:`~ping_web.errors.StorageError` subclass if nothing was applied.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the backend (and its single-owner lock). Idempotent."""
+        ...
