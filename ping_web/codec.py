@@ -23,7 +23,7 @@ The checkers below (:func:`uint`, :func:`byte_string`, ...) raise
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NoReturn
 
@@ -69,20 +69,19 @@ def _problem(value: Any, depth: int) -> str | None:
         return None
     if isinstance(value, int):
         return None if _INT_MIN <= value <= U64_MAX else "integer outside 64 bits"
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            if (problem := _problem(item, depth + 1)) is not None:
-                return problem
-        return None
     if isinstance(value, dict):
         key_types = {type(key) for key in value}
         if not (key_types <= {str} or key_types <= {bytes}):
             return "map keys must be all text or all byte strings"
-        for item in value.values():
-            if (problem := _problem(item, depth + 1)) is not None:
-                return problem
-        return None
-    return f"{type(value).__name__} is not in the data model"
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, (list, tuple)):
+        children = value
+    else:
+        return f"{type(value).__name__} is not in the data model"
+    for child in children:
+        if (problem := _problem(child, depth + 1)) is not None:
+            return problem
+    return None
 
 
 def encode(obj: Any) -> bytes:

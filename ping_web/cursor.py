@@ -155,7 +155,7 @@ class SyncCursor:
     @classmethod
     def decode(cls, data: bytes) -> SyncCursor:
         with codec.record(data, "SyncCursor", keys=_KEYS, versions=(cls.VERSION,), max_size=CURSOR_MAX_SIZE) as m:
-            cursor = cls(m["e"], min_epoch=m["m"])
+            cursor = cls(m["e"], min_epoch=codec.uint(m["m"], "min_epoch"))  # None would mean "= epoch"
             cursor._hlc = Hlc.from_cbor(m["t"])
             for key, entry in codec.bytes_map(m["d"], "devices").items():
                 device = DeviceId(key)

@@ -182,7 +182,7 @@ def test_encode_decode_round_trip(marks: list[tuple[DeviceId, int, Hlc]], epoch:
         assert not restored.is_new(APP, epoch, device, seq)
 
 
-def encoded(devices: dict[bytes, list[object]], epoch: int = 1, min_epoch: int = 0) -> bytes:
+def encoded(devices: dict[bytes, list[object]], epoch: int = 1, min_epoch: int | None = 0) -> bytes:
     return cbor2.dumps({"v": 1, "e": epoch, "m": min_epoch, "t": [0, 0], "d": devices}, canonical=True)
 
 
@@ -209,3 +209,5 @@ def test_decode_rejects_min_epoch_above_epoch() -> None:
     assert SyncCursor.decode(encoded({b"\x01" * 16: [3, b"\x05"]})).highest_seq(DeviceId(b"\x01" * 16)) == 3
     with pytest.raises(DecodeError):
         SyncCursor.decode(encoded({}, epoch=1, min_epoch=2))
+    with pytest.raises(DecodeError):
+        SyncCursor.decode(encoded({}, epoch=1, min_epoch=None))
