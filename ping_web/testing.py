@@ -8,13 +8,16 @@ backend; so a test can "restart" a device from what was stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
 from .conversation import Conversation
 from .envelope import MessageEnvelope
+from .errors import StorageUnavailable
 from .ids import DeviceId
 from .mls import MlsRuntime
+from .storage import Batch, Storage
 
 T = TypeVar("T")
 
@@ -79,3 +82,50 @@ def deliver(
     """Send ``envelope`` over the wire to each ``(device, conversation)``; returns each result."""
     wire = over_the_wire(envelope)
     return [device.run(lambda conversation=conversation: conversation.process(wire, now_ms)) for device, conversation in receivers]
+
+
+class SimulatedCrash(BaseException):
+    """The process "died" inside a storage write (a BaseException, so nothing catches it)."""
+
+
+class FaultyStorage:
+    """Wraps a storage; the ``fail_at``-th commit (1-based) fails in the chosen way.
+
+    ``mode``: ``"error"`` raises StorageUnavailable and applies nothing; ``"crash"`` raises
+    :class:`SimulatedCrash` and applies nothing; ``"crash_after"`` applies the batch, then
+    raises :class:`SimulatedCrash` (the write landed, its acknowledgement did not).
+    ``delay`` seconds are awaited inside every commit (a slow disk).
+    """
+
+    def __init__(self, inner: Storage, *, fail_at: int | None = None, mode: str = "error", delay: float = 0.0) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+        self.mode = mode
+        self.delay = delay
+        self.commits = 0
+        self.in_flight = 0
+
+    async def get(self, namespace: str, key: bytes) -> bytes | None:
+        return await self.inner.get(namespace, key)
+
+    async def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        return await self.inner.scan(namespace, prefix)
+
+    async def commit(self, batch: Batch) -> None:
+        self.commits += 1
+        self.in_flight += 1
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.commits == self.fail_at and self.mode == "error":
+                raise StorageUnavailable(f"injected failure of write {self.commits}")
+            if self.commits == self.fail_at and self.mode == "crash":
+                raise SimulatedCrash(f"crash in write {self.commits}")
+            await self.inner.commit(batch)
+            if self.commits == self.fail_at and self.mode == "crash_after":
+                raise SimulatedCrash(f"crash after write {self.commits}")
+        finally:
+            self.in_flight -= 1
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,125 @@
+"""A small in-memory delivery service for tests and demos, and the protocol clients use.
+
+:class:`LocalDeliveryService` keeps, per conversation, an ordered log that accepts exactly
+one commit per epoch (the first one submitted wins; a late one is refused so its author
+discards it and applies the winner), a Welcome mailbox per device, and a KeyPackage
+directory where each KeyPackage is handed out once. Everything is in memory; a bridge
+(``web/``) lets workers or tabs share one instance.
+
+The :class:`Delivery` protocol is what :class:`~ping_web.client.MessagingClient` needs from
+any delivery service, so a real server or a MessageChannel bridge can stand in for this one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .envelope import MessageEnvelope, MessageKind
+from .errors import InvalidInput, StateConflict
+from .ids import ConversationId, DeviceId, UserId
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Envelopes of one conversation log from a position on, and where to continue."""
+
+    envelopes: list[bytes]
+    next_position: int
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    """What a client needs from a delivery service. Envelopes cross as encoded bytes."""
+
+    async def post(self, envelope: bytes) -> bool:
+        """Append to the conversation's log. A commit is refused (``False``) if the log
+        already holds a commit for its epoch or has moved past it."""
+        ...
+
+    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
+        """The log of ``conversation_id`` from ``position`` on."""
+        ...
+
+    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        """Leave ``welcome`` in the mailbox of each device."""
+        ...
+
+    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        """Take every Welcome waiting for ``device_id`` (each is returned once)."""
+        ...
+
+    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
+        """Offer one-time KeyPackages of a device."""
+        ...
+
+    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
+        """Take one KeyPackage of ``device_id`` (never handed out again), or ``None``."""
+        ...
+
+    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        """Devices of ``user_id`` that ever published KeyPackages."""
+        ...
+
+
+class LocalDeliveryService:
+    """In-memory :class:`Delivery`: ordered logs, Welcome mailboxes, KeyPackage directory."""
+
+    def __init__(self) -> None:
+        self._logs: dict[ConversationId, list[bytes]] = defaultdict(list)
+        self._next_commit_epoch: dict[ConversationId, int] = {}
+        self._mailboxes: dict[DeviceId, list[bytes]] = defaultdict(list)
+        self._key_packages: dict[DeviceId, list[bytes]] = defaultdict(list)
+        self._devices: dict[UserId, list[DeviceId]] = defaultdict(list)
+
+    # The methods are async for the protocol; they never await, so each is atomic.
+
+    async def post(self, envelope: bytes) -> bool:
+        return self.post_now(envelope)
+
+    def post_now(self, envelope: bytes) -> bool:
+        """:meth:`post` without a coroutine (for bridges that answer synchronously)."""
+        decoded = MessageEnvelope.decode(envelope)
+        if decoded.kind is MessageKind.WELCOME:
+            raise InvalidInput("welcomes go to mailboxes: use send_welcome")
+        conversation = decoded.conversation_id
+        if decoded.kind is MessageKind.COMMIT:
+            expected = self._next_commit_epoch.get(conversation, decoded.epoch)
+            if decoded.epoch != expected:
+                return False
+            self._next_commit_epoch[conversation] = decoded.epoch + 1
+        self._logs[conversation].append(bytes(envelope))
+        return True
+
+    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
+        log = self._logs.get(conversation_id, [])
+        if position < 0:
+            raise InvalidInput("log positions start at 0")
+        return LogPage(log[position:], len(log))
+
+    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        if MessageEnvelope.decode(welcome).kind is not MessageKind.WELCOME:
+            raise InvalidInput("send_welcome takes WELCOME envelopes")
+        for device in device_ids:
+            self._mailboxes[device].append(bytes(welcome))
+
+    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        return self._mailboxes.pop(device_id, [])
+
+    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
+        if device_id not in self._devices[user_id]:
+            if any(device_id in devices for devices in self._devices.values()):
+                raise StateConflict("this device id is registered to another user")
+            self._devices[user_id].append(device_id)
+        self._key_packages[device_id].extend(bytes(kp) for kp in key_packages)
+
+    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
+        available = self._key_packages.get(device_id)
+        return available.pop(0) if available else None
+
+    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        return list(self._devices.get(user_id, []))
+
+    def log_length(self, conversation_id: ConversationId) -> int:
+        return len(self._logs.get(conversation_id, []))
