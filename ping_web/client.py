@@ -310,6 +310,8 @@ class MessagingClient:
         """
         await self._ready()
         conversation = await self._get(conversation_id)
+        if self._delivery is not None and conversation.state.pending is not None:
+            await self.sync()  # a commit left unsettled by a crash is settled first
         if conversation.state.needs_self_update and self._delivery is not None:
             await self.self_update(conversation_id)
         now = self._clock()
@@ -434,13 +436,20 @@ class MessagingClient:
         """Pull Welcomes and every conversation's new envelopes from the delivery service,
         apply them in one batch, then hand over anything still in the outbox (after a
         crash or a failed post)."""
-        delivery = self._require_delivery()
+        self._require_delivery()
         await self._ready()
-        welcomes = await delivery.fetch_welcomes(self.device_id)
+        outcome = await self._pull()
+        await self._flush_outbox()
+        return outcome
+
+    async def _pull(self) -> BatchOutcome:
+        """Receive new Welcomes, then every conversation's new log entries."""
+        assert self._delivery is not None
+        welcomes = await self._delivery.fetch_welcomes(self.device_id)
         outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
         pages = []
         for conversation_id in list(self._metas):
-            page = await delivery.fetch(conversation_id, self._log_positions.get(conversation_id, 0))
+            page = await self._delivery.fetch(conversation_id, self._log_positions.get(conversation_id, 0))
             pages.append((conversation_id, page))
         envelopes = [raw for _, page in pages for raw in page.envelopes]
         if envelopes:
@@ -449,7 +458,6 @@ class MessagingClient:
             outcome.rejected.extend(more.rejected)
         for conversation_id, page in pages:
             self._log_positions[conversation_id] = page.next_position
-        await self._flush_outbox()
         return outcome
 
     # -- devices -----------------------------------------------------------------------------
@@ -608,6 +616,8 @@ class MessagingClient:
         return await self._get(conversation_id)
 
     async def _get(self, conversation_id: ConversationId) -> Conversation:
+        if not isinstance(conversation_id, ConversationId):
+            raise InvalidInput(f"expected a ConversationId, got {type(conversation_id).__name__}")
         loaded = self._loaded.get(conversation_id)
         if loaded is not None:
             return loaded
@@ -685,8 +695,15 @@ class MessagingClient:
                 await self.confirm_commit(conversation.id)
             await self._send_welcome(commit)
             return
+        # Refused: either the log already holds this very commit (posted before a crash,
+        # its echo then confirms it), or another member's commit won the epoch.
+        await self._pull()
+        pending = conversation.state.pending
+        if pending is None or pending.seq != commit.seq:
+            await self._send_welcome(commit)
+            return
         await self.discard_commit(conversation.id)
-        await self.sync()
+        await self._pull()
         raise StateConflict("another member's commit took this epoch; ours was discarded, retry")
 
     async def _send_welcome(self, commit: MessageEnvelope) -> None:

@@ -48,11 +48,11 @@ class BatchWriter:
             try:
                 await self._storage.commit(batch)
             except BaseException as exc:  # noqa: BLE001 - every failure must reach the callers
-                error = exc if isinstance(exc, PingError) else StorageUnavailable(f"storage write failed: {exc!r}")
+                # A PingError or a process-level exception (cancellation, exit) passes as is.
+                error = exc if isinstance(exc, PingError) or not isinstance(exc, Exception) else (
+                    StorageUnavailable(f"storage write failed: {exc!r}"))  # fmt: skip
                 self._fail_all(error)
                 self._on_failure(error)
-                if not isinstance(exc, Exception):
-                    raise
                 return
             self._queue.popleft()
             self.committed += 1

@@ -1,0 +1,41 @@
+"""MemoryStorage on CPython: the conformance kit, without a browser."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ping_web.errors import DatabaseInUse, InvalidInput
+from ping_web.memory_storage import MemoryStorage
+from ping_web.storage import Batch, Storage
+from ping_web.storage_checks import check_storage
+
+
+def test_memory_storage_conforms() -> None:
+    handles: list[MemoryStorage] = []
+
+    async def open_storage() -> MemoryStorage:
+        storage = handles[-1].reopen() if handles else MemoryStorage()
+        handles.append(storage)
+        return storage
+
+    asyncio.run(check_storage(open_storage))
+    assert isinstance(handles[0], Storage)
+
+
+def test_reopen_needs_the_first_handle_closed_and_sees_its_data() -> None:
+    async def run() -> None:
+        first = MemoryStorage()
+        batch = Batch()
+        batch.put("mls", b"k", b"v")
+        await first.commit(batch)
+        with pytest.raises(DatabaseInUse):
+            first.reopen()
+        await first.close()
+        second = first.reopen()
+        assert await second.scan("mls") == [(b"k", b"v")]
+        with pytest.raises(InvalidInput, match="unknown storage namespace"):
+            await second.get("secrets", b"k")
+
+    asyncio.run(run())
