@@ -283,3 +283,33 @@ async def test_bad_input_changes_nothing(selenium):
     assert {ns: await store.scan(ns) for ns in snapshot} == snapshot
     env = await a.send(conv, b"still fine")
     assert env.seq == 1
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_wasm_trap_fails_the_operation_and_the_client_recovers_from_storage(selenium):
+    import pytest
+    from ping_web.client import MessagingClient
+    from ping_web.errors import WasmTrap
+    from ping_web.memory_storage import MemoryStorage
+
+    a = await MessagingClient.open(MemoryStorage(), b"alice")
+    b = await MessagingClient.open(MemoryStorage(), b"bob")
+    conv = (await a.create_conversation("c")).id
+    outcome = await a.add_members(conv, [(b.device_id, await b.new_key_package())])
+    await a.confirm_commit(conv)
+    await b.join(outcome.welcome)
+    first = await a.send(conv, b"before the trap")
+    runtime = a._runtime
+    with pytest.raises(WasmTrap):
+        runtime.call(runtime._exports.debugTrap)
+    assert runtime.trapped
+    # The trapped instance is never called again: the next operation fails...
+    with pytest.raises(WasmTrap):
+        await a.send(conv, b"lost with the trapped instance")
+    # ...and the one after runs on a fresh instance restored from storage.
+    env = await a.send(conv, b"after recovery")
+    assert a._runtime is not runtime and not a._runtime.trapped
+    assert env.seq == first.seq + 1
+    got = [m.plaintext for e in (first, env) for m in await b.receive(e)]
+    assert got == [b"before the trap", b"after recovery"]
+    assert [m.plaintext for m in await a.history(conv)] == [b"before the trap", b"after recovery"]

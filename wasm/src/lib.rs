@@ -25,3 +25,10 @@ pub fn build_info() -> String {
         openmls_traits::storage::CURRENT_VERSION
     )
 }
+
+/// Panic on purpose: lets tests check that a trapped instance is never used again and
+/// that clients recover from storage. Never called by ping_web itself.
+#[wasm_bindgen(js_name = debugTrap)]
+pub fn debug_trap() {
+    panic!("debugTrap called");
+}
