@@ -1,0 +1,515 @@
+"""IndexedDB storage: the browser and worker backend (a polyfill in Node tests).
+
+Layout: database ``ping_web:{name}``, version 1, one object store per namespace in
+:data:`~ping_web.storage.NAMESPACES` plus ``keys`` (CryptoKey records for
+:class:`~ping_web.encrypted_storage.EncryptedStorage`). Keys are binary (IndexedDB orders
+binary keys bytewise, like :meth:`scan` must); values are ``Uint8Array``.
+
+IndexedDB commits a transaction by itself as soon as control returns to the event loop
+with no request pending, and Pyodide resumes a coroutine in a later task. So every
+operation here issues all of its requests synchronously, then awaits only the
+transaction's ``complete``/``abort`` event: one batch is one transaction.
+
+Single owner: :meth:`IndexedDbStorage.open` holds the Web Lock ``ping_web:{name}`` until
+:meth:`~IndexedDbStorage.close` (other tabs and workers are refused), and a process-wide
+registry refuses a second opener in this Python process (the only guard where the host
+has no Web Locks, as in Node). Opening never deletes or resets anything, whatever fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from .errors import (
+    DatabaseInUse,
+    InvalidInput,
+    StorageCorrupted,
+    StorageError,
+    StorageQuotaExceeded,
+    StorageUnavailable,
+)
+from .memory_storage import check_key, validate_batch
+from .storage import NAMESPACES, Batch
+
+__all__ = ["DB_VERSION", "KEYS_STORE", "IndexedDbStorage", "database_name", "delete_database"]
+
+DB_VERSION: Final = 1
+KEYS_STORE: Final = "keys"
+KEY_RECORD_VERSION: Final = 1
+STORES: Final = (*NAMESPACES, KEYS_STORE)
+
+_open_names: set[str] = set()
+"""Database names open in this Python process (the single-owner guard without Web Locks)."""
+
+
+def database_name(name: str) -> str:
+    """The IndexedDB database (and Web Lock) name for the device storage ``name``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("storage name must be a non-empty string")
+    return f"ping_web:{name}"
+
+
+# -- small FFI helpers ------------------------------------------------------------------------
+
+
+def _absent(value: Any) -> bool:
+    """True for JS ``undefined`` (None) and ``null`` (``jsnull``)."""
+    return value is None or type(value).__name__ == "JsNull"
+
+
+def _js_object(**fields: Any) -> Any:
+    import js
+    from pyodide.ffi import to_js
+
+    return to_js(fields, dict_converter=js.Object.fromEntries)
+
+
+def _u8(data: bytes) -> Any:
+    from pyodide.ffi import to_js
+
+    return to_js(data)
+
+
+async def _event(target: Any, types: Iterable[str]) -> Any:
+    """The first of ``types`` that ``target`` fires, as the Event.
+
+    Resolving (never rejecting) with the event keeps every handler a plain JS function:
+    no Python proxy can fire after it was destroyed, and no Event becomes a Python error.
+    """
+    import js
+
+    names = [f"on{t}" for t in types]
+
+    def executor(resolve: Any, reject: Any) -> None:
+        for name in names:
+            setattr(target, name, resolve)
+
+    event = await js.Promise.new(executor)
+    for name in names:
+        setattr(target, name, None)
+    return event
+
+
+def _error_name(error: Any) -> str:
+    return _describe(error)[0]
+
+
+_WRAPPED = re.compile(r'toString method returns """(\w+): (.*?)"""', re.DOTALL)
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    """``(name, message)`` of a DOM error.
+
+    Pyodide wraps a thrown value without a ``stack`` (Chromium's DOMExceptions) in a plain
+    ``Error`` whose message quotes the original's ``toString()``: recover the name from it.
+    """
+    if _absent(error):
+        return "", ""
+    name = str(getattr(error, "name", "") or "")
+    message = str(getattr(error, "message", "") or "")
+    if name == "Error" and (wrapped := _WRAPPED.search(message)):
+        return wrapped.group(1), wrapped.group(2)
+    return name, message
+
+
+def storage_error(error: Any, action: str) -> StorageError:
+    """Map a DOM error (``DOMException`` or ``JsException``) to the package's storage errors.
+
+    Only a full quota is told apart from everything else (a transient failure: aborted or
+    inactive transaction, closed connection, unknown I/O error): both leave data intact.
+    """
+    name, detail = _describe(error)
+    said = f"{name}: {detail}" if detail else name or "no reason given"
+    if name == "QuotaExceededError":
+        return StorageQuotaExceeded(
+            f"could not {action}: the site's storage quota is full ({said}); nothing was applied "
+            "and stored data is intact; free space (old history, other site data) and retry"
+        )
+    if name == "VersionError":
+        return StorageUnavailable(
+            f"could not {action}: the database was written by a newer version of ping_web ({said}); "
+            "update the app; nothing was changed"
+        )
+    if name == "InvalidStateError":
+        return StorageUnavailable(
+            f"could not {action}: the database connection is closed ({said}); nothing was applied; "
+            "reopen the storage and retry"
+        )
+    return StorageUnavailable(f"could not {action}: IndexedDB failed ({said}); nothing was applied; retry later")
+
+
+# -- Web Locks ---------------------------------------------------------------------------------
+
+
+class _WebLock:
+    """A held Web Lock: kept until :meth:`release`, which waits until others can take it."""
+
+    def __init__(self, release: Any, request: Any) -> None:
+        self._release = release  # resolves the promise the lock callback returned
+        self._request = request  # settles once the lock is really free again
+
+    async def release(self) -> None:
+        if self._release is not None:
+            self._release, release = None, self._release
+            release()
+        from pyodide.ffi import JsException
+
+        try:
+            await self._request
+        except JsException:  # the lock was stolen (``steal: true`` elsewhere): it is free anyway
+            pass
+
+
+async def _acquire_lock(lock_name: str) -> _WebLock | None:
+    """Hold the Web Lock ``lock_name`` (``ifAvailable``); None where the host has no Web Locks.
+
+    Raises DatabaseInUse if someone else holds it.
+    """
+    import js
+    from pyodide.ffi import create_once_callable
+
+    navigator = getattr(js, "navigator", None)
+    locks = None if _absent(navigator) else getattr(navigator, "locks", None)
+    if _absent(locks):
+        return None
+    granted: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
+    release: list[Any] = []
+
+    def keep(resolve: Any, reject: Any) -> None:
+        release.append(resolve)
+
+    def on_lock(lock: Any) -> Any:
+        if _absent(lock) or granted.done():  # unavailable, or the opener gave up meanwhile
+            if not granted.done():
+                granted.set_result(False)
+            return None
+        held = js.Promise.new(keep)  # the lock lasts until this promise settles
+        granted.set_result(True)
+        return held
+
+    request = locks.request(lock_name, _js_object(ifAvailable=True), create_once_callable(on_lock))
+    if not await granted:
+        raise DatabaseInUse(
+            f"the device storage {lock_name!r} is open in another tab or worker; "
+            "close it there (or use that tab) and try again"
+        )
+    return _WebLock(release[0], request)
+
+
+# -- opening -----------------------------------------------------------------------------------
+
+
+def _proxy_once(fn: Callable[[Any], None]) -> Any:
+    """A JS function that calls ``fn`` for the first event it gets, then frees itself."""
+    from pyodide.ffi import create_proxy
+
+    def once(event: Any) -> None:
+        if not proxy_box:
+            return
+        proxy = proxy_box.pop()
+        asyncio.get_event_loop().call_soon(proxy.destroy)  # not from inside its own call
+        fn(event)
+
+    proxy_box = [create_proxy(once)]
+    return proxy_box[0]
+
+
+async def _open_database(factory: Any, db_name: str) -> Any:
+    """Open (creating on first use) the database; never deletes or resets anything."""
+    from pyodide.ffi import JsException, create_proxy
+
+    try:
+        request = factory.open(db_name, DB_VERSION)
+    except JsException as exc:
+        raise storage_error(exc, f"open {db_name!r}") from None
+    gave_up = False
+
+    def upgrade(event: Any) -> None:
+        if gave_up:  # we reported "blocked": leave the database exactly as it was
+            request.transaction.abort()
+            return
+        db = request.result
+        for store in STORES:
+            if not db.objectStoreNames.contains(store):
+                db.createObjectStore(store)
+
+    upgrade_proxy = create_proxy(upgrade)
+    request.onupgradeneeded = upgrade_proxy
+    event = await _event(request, ("success", "error", "blocked"))
+    if event.type == "blocked":
+        gave_up = True
+
+        def settle(event: Any) -> None:  # the upgrade may still run later: undo it quietly
+            if event.type == "success":
+                request.result.close()
+            upgrade_proxy.destroy()
+
+        request.onsuccess = request.onerror = _proxy_once(settle)
+        raise StorageUnavailable(
+            f"could not open {db_name!r}: another connection with an older version of the database "
+            "is open (another tab or worker) and blocks the upgrade; close it and retry; nothing was changed"
+        )
+    upgrade_proxy.destroy()
+    if event.type != "success":
+        raise storage_error(request.error, f"open {db_name!r}")
+    db = request.result
+    missing = [store for store in STORES if not db.objectStoreNames.contains(store)]
+    if missing:
+        db.close()
+        raise StorageCorrupted(
+            f"database {db_name!r} lacks the object stores {', '.join(missing)}: it was not created by "
+            "ping_web or is damaged; nothing was changed; inspect it or restore a backup"
+        )
+    return db
+
+
+# -- the backend -------------------------------------------------------------------------------
+
+
+class IndexedDbStorage:
+    """A :class:`~ping_web.storage.Storage` over IndexedDB. Create it with :meth:`open`."""
+
+    def __init__(self, db_name: str, db: Any, lock: _WebLock | None) -> None:
+        from pyodide.ffi import create_proxy
+
+        self.database_name = db_name
+        self._db: Any = db
+        self._lock = lock
+        self._owner = True  # holds the name (registry and Web Lock) until close()
+        self._closed_reason = "this storage is closed; open it again"
+        self._on_versionchange = create_proxy(self._versionchange)
+        db.onversionchange = self._on_versionchange
+        db.onclose = self._on_versionchange
+
+    @classmethod
+    async def open(cls, name: str, *, indexed_db: Any = None) -> IndexedDbStorage:
+        """Open (or create) the device storage ``name``; DatabaseInUse if another owner has it."""
+        db_name = database_name(name)
+        factory = indexed_db
+        if factory is None:
+            import js
+
+            factory = getattr(js, "indexedDB", None)
+        if _absent(factory):
+            raise StorageUnavailable("this JavaScript host has no IndexedDB; use MemoryStorage or another backend")
+        if db_name in _open_names:
+            raise DatabaseInUse(f"the device storage {db_name!r} is already open in this process; close it first")
+        _open_names.add(db_name)  # before any await: two concurrent openers cannot both pass
+        lock = None
+        try:
+            lock = await _acquire_lock(db_name)
+            db = await _open_database(factory, db_name)
+        except BaseException:
+            if lock is not None:
+                await lock.release()
+            _open_names.discard(db_name)
+            raise
+        return cls(db_name, db, lock)
+
+    def _versionchange(self, event: Any) -> None:
+        """Another connection upgrades or deletes the database, or the browser closed ours.
+
+        The connection is closed so the other side can proceed; ownership stays until close().
+        """
+        reason = "was closed by the browser" if event.type == "close" else "is being upgraded or deleted elsewhere"
+        self._close_connection(f"the database {self.database_name!r} {reason}; close and reopen the storage")
+
+    def _close_connection(self, reason: str) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        self._closed_reason = reason
+        db.onversionchange = db.onclose = None
+        db.close()
+        # Not destroyed synchronously: this may run inside that very proxy's call.
+        asyncio.get_event_loop().call_soon(self._on_versionchange.destroy)
+
+    async def close(self) -> None:
+        """Close the connection and release the single-owner lock. Idempotent."""
+        self._close_connection("this storage is closed; open it again")
+        if not self._owner:
+            return
+        self._owner = False
+        try:
+            if self._lock is not None:
+                await self._lock.release()  # returns once another opener can take it
+        finally:
+            _open_names.discard(self.database_name)
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def _transaction(self, stores: list[str], mode: str, action: str) -> Any:
+        from pyodide.ffi import JsException, to_js
+
+        if self._db is None:
+            raise StorageUnavailable(f"could not {action}: {self._closed_reason}")
+        options = _js_object(durability="strict") if mode == "readwrite" else None
+        try:
+            return self._db.transaction(to_js(stores), mode, options)
+        except JsException as exc:
+            raise storage_error(exc, action) from None
+
+    async def _finish(self, tx: Any, action: str) -> None:
+        event = await _event(tx, ("complete", "abort"))
+        if event.type != "complete":
+            raise storage_error(tx.error, action)
+
+    async def get(self, namespace: str, key: bytes) -> bytes | None:
+        check_key(namespace, key)
+        action = f"read from {namespace!r}"
+        tx = self._transaction([namespace], "readonly", action)
+        request = tx.objectStore(namespace).get(_u8(key))
+        await self._finish(tx, action)
+        return None if _absent(request.result) else _value(request.result, namespace)
+
+    async def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        check_key(namespace, prefix, what="prefix")
+        action = f"scan {namespace!r}"
+        tx = self._transaction([namespace], "readonly", action)
+        store = tx.objectStore(namespace)
+        bounds = _prefix_range(prefix)
+        keys, values = store.getAllKeys(bounds), store.getAll(bounds)  # both in key order
+        await self._finish(tx, action)
+        return [(k.to_bytes(), _value(v, namespace)) for k, v in zip(keys.result, values.result, strict=True)]
+
+    async def commit(self, batch: Batch) -> None:
+        """One readwrite transaction: every request issued at once, then await its completion."""
+        from pyodide.ffi import JsException
+
+        validate_batch(batch)
+        if not len(batch):
+            return
+        touched = sorted(
+            {ns for ns, _ in batch.delete_prefixes} | {ns for ns, _ in batch.deletes} | {ns for ns, _, _ in batch.puts}
+        )
+        action = f"write to {', '.join(touched)}"
+        tx = self._transaction(touched, "readwrite", action)
+        try:
+            stores = {ns: tx.objectStore(ns) for ns in touched}
+            for namespace, prefix in batch.delete_prefixes:
+                bounds = _prefix_range(prefix)
+                if bounds is None:
+                    stores[namespace].clear()
+                else:
+                    stores[namespace].delete(bounds)
+            for namespace, key in batch.deletes:
+                stores[namespace].delete(_u8(key))
+            for namespace, key, value in batch.puts:
+                stores[namespace].put(_u8(value), _u8(key))
+        except BaseException as exc:
+            _abort(tx)  # requests already issued must not land without the rest
+            if isinstance(exc, JsException):
+                raise storage_error(exc, action) from None
+            raise
+        await self._finish(tx, action)
+
+    async def load_or_create_key(self, key_name: str) -> Any:
+        """The non-extractable AES-GCM CryptoKey stored under ``key_name``, created the first time.
+
+        The key object itself is stored (structured clone): its bytes never reach JavaScript
+        or Python, and a copy of the database without the browser's key store is useless.
+        """
+        from .encrypted_storage import EncryptedStorage
+
+        if not isinstance(key_name, str) or not key_name:
+            raise InvalidInput("key name must be a non-empty string")
+        key = await self._read_key(key_name)
+        if key is not None:
+            return key
+        created = await EncryptedStorage.generate_key()  # async: never inside a transaction
+        action = f"store the key {key_name!r}"
+        tx = self._transaction([KEYS_STORE], "readwrite", action)
+        tx.objectStore(KEYS_STORE).add(_js_object(v=KEY_RECORD_VERSION, key=created), key_name)
+        event = await _event(tx, ("complete", "abort"))
+        if event.type == "complete":
+            return created
+        if _error_name(tx.error) == "ConstraintError":  # another caller stored one first: use it
+            key = await self._read_key(key_name)
+            if key is not None:
+                return key
+        raise storage_error(tx.error, action)
+
+    async def _read_key(self, key_name: str) -> Any:
+        action = f"read the key {key_name!r}"
+        tx = self._transaction([KEYS_STORE], "readonly", action)
+        request = tx.objectStore(KEYS_STORE).get(key_name)
+        await self._finish(tx, action)
+        record = request.result
+        if _absent(record):
+            return None
+        version = getattr(record, "v", None)
+        key = getattr(record, "key", None)
+        if version != KEY_RECORD_VERSION or _absent(key) or _absent(getattr(key, "algorithm", None)):
+            raise StorageCorrupted(
+                f"the key record {key_name!r} in {self.database_name!r} is not a version-{KEY_RECORD_VERSION} "
+                "CryptoKey record; nothing was changed; restore a backup"
+            )
+        return key
+
+
+def _abort(tx: Any) -> None:
+    from pyodide.ffi import JsException
+
+    try:
+        tx.abort()
+    except JsException:  # already finished or aborted
+        pass
+
+
+def _value(value: Any, namespace: str) -> bytes:
+    if not hasattr(value, "to_bytes"):
+        raise StorageCorrupted(
+            f"a record in {namespace!r} is not a byte array (found {type(value).__name__}); "
+            "it was not written by ping_web; nothing was deleted"
+        )
+    return bytes(value.to_bytes())
+
+
+def prefix_successor(prefix: bytes) -> bytes | None:
+    """The least key greater than every key starting with ``prefix``; None if there is none.
+
+    Trailing 0xFF bytes cannot be incremented, so they are dropped first: the successor of
+    ``b"a\\xff"`` is ``b"b"``; an empty or all-0xFF prefix has no upper bound.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _prefix_range(prefix: bytes) -> Any:
+    """An IDBKeyRange of every key starting with ``prefix`` (None: the whole store)."""
+    import js
+
+    if not prefix:
+        return None
+    upper = prefix_successor(prefix)
+    if upper is None:
+        return js.IDBKeyRange.lowerBound(_u8(prefix))
+    return js.IDBKeyRange.bound(_u8(prefix), _u8(upper), False, True)
+
+
+async def delete_database(name: str, *, indexed_db: Any = None) -> None:
+    """Delete the device storage ``name`` for good. Explicit only: ping_web never calls it."""
+    import js
+
+    db_name = database_name(name)
+    if db_name in _open_names:
+        raise DatabaseInUse(f"the device storage {db_name!r} is open in this process; close it first")
+    factory = indexed_db if indexed_db is not None else getattr(js, "indexedDB", None)
+    if _absent(factory):
+        raise StorageUnavailable("this JavaScript host has no IndexedDB")
+    request = factory.deleteDatabase(db_name)
+    event = await _event(request, ("success", "error", "blocked"))
+    if event.type == "blocked":
+        raise StorageUnavailable(
+            f"deleting {db_name!r} waits for another connection (another tab or worker) to close; "
+            "it will complete when that connection closes"
+        )
+    if event.type != "success":
+        raise storage_error(request.error, f"delete {db_name!r}")
