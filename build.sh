@@ -32,7 +32,7 @@ DEBIAN_PACKAGES=(rustc-web cargo-web rust-web-src lld-19 chromium chromium-drive
 
 mkdir -p "$STAMPS" "$TOOLS"
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m==> %s\033[0m  (+%ss)\n' "$*" "$SECONDS"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf '\nbuild.sh: %s\n' "$*" >&2; exit 1; }
 
@@ -184,6 +184,9 @@ build_pyodide_dist() {
 }
 
 build_all() {
+  # One build at a time in this checkout (two would race on build/ and dist/).
+  exec 9>"$CACHE/build.lock"
+  flock 9
   step "Checking the toolchain"
   ensure_debian_packages
   ensure_node_packages
@@ -205,6 +208,10 @@ run_tests() {
   "$PY" -m pytest tests/unit -q
   step "Pyodide tests (Node runtime, real OpenMLS wasm from dist/)"
   "$PY" -m pytest tests/pyodide -q --runtime node --dist-dir "$DIST/pyodide" \
+    -p no:cacheprovider -W ignore::DeprecationWarning
+  step "Pyodide tests (headless Chromium: real IndexedDB, Web Locks, WebCrypto)"
+  export SE_CHROMEDRIVER="${SE_CHROMEDRIVER:-$(command -v chromedriver)}"  # Selenium: no driver download
+  "$PY" -m pytest tests/pyodide -q --runtime chrome --dist-dir "$DIST/pyodide" \
     -p no:cacheprovider -W ignore::DeprecationWarning
 }
 
