@@ -668,7 +668,7 @@ class MessagingClient:
                 batch.put("mls", key, value)
         for conversation in conversations:
             self._metas[conversation.id] = conversation.meta
-            for name, value in conversation.records().items():
+            for name, value in conversation.records(changed_only=True).items():
                 batch.put("conversations", _record_key(conversation.id, name), value)
         for message in history:
             batch.put("history", history_key(message), message.encode())

@@ -86,6 +86,9 @@ class Conversation:
         self._leaves = device_leaves
         self._state = state
         self._members: list[mls.Member] | None = None  # cache, valid for the current epoch
+        self._users_by_leaf: dict[int, UserId] | None = None
+        self._persisted_meta: ConversationMeta | None = None  # what records() last encoded
+        self._persisted_leaves: dict[DeviceId, int] | None = None
         self._released: list[IncomingMessage] = []
         self._rejected: list[tuple[MessageEnvelope, PingError]] = []
         self._state.seq = max(self._state.seq, cursor.highest_seq(device_id))
@@ -272,14 +275,20 @@ class Conversation:
     def leaf_index_of(self, device_id: DeviceId) -> int | None:
         return self._leaves.get(device_id)
 
-    def records(self) -> dict[str, bytes]:
-        """Everything this conversation persists besides the MLS entries, encoded."""
-        return {
-            "meta": self._meta.encode(),
-            "cursor": self._cursor.encode(),
-            "leaves": encode_device_leaves(self._leaves),
-            "state": self._state.encode(),
-        }
+    def records(self, *, changed_only: bool = False) -> dict[str, bytes]:
+        """Everything this conversation persists besides the MLS entries, encoded.
+
+        With ``changed_only``, meta and leaves are left out when they are unchanged since
+        the last call (they change with membership, not with every message).
+        """
+        records = {"cursor": self._cursor.encode(), "state": self._state.encode()}
+        if not changed_only or self._meta is not self._persisted_meta:
+            records["meta"] = self._meta.encode()
+            self._persisted_meta = self._meta
+        if not changed_only or self._leaves != self._persisted_leaves:
+            records["leaves"] = encode_device_leaves(self._leaves)
+            self._persisted_leaves = dict(self._leaves)
+        return records
 
     def take_released(self) -> list[IncomingMessage]:
         """Held future-epoch messages that were decrypted since the last call."""
@@ -481,10 +490,17 @@ class Conversation:
     def _member_list(self) -> list[mls.Member]:
         if self._members is None:
             self._members = self._group.members()
+            self._users_by_leaf = None
         return self._members
+
+    def _user_at(self, leaf: int) -> UserId | None:
+        if self._users_by_leaf is None or self._members is None:
+            self._users_by_leaf = {m.leaf_index: UserId(m.identity) for m in self._member_list()}
+        return self._users_by_leaf.get(leaf)
 
     def _after_epoch_change(self) -> None:
         self._members = None
+        self._users_by_leaf = None
         members = self._member_list()
         self._meta = dataclasses.replace(self._meta, epoch=self._group.epoch, member_count=max(1, len(members)))
         live = {m.leaf_index for m in members}
@@ -544,9 +560,7 @@ class Conversation:
         sender_user = None
         if processed.sender_leaf is not None:
             self._leaves.setdefault(envelope.sender_device, processed.sender_leaf)
-            sender_user = next(
-                (UserId(m.identity) for m in self._member_list() if m.leaf_index == processed.sender_leaf), None
-            )
+            sender_user = self._user_at(processed.sender_leaf)
         return IncomingMessage.from_envelope(envelope, processed.plaintext, sender_user)
 
     def _release_held(self) -> None:
