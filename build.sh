@@ -5,6 +5,7 @@
 #   ./build.sh test       build if needed, then run every test (CPython, Pyodide in Node)
 #   ./build.sh build      install what is missing and build, nothing else
 #   ./build.sh demo       run the demo (builds first if needed)
+#   ./build.sh serve      build if needed, then serve the browser demo on http://localhost:8000/web/
 #   ./build.sh clean      remove build outputs (keeps downloaded caches)
 #
 # Every step is incremental: inputs are fingerprinted and a step is skipped when its
@@ -213,13 +214,100 @@ run_tests() {
   export SE_CHROMEDRIVER="${SE_CHROMEDRIVER:-$(command -v chromedriver)}"  # Selenium: no driver download
   "$PY" -m pytest tests/pyodide -q --runtime chrome --dist-dir "$DIST/pyodide" \
     -p no:cacheprovider -W ignore::DeprecationWarning
+  step "Browser tests (headless Chromium via Playwright: the web/ demo and its worker protocol)"
+  "$PY" -m pytest tests/browser -q -p no:cacheprovider -W ignore::DeprecationWarning
+  build_lite  # incremental: skipped when dist/lite is up to date
+  step "JupyterLite test (headless Chromium: docs/notebook.ipynb runs on dist/lite, output checked)"
+  "$PY" -m pytest tests/lite -q -p no:cacheprovider -W ignore::DeprecationWarning
+}
+
+SERVE_PORT="${PING_WEB_PORT:-8000}"
+
+run_serve() {
+  exec 9>&- # let other builds in this checkout run while we serve
+  step "Serving the browser demo (Ctrl-C to stop)"
+  exec "$PY" tools/serve.py --port "$SERVE_PORT"
+}
+
+# Benchmarks side by side with core-crypto and ts-mls (bench/, issue 6): one markdown
+# table on stdout, also written to bench/RESULTS.md. PING_BENCH_QUICK=1 for a smoke run.
+run_bench() {
+  step "Benchmarks: ping-web (Pyodide), its wasm from JS, core-crypto, ts-mls (Node)"
+  local command="./build.sh bench"
+  [[ "${PING_BENCH_QUICK:-}" == 1 ]] && command="PING_BENCH_QUICK=1 $command"
+  PING_BENCH_COMMAND="$command" node bench/run.mjs
+}
+
+# JupyterLite (issue 5): ./build.sh lite builds dist/lite/, a static site, offline. The
+# builder (jupyterlite-core, jupyterlite-pyodide-kernel: requirements-lite.txt) lives in
+# .cache/lite-venv. The site gets its own Pyodide (static/pyodide/: the npm runtime plus
+# the wheels the kernel loads at start, requirements-lite-pyodide.txt, in its lock file)
+# and a piplite index (pypi/: ping_web, cbor2, python-ulid) where `%pip install ping_web`
+# finds the wheel; PyPI fallback is off (tools/lite/jupyter-lite.json). Contents:
+# docs/notebook.ipynb. Open lite/notebooks/index.html?path=notebook.ipynb on a server.
+LITE_VENV="$CACHE/lite-venv"
+LITE_SRC="$CACHE/lite/src"
+
+lite_wheel() {  # lite_wheel DIR NAME==VERSION: the downloaded wheel file of that pin
+  local name=${2%%==*} version=${2##*==} found
+  found=$(find "$1" -maxdepth 1 -iname "$(echo "$name" | tr '-' '_')-$version-*.whl" \
+    | grep -E '(-none-any|_wasm32)\.whl$' | sort | head -n1)
+  [[ -n "$found" ]] || die "no wheel for $2 in $1"
+  echo "$found"
+}
+
+build_lite() {
+  local lite_py="$LITE_VENV/bin/python" fp
+  fp=$(fingerprint requirements-lite.txt)
+  if ! fresh lite-venv "$fp" || [[ ! -x "$lite_py" ]]; then
+    step "Creating .cache/lite-venv and installing requirements-lite.txt (JupyterLite builder)"
+    python3 -m venv "$LITE_VENV"
+    "$lite_py" -m pip install -q -r requirements-lite.txt
+    stamp lite-venv "$fp"
+  fi
+  fp=$(fingerprint requirements-lite.txt requirements-lite-pyodide.txt requirements-pyodide.txt tools/lite \
+    tools/pyodide_dist.py docs/notebook.ipynb node_modules/pyodide/package.json "$DIST"/ping_web-*.whl)
+  if fresh lite "$fp" && [[ -f "$DIST/lite/jupyter-lite.json" ]]; then
+    note "dist/lite up to date"
+    return
+  fi
+  step "Building the JupyterLite site dist/lite (offline: local Pyodide, local wheels)"
+  local start=$SECONDS wheels="$CACHE/lite/wheels"
+  mkdir -p "$wheels"
+  local kernel_pins ping_pins cbor2 pure
+  kernel_pins=$(grep -vE '^(#|$)' requirements-lite-pyodide.txt)
+  ping_pins=$(grep -E '^(cbor2|python-ulid)==' requirements-pyodide.txt)
+  cbor2=$(grep '^cbor2==' <<<"$ping_pins")
+  pure=$(grep -v '^cbor2==' <<<"$ping_pins")
+  # shellcheck disable=SC2086
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform any --implementation py --abi none \
+    --python-version 3.14 -d "$wheels" $kernel_pins $pure
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform pyemscripten_2026_0_wasm32 \
+    --python-version 3.14 --implementation cp --abi cp314 -d "$wheels" "$cbor2"
+  rm -rf "$LITE_SRC" "$DIST/lite"
+  mkdir -p "$LITE_SRC/pypi"
+  cp tools/lite/jupyter-lite.json "$LITE_SRC/"
+  local kernel_wheels=() pin
+  for pin in $kernel_pins; do kernel_wheels+=("$(lite_wheel "$wheels" "$pin")"); done
+  "$PY" tools/pyodide_dist.py --pyodide node_modules/pyodide --out "$LITE_SRC/static/pyodide" "${kernel_wheels[@]}"
+  for pin in $ping_pins; do cp "$(lite_wheel "$wheels" "$pin")" "$LITE_SRC/pypi/"; done
+  cp "$DIST"/ping_web-*.whl "$LITE_SRC/pypi/"
+  (cd "$LITE_SRC" && "$LITE_VENV/bin/jupyter" lite build --lite-dir "$LITE_SRC" --output-dir "$DIST/lite" \
+    --contents "$ROOT/docs/notebook.ipynb" --apps lab --apps notebooks --no-sourcemaps --no-unused-shared-packages)
+  [[ -f "$DIST/lite/static/pyodide/pyodide.mjs" && -f "$DIST/lite/files/notebook.ipynb" ]] \
+    || die "dist/lite lacks its Pyodide or the notebook"
+  note "dist/lite: $(du -sh "$DIST/lite" | cut -f1) in $((SECONDS - start)) s; open lite/notebooks/index.html?path=notebook.ipynb"
+  stamp lite "$fp"
 }
 
 case "${1:-all}" in
+  lite) build_all; build_lite ;;
   all) build_all; run_demo ;;
   build) build_all ;;
   demo) build_all; run_demo ;;
   test) build_all; run_tests ;;
+  serve) build_all; run_serve ;;
+  bench) build_all; run_bench ;;
   clean) rm -rf "$DIST" "$WASM_OUT"/*.js "$WASM_OUT"/*.wasm "$WASM_OUT/BUILD_INFO" "$STAMPS" "$CACHE/wasm-bindgen" ;;
-  *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, clean)" ;;
+  *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, serve, bench, clean)" ;;
 esac

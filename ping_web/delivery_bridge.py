@@ -1,0 +1,559 @@
+"""One delivery service shared by many Pyodide workers, over ``MessagePort``\\ s.
+
+The delivery logic stays in Python on both sides: a worker of its own runs a
+:class:`~ping_web.delivery.LocalDeliveryService` (or :class:`JournaledDelivery`, which keeps
+it in IndexedDB) behind a :class:`DeliveryServer`; each device worker binds a
+:class:`PortDelivery` to its client. ``PortDelivery`` implements the
+:class:`~ping_web.delivery.Delivery` protocol by forwarding every call over its port; the
+server calls the service and answers. JavaScript only creates the ``MessageChannel`` and
+hands one end to each side::
+
+    # delivery worker                           # device worker
+    service = await JournaledDelivery.open(     delivery = PortDelivery(port, on_notice=...)
+        await IndexedDbStorage.open("ds"))      client = await MessagingClient.open(
+    server = DeliveryServer(service)                storage, b"alice", delivery=delivery)
+    server.connect(port)                        # one port per device
+
+Messages on a port (structured clone; bytes cross as ``Uint8Array``, ids as their raw bytes):
+
+* request, device to server: ``{id: int, method: str, args: [...]}``, ``method`` one of the
+  :class:`~ping_web.delivery.Delivery` methods with its arguments in order;
+* reply, server to device: ``{id, result}`` or ``{id, error: {name, message}}``, where
+  ``name`` is the :class:`~ping_web.errors.PingError` subclass (re-raised as that class on
+  the device side);
+* notice, server to every other port: ``{notice: "log", conversation_id}`` after a post
+  was accepted, ``{notice: "welcome", device_ids: [...]}`` after a Welcome was left. A
+  notice only says "something is new": clients then pull with ``sync()`` as usual.
+
+Everything here needs Pyodide (``js``, ``pyodide.ffi``) except the journal format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import codec, errors
+from .delivery import Delivery, LocalDeliveryService, LogPage
+from .errors import InvalidInput, PingError, StorageError
+from .ids import ConversationId, DeviceId, UserId
+from .storage import Batch, Storage
+from .writer import BatchWriter
+
+__all__ = [
+    "JOURNAL_VERSION",
+    "METHODS",
+    "DeliveryServer",
+    "DeliveryUnavailable",
+    "JournaledDelivery",
+    "Notice",
+    "PortDelivery",
+    "error_from_record",
+    "error_record",
+    "serve_delivery",
+]
+
+METHODS: Final = (
+    "post",
+    "fetch",
+    "send_welcome",
+    "fetch_welcomes",
+    "publish_key_packages",
+    "claim_key_package",
+    "devices_of",
+)
+"""The :class:`~ping_web.delivery.Delivery` methods a port carries."""
+
+DEFAULT_TIMEOUT_S: Final = 30.0
+MAX_LIST: Final = 10_000
+"""Most items a list argument may have (welcome recipients, KeyPackages per call)."""
+
+
+class DeliveryUnavailable(PingError):
+    """The delivery service did not answer (its worker is gone, the port closed, or it timed
+    out). Nothing is lost: the client's outbox keeps what was not handed over; retry with
+    ``sync()`` once the service is back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What a server announced: ``kind`` is ``"log"`` (``conversation_id`` set) or
+    ``"welcome"`` (``device_ids`` set)."""
+
+    kind: str
+    conversation_id: ConversationId | None = None
+    device_ids: tuple[DeviceId, ...] = ()
+
+
+# -- conversions at the port ------------------------------------------------------------------
+
+
+def _js(value: Any) -> Any:
+    """A Python value (dict / list / bytes / int / str / bool / None) as a plain JS value."""
+    import js
+    from pyodide.ffi import to_js
+
+    return to_js(value, dict_converter=js.Object.fromEntries, create_pyproxies=False)
+
+
+def _absent(value: Any) -> bool:
+    return value is None or type(value).__name__ == "JsNull"
+
+
+def _py(data: Any) -> Any:
+    """A message's data as Python: objects -> dict, arrays -> list, ``Uint8Array`` -> bytes."""
+    value = data.to_py() if hasattr(data, "to_py") else data
+    return _bytes_in(value)
+
+
+def _bytes_in(value: Any) -> Any:
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    if isinstance(value, list):
+        return [_bytes_in(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _bytes_in(item) for key, item in value.items()}
+    if _absent(value):
+        return None
+    return value
+
+
+def _raw(value: Any, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise InvalidInput(f"delivery bridge: {what} must be bytes (Uint8Array), got {type(value).__name__}")
+    return value
+
+
+def _raw_list(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list) or len(value) > MAX_LIST:
+        raise InvalidInput(f"delivery bridge: {what} must be an array of at most {MAX_LIST} Uint8Arrays")
+    return [_raw(item, what) for item in value]
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"delivery bridge: {what} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def error_record(exc: BaseException) -> dict[str, str]:
+    """How an exception crosses a port or a worker boundary: ``{name, message}``."""
+    return {"name": type(exc).__name__, "message": str(exc)}
+
+
+def error_from_record(record: Any) -> PingError:
+    """The :class:`~ping_web.errors.PingError` a ``{name, message}`` record stands for.
+
+    A name that is not a ping_web error class (or one whose constructor takes more than a
+    message, like ``MlsError``) becomes a plain :class:`PingError` carrying both.
+    """
+    name = record.get("name") if isinstance(record, dict) else None
+    message = record.get("message") if isinstance(record, dict) else None
+    name = name if isinstance(name, str) else "PingError"
+    message = message if isinstance(message, str) else "no message"
+    cls = getattr(errors, name, None) or (DeliveryUnavailable if name == "DeliveryUnavailable" else None)
+    if isinstance(cls, type) and issubclass(cls, PingError) and cls is not errors.MlsError:
+        return cls(message)
+    return PingError(f"{name}: {message}")
+
+
+# -- the device side ----------------------------------------------------------------------------
+
+
+class PortDelivery:
+    """A :class:`~ping_web.delivery.Delivery` whose service is at the other end of ``port``.
+
+    ``on_notice`` is called (synchronously, from the port's message handler) with each
+    :class:`Notice` the server sends; keep it short, e.g. schedule a ``sync()``.
+    """
+
+    def __init__(
+        self,
+        port: Any,
+        *,
+        on_notice: Callable[[Notice], None] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        from pyodide.ffi import create_proxy
+
+        self._port = port
+        self._on_notice = on_notice
+        self._timeout_s = timeout_s
+        self._next_id = 1
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._closed = False
+        self._handler = create_proxy(self._on_message)
+        port.onmessage = self._handler
+
+    # Delivery ---------------------------------------------------------------------------------
+
+    async def post(self, envelope: bytes) -> bool:
+        return bool(await self._call("post", bytes(envelope)))
+
+    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
+        result = await self._call("fetch", conversation_id.raw, position)
+        if not isinstance(result, dict):
+            raise DeliveryUnavailable("delivery bridge: malformed fetch reply")
+        return LogPage(_raw_list(result.get("envelopes"), "envelopes"), _int(result.get("next_position"), "position"))
+
+    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        await self._call("send_welcome", [device.raw for device in device_ids], bytes(welcome))
+
+    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        return _raw_list(await self._call("fetch_welcomes", device_id.raw), "welcomes")
+
+    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
+        await self._call("publish_key_packages", user_id.raw, device_id.raw, [bytes(kp) for kp in key_packages])
+
+    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
+        result = await self._call("claim_key_package", device_id.raw)
+        return None if result is None else _raw(result, "key package")
+
+    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        return [DeviceId.from_bytes(raw) for raw in _raw_list(await self._call("devices_of", user_id.raw), "devices")]
+
+    # ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop listening; calls waiting for a reply fail with :class:`DeliveryUnavailable`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._port.onmessage = None
+        self._port.close()
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(DeliveryUnavailable("the delivery port was closed"))
+        self._waiting.clear()
+        asyncio.get_event_loop().call_soon(self._handler.destroy)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._closed:
+            raise DeliveryUnavailable("the delivery port was closed")
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        future: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            self._port.postMessage(_js({"id": request_id, "method": method, "args": list(args)}))
+            return await asyncio.wait_for(future, self._timeout_s)
+        except TimeoutError:
+            raise DeliveryUnavailable(
+                f"the delivery service did not answer {method} within {self._timeout_s:g} s; retry with sync()"
+            ) from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    def _on_message(self, event: Any) -> None:
+        try:
+            data = _py(event.data)
+        except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
+            return
+        if not isinstance(data, dict):
+            return
+        if "notice" in data:
+            self._notice(data)
+            return
+        future = self._waiting.get(data.get("id"))  # type: ignore[arg-type]
+        if future is None or future.done():
+            return
+        if "error" in data:
+            future.set_exception(error_from_record(data["error"]))
+        else:
+            future.set_result(data.get("result"))
+
+    def _notice(self, data: dict[str, Any]) -> None:
+        if self._on_notice is None:
+            return
+        try:
+            if data["notice"] == "log":
+                conversation_id = ConversationId.from_bytes(_raw(data.get("conversation_id"), "conversation_id"))
+                notice = Notice("log", conversation_id=conversation_id)
+            elif data["notice"] == "welcome":
+                devices = tuple(DeviceId.from_bytes(raw) for raw in _raw_list(data.get("device_ids"), "device_ids"))
+                notice = Notice("welcome", device_ids=devices)
+            else:
+                return
+        except PingError:
+            return
+        self._on_notice(notice)
+
+
+# -- the service side ---------------------------------------------------------------------------
+
+
+class DeliveryServer:
+    """Answers :class:`PortDelivery` requests from any number of ports with one ``service``.
+
+    Requests are handled as they arrive; each service method is atomic (the local service
+    never awaits inside one), so two devices racing for one epoch get exactly one winner.
+    After an accepted post or a Welcome, every other connected port gets a notice.
+    """
+
+    def __init__(self, service: Delivery) -> None:
+        self.service = service
+        self._ports: list[tuple[Any, Any]] = []  # (port, its message handler proxy)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.requests = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self._ports)
+
+    def connect(self, port: Any) -> None:
+        """Serve requests arriving on ``port`` (one per device)."""
+        from pyodide.ffi import create_proxy
+
+        handler = create_proxy(lambda event: self._on_message(port, event))
+        port.onmessage = handler
+        self._ports.append((port, handler))
+
+    def close(self) -> None:
+        """Stop serving every port (requests in flight still get their reply)."""
+        ports, self._ports = self._ports, []
+        for port, handler in ports:
+            port.onmessage = None
+            port.close()
+            asyncio.get_event_loop().call_soon(handler.destroy)
+
+    def _on_message(self, port: Any, event: Any) -> None:
+        task = asyncio.ensure_future(self._answer(port, event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, port: Any, event: Any) -> None:
+        request_id: Any = None
+        try:
+            data = _py(event.data)
+            if not isinstance(data, dict):
+                return
+            request_id = data.get("id")
+            self.requests += 1
+            result, notice = await self._dispatch(data.get("method"), data.get("args"))
+            reply: dict[str, Any] = {"id": request_id, "result": result}
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+            reply, notice = {"id": request_id, "error": error_record(exc)}, None
+        try:
+            port.postMessage(_js(reply))
+        except Exception:  # noqa: BLE001 - the other side is gone: nothing to tell
+            pass
+        if notice is not None:
+            message = _js(notice)
+            for other, _ in list(self._ports):
+                if other is not port:
+                    other.postMessage(message)
+
+    async def _dispatch(self, method: Any, args: Any) -> tuple[Any, dict[str, Any] | None]:
+        """Call the service; returns the reply's result and the notice to broadcast."""
+        if method not in METHODS:
+            raise InvalidInput(f"delivery bridge: unknown method {method!r}; use one of {', '.join(METHODS)}")
+        if not isinstance(args, list):
+            raise InvalidInput("delivery bridge: args must be an array")
+        service = self.service
+
+        def arity(n: int) -> list[Any]:
+            if len(args) != n:
+                raise InvalidInput(f"delivery bridge: {method} takes {n} arguments, got {len(args)}")
+            return args
+
+        if method == "post":
+            (envelope,) = arity(1)
+            accepted = await service.post(_raw(envelope, "envelope"))
+            notice = None
+            if accepted:
+                from .envelope import MessageEnvelope
+
+                notice = {"notice": "log", "conversation_id": MessageEnvelope.decode(envelope).conversation_id.raw}
+            return accepted, notice
+        if method == "fetch":
+            conversation, position = arity(2)
+            page = await service.fetch(ConversationId.from_bytes(_raw(conversation, "id")), _int(position, "position"))
+            return {"envelopes": page.envelopes, "next_position": page.next_position}, None
+        if method == "send_welcome":
+            devices, welcome = arity(2)
+            device_ids = [DeviceId.from_bytes(raw) for raw in _raw_list(devices, "device_ids")]
+            await service.send_welcome(device_ids, _raw(welcome, "welcome"))
+            return None, {"notice": "welcome", "device_ids": [d.raw for d in device_ids]}
+        if method == "fetch_welcomes":
+            (device,) = arity(1)
+            return await service.fetch_welcomes(DeviceId.from_bytes(_raw(device, "device_id"))), None
+        if method == "publish_key_packages":
+            user, device, packages = arity(3)
+            await service.publish_key_packages(
+                UserId.from_bytes(_raw(user, "user_id")),
+                DeviceId.from_bytes(_raw(device, "device_id")),
+                _raw_list(packages, "key_packages"),
+            )
+            return None, None
+        if method == "claim_key_package":
+            (device,) = arity(1)
+            return await service.claim_key_package(DeviceId.from_bytes(_raw(device, "device_id"))), None
+        (user,) = arity(1)  # devices_of
+        return [d.raw for d in await service.devices_of(UserId.from_bytes(_raw(user, "user_id")))], None
+
+
+def serve_delivery(port: Any, service: Delivery | DeliveryServer) -> DeliveryServer:
+    """Serve ``service`` on ``port``; pass the returned server again to add more ports."""
+    server = service if isinstance(service, DeliveryServer) else DeliveryServer(service)
+    server.connect(port)
+    return server
+
+
+# -- a local service that survives a restart ----------------------------------------------------
+
+JOURNAL_VERSION: Final = 1
+JOURNAL_MAX_ENTRY: Final = 16 << 20
+_JOURNAL_KEY: Final = struct.Struct(">Q")
+
+
+class JournaledDelivery:
+    """A :class:`~ping_web.delivery.LocalDeliveryService` whose every change is journaled.
+
+    Each state change (an accepted post, a Welcome left or taken, KeyPackages published or
+    claimed) is appended to ``storage`` under namespace ``namespace`` (key: 8-byte
+    big-endian sequence number; value: CBOR ``{"v": 1, "op": str, "a": [...]}``) before the
+    call returns, through one FIFO writer; reads wait for earlier changes to be durable, so
+    nothing a caller saw can be lost by a restart. :meth:`open` replays the journal into a
+    fresh service, which is deterministic, so the service comes back exactly as it was.
+
+    Everything journaled is what any delivery server sees anyway (MLS ciphertexts,
+    Welcomes, public KeyPackages), so the journal needs no encryption.
+    """
+
+    def __init__(self, storage: Storage, *, namespace: str = "history") -> None:
+        self.service = LocalDeliveryService()
+        self._storage = storage
+        self._namespace = namespace
+        self._next = 1
+        self._failed: BaseException | None = None
+        self._writer = BatchWriter(storage, self._on_write_failure)
+        self.replayed = 0
+
+    @classmethod
+    async def open(cls, storage: Storage, *, namespace: str = "history") -> JournaledDelivery:
+        """The service as ``storage``'s journal left it (empty the first time)."""
+        journaled = cls(storage, namespace=namespace)
+        await journaled._replay()
+        return journaled
+
+    async def close(self) -> None:
+        await self._writer.flush()
+        await self._storage.close()
+
+    # Delivery ---------------------------------------------------------------------------------
+
+    async def post(self, envelope: bytes) -> bool:
+        await self._ready()
+        accepted = self.service.post_now(envelope)
+        if accepted:
+            await self._journal("post", [bytes(envelope)])
+        else:
+            await self._durable()
+        return accepted
+
+    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
+        await self._ready()
+        page = await self.service.fetch(conversation_id, position)
+        await self._durable()
+        return page
+
+    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        await self._ready()
+        await self.service.send_welcome(device_ids, welcome)
+        await self._journal("welcome", [[d.raw for d in device_ids], bytes(welcome)])
+
+    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        await self._ready()
+        welcomes = await self.service.fetch_welcomes(device_id)
+        if welcomes:
+            await self._journal("take_welcomes", [device_id.raw])
+        else:
+            await self._durable()
+        return welcomes
+
+    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
+        await self._ready()
+        await self.service.publish_key_packages(user_id, device_id, key_packages)
+        await self._journal("publish", [user_id.raw, device_id.raw, [bytes(kp) for kp in key_packages]])
+
+    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
+        await self._ready()
+        key_package = await self.service.claim_key_package(device_id)
+        if key_package is not None:
+            await self._journal("claim", [device_id.raw])
+        else:
+            await self._durable()
+        return key_package
+
+    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        await self._ready()
+        devices = await self.service.devices_of(user_id)
+        await self._durable()
+        return devices
+
+    # ------------------------------------------------------------------------------------------
+
+    def _journal(self, op: str, args: list[Any]) -> asyncio.Future[None]:
+        """Append one entry (synchronously queued right after the change it records)."""
+        batch = Batch()
+        entry = codec.encode({"v": JOURNAL_VERSION, "op": op, "a": args})
+        batch.put(self._namespace, _JOURNAL_KEY.pack(self._next), entry)
+        self._next += 1
+        return self._writer.submit(batch)
+
+    async def _durable(self) -> None:
+        """Wait until every change made so far is stored; fail if one could not be."""
+        await self._writer.flush()
+        if self._failed is not None:
+            raise StorageError(f"the delivery journal could not be written ({self._failed}); retry")
+
+    def _on_write_failure(self, error: BaseException) -> None:
+        self._failed = error
+
+    async def _ready(self) -> None:
+        """After a failed journal write, rebuild memory from what the journal really holds."""
+        if self._failed is not None:
+            await self._writer.flush()
+            self.service = LocalDeliveryService()
+            self._next = 1
+            await self._replay()
+            self._failed = None
+
+    async def _replay(self) -> None:
+        service = self.service
+        for key, value in await self._storage.scan(self._namespace):
+            try:
+                (seq,) = _JOURNAL_KEY.unpack(key)
+                with codec.record(value, "DeliveryJournal", keys=frozenset({"v", "op", "a"}),
+                                  versions=(JOURNAL_VERSION,), max_size=JOURNAL_MAX_ENTRY) as m:  # fmt: skip
+                    op, args = m["op"], m["a"]
+                await _apply(service, op, args)
+            except (struct.error, PingError) as exc:
+                raise errors.StorageCorrupted(
+                    f"delivery journal entry {key.hex()} is unreadable ({exc}); nothing was deleted"
+                ) from None
+            self._next = seq + 1
+            self.replayed += 1
+
+
+async def _apply(service: LocalDeliveryService, op: Any, args: Any) -> None:
+    """Replay one journal entry."""
+    if not isinstance(args, list):
+        raise InvalidInput("journal arguments must be an array")
+    if op == "post" and len(args) == 1:
+        service.post_now(_raw(args[0], "envelope"))
+    elif op == "welcome" and len(args) == 2:
+        await service.send_welcome([DeviceId.from_bytes(r) for r in _raw_list(args[0], "devices")], _raw(args[1], "w"))
+    elif op == "take_welcomes" and len(args) == 1:
+        await service.fetch_welcomes(DeviceId.from_bytes(_raw(args[0], "device")))
+    elif op == "publish" and len(args) == 3:
+        await service.publish_key_packages(
+            UserId.from_bytes(_raw(args[0], "user")), DeviceId.from_bytes(_raw(args[1], "device")),
+            _raw_list(args[2], "key_packages"),
+        )  # fmt: skip
+    elif op == "claim" and len(args) == 1:
+        await service.claim_key_package(DeviceId.from_bytes(_raw(args[0], "device")))
+    else:
+        raise InvalidInput(f"unknown journal operation {op!r}")

@@ -1,0 +1,90 @@
+"""Headless Chromium tests of web/: Debian's /usr/bin/chromium driven by Playwright.
+
+Playwright's own browser download is never used (it fails here): the browser is launched
+from ``PING_WEB_CHROMIUM`` (default ``/usr/bin/chromium``). The repository root is served
+by ``tools/serve.py`` on a free localhost port; each test gets a fresh browser context, so
+fresh IndexedDB databases. Screenshots go to ``test-output/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output"
+CHROMIUM = os.environ.get("PING_WEB_CHROMIUM", "/usr/bin/chromium")
+
+# Debian's chromium without the sandbox or GPU, and nothing that reaches the network.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+sys.path.insert(0, str(ROOT))
+from tools.serve import serve_in_thread  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (ROOT / "dist" / "pyodide" / "pyodide-lock.json").exists():
+        raise pytest.UsageError("dist/pyodide is missing: run ./build.sh build first")
+    if not Path(CHROMIUM).exists():
+        raise pytest.UsageError(f"{CHROMIUM} is missing: apt-get install chromium (or set PING_WEB_CHROMIUM)")
+
+
+@pytest.fixture(scope="session")
+def base_url() -> Iterator[str]:
+    """The served repository root, e.g. ``http://localhost:40123``."""
+    server = serve_in_thread(int(os.environ.get("PING_WEB_TEST_PORT", "0")))
+    try:
+        yield f"http://localhost:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def context(browser: object) -> Iterator[object]:
+    """A fresh browser profile (empty IndexedDB) sized so the three devices sit side by side."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Mark a test whose body failed (``item.call_failed``), so fixtures can save a screenshot."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        item.call_failed = True  # type: ignore[attr-defined]
