@@ -288,17 +288,37 @@ class MessagingClient:
         await self._ready()
         envelope = _as_envelope(welcome)
         if envelope.conversation_id in self._metas:
+            await self._get(envelope.conversation_id)
+        conversation = self._run(lambda: self._join_now(envelope, name))
+        if conversation is None:
             raise StateConflict("this device is already in that conversation")
-        is_device_group = envelope.conversation_id == device_group_id(self.user_id)
-        conversation = self._run(
-            lambda: Conversation.join(
-                self._provider, self._identity, self.device_id, envelope, self._clock(),
-                name=DEVICE_GROUP_NAME if is_device_group else name, is_device_group=is_device_group,
-            )
-        )  # fmt: skip
-        self._adopt(conversation)
         await self._writer.submit(self._capture([conversation]))
         return conversation.meta
+
+    def _join_now(self, envelope: MessageEnvelope, name: str | None = None) -> Conversation | None:
+        """Join from a Welcome, synchronously; ``None`` if already a member. A conversation
+        this device was removed from is joined afresh (its history stays)."""
+        if envelope.kind is not MessageKind.WELCOME:
+            raise InvalidInput("join needs a WELCOME envelope")
+        conversation_id = envelope.conversation_id
+        is_device_group = conversation_id == device_group_id(self.user_id)
+        if is_device_group:
+            name = DEVICE_GROUP_NAME
+        existing = self._loaded.get(conversation_id)
+        if conversation_id in self._metas and (existing is None or not existing.state.removed):
+            return None
+        with self._provider.savepoint():
+            if existing is not None:
+                self._provider.drop_group(conversation_id.raw)
+                name = name or existing.meta.name
+            conversation = Conversation.join(
+                self._provider, self._identity, self.device_id, envelope, self._clock(),
+                name=name, is_device_group=is_device_group,
+            )  # fmt: skip
+        if existing is not None:  # same device, same conversation: never reuse a seq
+            conversation.state.seq = max(existing.state.seq, existing.cursor.highest_seq(self.device_id))
+        self._adopt(conversation)
+        return conversation
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -396,7 +416,7 @@ class MessagingClient:
                 decoded.append(_as_envelope(item))
             except PingError as exc:
                 outcome.rejected.append((item, exc))
-        for conversation_id in {e.conversation_id for e in decoded if e.kind is not MessageKind.WELCOME}:
+        for conversation_id in {e.conversation_id for e in decoded}:
             if conversation_id in self._metas:
                 await self._get(conversation_id)
         # From here to the capture, nothing is awaited.
@@ -404,15 +424,9 @@ class MessagingClient:
         for envelope in decoded:
             try:
                 if envelope.kind is MessageKind.WELCOME:
-                    if envelope.conversation_id in self._metas:
-                        continue
-                    conversation = Conversation.join(
-                        self._provider, self._identity, self.device_id, envelope, self._clock(),
-                        is_device_group=envelope.conversation_id == device_group_id(self.user_id),
-                        name=DEVICE_GROUP_NAME if envelope.conversation_id == device_group_id(self.user_id) else None,
-                    )  # fmt: skip
-                    self._adopt(conversation)
-                    touched[conversation.id] = conversation
+                    joined = self._join_now(envelope)
+                    if joined is not None:
+                        touched[joined.id] = joined
                     continue
                 conversation = self._loaded.get(envelope.conversation_id)  # type: ignore[assignment]
                 if conversation is None:

@@ -26,6 +26,14 @@ _U32 = struct.Struct(">I")
 _PROCESSED_HEADER = struct.Struct(">BBIQ")
 _DELETED = 0xFFFF_FFFF
 
+# Bytes passed into wasm go through reusable Uint8Arrays (TOOLCHAIN.md: writing into an
+# existing array with .assign() costs a fraction of a to_js() copy). wasm-bindgen copies
+# every &[u8] argument into wasm memory during the call, so an array is free again as soon
+# as the call returns. Small arrays only, a few per length.
+_POOL_MAX_LENGTH = 4096
+_POOL_PER_LENGTH = 4
+_POOL_LENGTHS = 64
+
 _STATE_ERRORS: dict[str, type[PingError]] = {
     "invalid_input": errors.InvalidInput,
     "malformed_message": errors.DecodeError,
@@ -108,11 +116,16 @@ class MlsRuntime:
     """One instance of the wasm module."""
 
     def __init__(self, exports: Any) -> None:
+        import js
         from pyodide.ffi import JsException, to_js
 
         self._exports = exports
         self._js_exception = JsException
         self._to_js = to_js
+        self._new_u8 = js.Uint8Array.new
+        self._empty = self._new_u8(0)
+        self._free: dict[int, list[Any]] = {}  # length -> arrays free for the next call
+        self._lent: list[tuple[int, Any]] = []  # arrays handed out for the call being built
         self.trapped = False
 
     @classmethod
@@ -130,16 +143,42 @@ class MlsRuntime:
             return fn(*args)
         except self._js_exception as exc:
             error = _translate(exc)
+        finally:
+            if self._lent:
+                self._give_back()
         # Raised outside the handler so no JS exception rides along as __context__.
         if isinstance(error, errors.WasmTrap):
             self.trapped = True
         raise error
 
     def u8(self, data: bytes) -> Any:
-        """Python bytes as a JS Uint8Array."""
+        """Python bytes as a JS Uint8Array, valid until the next :meth:`call` returns.
+
+        Pass it to that call only: the array is reused afterwards.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise errors.InvalidInput(f"expected bytes, got {type(data).__name__}")
-        return self._to_js(bytes(data))
+        size = len(data)
+        if size == 0:
+            return self._empty
+        if size > _POOL_MAX_LENGTH:
+            return self._to_js(bytes(data))
+        free = self._free.get(size)
+        array = free.pop() if free else self._new_u8(size)
+        array.assign(data)
+        self._lent.append((size, array))
+        return array
+
+    def _give_back(self) -> None:
+        for size, array in self._lent:
+            free = self._free.get(size)
+            if free is None:
+                if len(self._free) >= _POOL_LENGTHS:
+                    continue
+                free = self._free[size] = []
+            if len(free) < _POOL_PER_LENGTH:
+                free.append(array)
+        self._lent.clear()
 
     @property
     def build_info(self) -> dict[str, str]:
@@ -156,10 +195,11 @@ class Provider:
     def __init__(self, runtime: MlsRuntime, js: Any) -> None:
         self.runtime = runtime
         self.js = js
+        self._checkpoint = js.checkpoint  # bound once: a JsProxy attribute lookup is a crossing
 
     def checkpoint(self) -> list[Change]:
         """Every change since the last checkpoint; starts a new one."""
-        return decode_changes(self.runtime.call(self.js.checkpoint).to_bytes())
+        return decode_changes(self.runtime.call(self._checkpoint).to_bytes())
 
     def rollback(self) -> None:
         """Undo every change since the last checkpoint."""
@@ -167,7 +207,7 @@ class Provider:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo every change made inside the block if it raises (one level, no nesting)."""
+        """Undo every change made inside the block if it raises. Savepoints nest."""
         self.runtime.call(self.js.savepoint)
         try:
             yield
@@ -279,6 +319,9 @@ class Group:
         self.js = js
         self._call = provider.runtime.call
         self._u8 = provider.runtime.u8
+        # The per-message exports, bound once (a JsProxy attribute lookup is a crossing).
+        self._create_message = js.createMessage
+        self._process_message = js.processMessage
 
     @property
     def group_id(self) -> bytes:
@@ -338,7 +381,7 @@ class Group:
 
     def create_message(self, identity: Identity, plaintext: bytes, aad: bytes = b"") -> bytes:
         return self._call(
-            self.js.createMessage, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
+            self._create_message, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
         ).to_bytes()
 
     def process_message(self, message: bytes, expected_aad: bytes = b"", plaintext_sha256: bytes = b"") -> Processed:
@@ -350,7 +393,7 @@ class Group:
         (:class:`~ping_web.errors.ContentHashMismatch`). A rejected message changes nothing.
         """
         raw = self._call(
-            self.js.processMessage, self.provider.js, self._u8(message), self._u8(expected_aad),
+            self._process_message, self.provider.js, self._u8(message), self._u8(expected_aad),
             self._u8(plaintext_sha256),
         ).to_bytes()
         kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)

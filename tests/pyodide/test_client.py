@@ -313,3 +313,34 @@ async def test_a_wasm_trap_fails_the_operation_and_the_client_recovers_from_stor
     got = [m.plaintext for e in (first, env) for m in await b.receive(e)]
     assert got == [b"before the trap", b"after recovery"]
     assert [m.plaintext for m in await a.history(conv)] == [b"before the trap", b"after recovery"]
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_removed_device_can_be_added_again(selenium):
+    from ping_web.client import MessagingClient
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.memory_storage import MemoryStorage
+
+    ds = LocalDeliveryService()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    await bob.publish_key_packages(3)
+    conv = (await alice.create_conversation("again")).id
+    await alice.add_members(conv, [(bob.device_id, await ds.claim_key_package(bob.device_id))])
+    await bob.sync()
+    await alice.send(conv, b"first time")
+    await bob.sync()
+    await alice.receive(await bob.send(conv, b"bob was here"))
+    leaf = (await alice.conversation(conv)).leaf_index_of(bob.device_id)
+    await alice.remove_members(conv, [leaf])
+    await bob.sync()
+    assert (await bob.conversation(conv)).state.removed
+    await alice.add_members(conv, [(bob.device_id, await ds.claim_key_package(bob.device_id))])
+    await bob.sync()
+    rejoined = await bob.conversation(conv)
+    assert not rejoined.state.removed
+    await alice.send(conv, b"welcome back")
+    await bob.sync()
+    assert [m.plaintext for m in await bob.history(conv)] == [b"first time", b"bob was here", b"welcome back"]
+    env = await bob.send(conv, b"glad to be back")
+    assert [m.plaintext for m in await alice.receive(env)] == [b"glad to be back"]

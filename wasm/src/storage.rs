@@ -101,8 +101,8 @@ pub struct WorkingSet {
     undo: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// While an operation runs: value each key had when the operation began.
     journal: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
-    /// While a caller's savepoint is open: value each key had when it was taken.
-    savepoint: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    /// Open savepoints, innermost last: value each key had when each was taken.
+    savepoints: RefCell<Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
 }
 
 fn record_first(log: &RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>, key: &[u8], current: &dyn Fn() -> Option<Vec<u8>>) {
@@ -122,7 +122,11 @@ impl WorkingSet {
         }
         drop(undo);
         record_first(&self.journal, key, &current);
-        record_first(&self.savepoint, key, &current);
+        for log in self.savepoints.borrow_mut().iter_mut() {
+            if !log.contains_key(key) {
+                log.insert(key.to_vec(), current());
+            }
+        }
     }
 
     fn put_back(&self, log: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
@@ -136,19 +140,20 @@ impl WorkingSet {
     }
 
     /// Mark the current state so that several operations can be undone together.
+    /// Savepoints nest: each rollback or release ends the innermost one.
     pub fn begin_savepoint(&self) {
-        *self.savepoint.borrow_mut() = Some(BTreeMap::new());
+        self.savepoints.borrow_mut().push(BTreeMap::new());
     }
 
-    /// Put back every key changed since [`Self::begin_savepoint`], and end the savepoint.
+    /// Put back every key changed since the innermost savepoint, and end it.
     pub fn rollback_savepoint(&self) {
-        let log = self.savepoint.borrow_mut().take().unwrap_or_default();
+        let log = self.savepoints.borrow_mut().pop().unwrap_or_default();
         self.put_back(log);
     }
 
-    /// Keep the changes made since [`Self::begin_savepoint`], and end the savepoint.
+    /// Keep the changes made since the innermost savepoint, and end it.
     pub fn release_savepoint(&self) {
-        *self.savepoint.borrow_mut() = None;
+        self.savepoints.borrow_mut().pop();
     }
 
     /// Start recording an operation so that [`Self::abort_op`] can undo exactly it.
@@ -220,7 +225,7 @@ impl WorkingSet {
     /// Put every key back to its value at the last checkpoint.
     pub fn rollback(&self) {
         let undo = std::mem::take(&mut *self.undo.borrow_mut());
-        *self.savepoint.borrow_mut() = None;
+        self.savepoints.borrow_mut().clear();
         self.put_back(undo);
     }
 
