@@ -217,7 +217,7 @@ run_tests() {
   step "Browser tests (headless Chromium via Playwright: the web/ demo and its worker protocol)"
   "$PY" -m pytest tests/browser -q -p no:cacheprovider -W ignore::DeprecationWarning
   build_lite  # incremental: skipped when dist/lite is up to date
-  step "JupyterLite test (headless Chromium: docs/notebook.ipynb runs on dist/lite, output checked)"
+  step "JupyterLite and guide tests (headless Chromium: docs/notebook.ipynb on dist/lite, docs/guide.md pages)"
   "$PY" -m pytest tests/lite -q -p no:cacheprovider -W ignore::DeprecationWarning
 }
 
@@ -296,7 +296,7 @@ build_lite() {
     --contents "$ROOT/docs/notebook.ipynb" --apps lab --apps notebooks --no-sourcemaps --no-unused-shared-packages)
   [[ -f "$DIST/lite/static/pyodide/pyodide.mjs" && -f "$DIST/lite/files/notebook.ipynb" ]] \
     || die "dist/lite lacks its Pyodide or the notebook"
-  note "dist/lite: $(du -sh "$DIST/lite" | cut -f1) in $((SECONDS - start)) s; open lite/notebooks/index.html?path=notebook.ipynb"
+  note "dist/lite: $(du -sh "$DIST/lite" | cut -f1) in $((SECONDS - start)) s; open dist/lite/notebooks/index.html?path=notebook.ipynb on a server of the repository root"
   stamp lite "$fp"
 }
 
