@@ -2,10 +2,13 @@
 # ping-web: the one entry point.
 #
 #   ./build.sh            install what is missing, build everything, run the demo
-#   ./build.sh test       build if needed, then run every test (CPython, Pyodide in Node)
+#   ./build.sh test       build if needed, then run every test (CPython; Pyodide in Node and
+#                         headless Chromium; the browser demo; the JupyterLite notebook)
 #   ./build.sh build      install what is missing and build, nothing else
 #   ./build.sh demo       run the demo (builds first if needed)
 #   ./build.sh serve      build if needed, then serve the browser demo on http://localhost:8000/web/
+#   ./build.sh lite       build the JupyterLite site in dist/lite/
+#   ./build.sh bench      benchmarks against core-crypto and ts-mls (bench/RESULTS.md)
 #   ./build.sh clean      remove build outputs (keeps downloaded caches)
 #
 # Every step is incremental: inputs are fingerprinted and a step is skipped when its
@@ -309,5 +312,5 @@ case "${1:-all}" in
   serve) build_all; run_serve ;;
   bench) build_all; run_bench ;;
   clean) rm -rf "$DIST" "$WASM_OUT"/*.js "$WASM_OUT"/*.wasm "$WASM_OUT/BUILD_INFO" "$STAMPS" "$CACHE/wasm-bindgen" ;;
-  *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, serve, bench, clean)" ;;
+  *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, serve, lite, bench, clean)" ;;
 esac
