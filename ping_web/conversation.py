@@ -314,9 +314,10 @@ class Conversation:
         hlc = _tick(self._state.hlc, now_ms)
         seq, epoch = self._state.seq + 1, self.epoch()
         aad = authenticated_header(MessageKind.APPLICATION, self._device, epoch, seq, hlc)
-        with self._undo_on_error():
-            payload = self._group.create_message(self._identity, bytes(plaintext), aad)
-            envelope = MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
+        # One MLS call, atomic by itself; what follows cannot fail (inputs checked above,
+        # and the plaintext limit leaves room for the ciphertext's framing).
+        payload = self._group.create_message(self._identity, bytes(plaintext), aad)
+        envelope = MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
         self._state.seq, self._state.hlc = seq, hlc
         self._cursor.advance(MessageKind.APPLICATION, envelope.epoch, self._device, seq, hlc)
         return envelope

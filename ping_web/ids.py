@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-from ulid import ULID
 
 from . import codec
 from .errors import InvalidInput
@@ -61,6 +60,8 @@ class _Ulid16(_OpaqueId):
     @classmethod
     def new(cls) -> Self:
         """A fresh ULID: 48-bit millisecond time, then 80 random bits."""
+        from ulid import ULID  # imported on first use: python-ulid takes ~0.2 s to import in Pyodide
+
         return cls(ULID().bytes)
 
 
