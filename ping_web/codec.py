@@ -23,8 +23,7 @@ The checkers below (:func:`uint`, :func:`byte_string`, ...) raise
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any, Final, NoReturn
 
 import cbor2
@@ -61,34 +60,132 @@ def _reject_tag(decoder: Any) -> NoReturn:
 _NO_TAGS: Final = _NoTags()
 
 
-def _problem(value: Any, depth: int) -> str | None:
-    """Why ``value`` is outside the data model, or None when it fits."""
+class _Outside(Exception):
+    """Raised inside :func:`_canonical` when a value is outside the data model."""
+
+
+_TEXT_ORDER: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""Canonical key order of text-keyed maps seen before (the records' fixed shapes)."""
+_TEXT_ORDER_MAX: Final = 512
+_TEXT_ORDER_KEYS: Final = 32
+
+
+def _text_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """``keys`` in RFC 8949 order: by encoded length, then bytewise (one key type per map)."""
+    order = _TEXT_ORDER.get(keys)
+    if order is None:
+        order = tuple(sorted(keys, key=lambda k: (len(b := k.encode("utf-8")), b)))
+        if len(_TEXT_ORDER) < _TEXT_ORDER_MAX and len(keys) <= _TEXT_ORDER_KEYS:
+            _TEXT_ORDER[keys] = order
+    return order
+
+
+_SCALARS: Final = frozenset({bytes, str, bool, type(None)})
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    """``value`` with every map in canonical key order; :class:`_Outside` if it is not in the model.
+
+    One pass does what encoding needs: the data-model check (same rules and messages as
+    before: depth first, then the type) and the RFC 8949 map key order, so the encoder can
+    write maps as they come instead of sorting their encoded keys (cbor2's ``canonical``,
+    the slower half of an encode). Containers already in order are returned, not copied.
+    """
     if depth > MAX_DEPTH:
-        return f"nested deeper than {MAX_DEPTH}"
-    if value is None or isinstance(value, (bool, bytes, str)):
-        return None
+        raise _Outside(f"nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is int:
+        if _INT_MIN <= value <= U64_MAX:
+            return value
+        raise _Outside("integer outside 64 bits")
+    if kind is dict:
+        if not value:
+            return value
+        keys = tuple(value)
+        first = type(keys[0])
+        for k in keys:
+            if type(k) is not first:
+                raise _Outside("map keys must be all text or all byte strings")
+        if first is str:
+            order = _text_order(keys)
+        elif first is bytes:
+            order = keys if len(keys) == 1 else tuple(sorted(keys, key=_bytes_order))
+        else:
+            raise _Outside("map keys must be all text or all byte strings")
+        values = [value[k] for k in order]
+        changed = _canonical_items(values, depth + 1)
+        if not changed and order == keys:
+            return value
+        return dict(zip(order, values))
+    if kind is list or kind is tuple:
+        values = list(value)
+        return values if _canonical_items(values, depth + 1) else value
+    # Subclasses of the model's types: the general rules, as before.
+    if isinstance(value, (bool, bytes, str)):
+        return value
     if isinstance(value, int):
-        return None if _INT_MIN <= value <= U64_MAX else "integer outside 64 bits"
+        if _INT_MIN <= value <= U64_MAX:
+            return value
+        raise _Outside("integer outside 64 bits")
     if isinstance(value, dict):
-        key_types = {type(key) for key in value}
-        if not (key_types <= {str} or key_types <= {bytes}):
-            return "map keys must be all text or all byte strings"
-        children: Iterable[Any] = value.values()
-    elif isinstance(value, (list, tuple)):
-        children = value
-    else:
-        return f"{type(value).__name__} is not in the data model"
-    for child in children:
-        if (problem := _problem(child, depth + 1)) is not None:
-            return problem
+        return _canonical(dict(value), depth)
+    if isinstance(value, (list, tuple)):
+        return _canonical(list(value), depth)
+    raise _Outside(f"{kind.__name__} is not in the data model")
+
+
+def _bytes_order(key: bytes) -> tuple[int, bytes]:
+    return len(key), key
+
+
+def _canonical_items(values: list[Any], depth: int) -> bool:
+    """Check (and order, in place) the items of one container; True if any was replaced."""
+    changed = False
+    if depth > MAX_DEPTH:
+        for v in values:
+            _canonical(v, depth)  # raises
+        return False
+    for i, v in enumerate(values):
+        kind = type(v)
+        if kind in _SCALARS:
+            continue
+        if kind is int:
+            if not _INT_MIN <= v <= U64_MAX:
+                raise _Outside("integer outside 64 bits")
+            continue
+        ordered = _canonical(v, depth)
+        if ordered is not v:
+            values[i] = ordered
+            changed = True
+    return changed
+
+
+def _problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` is outside the data model, or None when it fits."""
+    try:
+        _canonical(value, depth)
+    except _Outside as exc:
+        return str(exc)
     return None
+
+
+def _dumps(obj: Any) -> bytes:
+    """Deterministic CBOR of ``obj`` (already checked); :class:`_Outside` if outside the model."""
+    ordered = _canonical(obj, 0)
+    try:
+        return cbor2.dumps(ordered)
+    except Exception:  # noqa: BLE001 - e.g. a lone surrogate: let cbor2 report it as before
+        return cbor2.dumps(obj, canonical=True)
 
 
 def encode(obj: Any) -> bytes:
     """Deterministic CBOR of ``obj``; :class:`InvalidInput` if it is outside the data model."""
-    if (problem := _problem(obj, 0)) is not None:
-        raise InvalidInput(f"cannot encode: {problem}")
-    return cbor2.dumps(obj, canonical=True)
+    try:
+        return _dumps(obj)
+    except _Outside as exc:
+        raise InvalidInput(f"cannot encode: {exc}") from None
 
 
 def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
@@ -111,39 +208,55 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
         )
     except Exception as exc:  # cbor2 is a C extension; its failure types are not all documented
         raise DecodeError(f"malformed CBOR: {exc}") from None
-    if (problem := _problem(value, 0)) is not None:
-        raise DecodeError(f"malformed CBOR: {problem}")
-    if cbor2.dumps(value, canonical=True) != data:
+    try:
+        canonical = _dumps(value)
+    except _Outside as exc:
+        raise DecodeError(f"malformed CBOR: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - re-encoding untrusted input must fail one way only
+        raise DecodeError(f"malformed CBOR: {exc}") from None
+    if canonical != data:
         raise DecodeError("not canonical CBOR (non-shortest form, unsorted keys or trailing bytes)")
     return value
 
 
-@contextmanager
-def record(
-    data: bytes,
-    what: str,
-    *,
-    keys: frozenset[str],
-    versions: Collection[int],
-    max_size: int = DEFAULT_MAX_SIZE,
-) -> Iterator[dict[str, Any]]:
+class record:  # noqa: N801 - used like the function it replaces: ``with codec.record(...) as m``
     """Decode a versioned map with exactly ``keys``; failures in the block become DecodeError.
 
     Use as ``with codec.record(data, "Thing", keys=..., versions=(1,)) as m: return Thing(...)``
     so a constructor's InvalidInput on a bad field is reported as undecodable bytes.
+    (A class rather than a ``@contextmanager`` generator: it is on every decode's path.)
     """
-    try:
-        value = decode(data, max_size=max_size)
-        if not isinstance(value, dict):
-            raise InvalidInput(f"expected a map, got {type(value).__name__}")
-        if value.keys() != keys:
-            raise InvalidInput(f"expected keys {sorted(keys)}, got {sorted(map(repr, value))}")
-        version = uint(value["v"], "v")
-        if version not in versions:
-            raise InvalidInput(f"unsupported version {version}; this build reads {sorted(versions)}")
-        yield value
-    except InvalidInput as exc:  # DecodeError included: prefix where it happened
-        raise DecodeError(f"{what}: {exc}") from None
+
+    __slots__ = ("_data", "_keys", "_max_size", "_versions", "_what")
+
+    def __init__(
+        self,
+        data: bytes,
+        what: str,
+        *,
+        keys: frozenset[str],
+        versions: Collection[int],
+        max_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        self._data, self._what, self._keys, self._versions, self._max_size = data, what, keys, versions, max_size
+
+    def __enter__(self) -> dict[str, Any]:
+        try:
+            value = decode(self._data, max_size=self._max_size)
+            if not isinstance(value, dict):
+                raise InvalidInput(f"expected a map, got {type(value).__name__}")
+            if value.keys() != self._keys:
+                raise InvalidInput(f"expected keys {sorted(self._keys)}, got {sorted(map(repr, value))}")
+            version = uint(value["v"], "v")
+            if version not in self._versions:
+                raise InvalidInput(f"unsupported version {version}; this build reads {sorted(self._versions)}")
+        except InvalidInput as exc:  # DecodeError included: prefix where it happened
+            raise DecodeError(f"{self._what}: {exc}") from None
+        return value
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and isinstance(exc, InvalidInput):
+            raise DecodeError(f"{self._what}: {exc}") from None
 
 
 # -- checkers: raise InvalidInput, return the value typed -----------------------------------

@@ -58,7 +58,24 @@ def content_hash(data: bytes) -> bytes:
 
 
 def _check_stamp(item: MessageEnvelope | IncomingMessage, *, epoch_lo: int, epoch_hi: int) -> None:
-    """Check the fields an envelope and an incoming message share."""
+    """Check the fields an envelope and an incoming message share.
+
+    Every envelope built or decoded passes here, so the usual case (exact types, values in
+    range) is tested inline; anything else goes to the codec checkers for their message.
+    """
+    epoch, seq, digest = item.epoch, item.seq, item.content_hash
+    if (
+        type(item.conversation_id) is ConversationId
+        and type(item.sender_device) is DeviceId
+        and type(epoch) is int
+        and epoch_lo <= epoch <= epoch_hi
+        and type(seq) is int
+        and 1 <= seq <= codec.U64_MAX
+        and type(item.hlc) is Hlc
+        and type(digest) is bytes
+        and len(digest) == HASH_SIZE
+    ):
+        return
     codec.instance(item.conversation_id, ConversationId, "conversation_id")
     codec.instance(item.sender_device, DeviceId, "sender_device")
     codec.uint(item.epoch, "epoch", lo=epoch_lo, hi=epoch_hi)
@@ -90,6 +107,7 @@ def _stamp_from_cbor(m: dict[str, Any]) -> dict[str, Any]:
 
 
 _ENVELOPE_KEYS: Final = frozenset({"v", "c", "e", "k", "d", "s", "t", "p", "h"})
+_KIND_MAX: Final = max(MessageKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +123,8 @@ class MessageEnvelope:
     hlc: Hlc
     payload: bytes = field(repr=False)
     content_hash: bytes
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """The encoding, once made or read (the fields are frozen, so it cannot go stale)."""
 
     def __post_init__(self) -> None:
         codec.uint(self.v, "v")
@@ -153,7 +173,13 @@ class MessageEnvelope:
         return cls(1, conversation_id, epoch, kind, sender_device, seq, hlc, payload, content_hash(payload))
 
     def encode(self) -> bytes:
-        return codec.encode({"v": self.v, "k": int(self.kind), "p": self.payload, **_stamp_to_cbor(self)})
+        """The wire bytes. Computed once: an envelope sent is encoded for the outbox and
+        again for the delivery service, and one decoded is its own input."""
+        wire = self._wire
+        if wire is None:
+            wire = codec.encode({"v": self.v, "k": int(self.kind), "p": self.payload, **_stamp_to_cbor(self)})
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
@@ -161,10 +187,12 @@ class MessageEnvelope:
         with codec.record(
             data, "MessageEnvelope", keys=_ENVELOPE_KEYS, versions=(1, 2), max_size=ENVELOPE_MAX_SIZE
         ) as m:
-            kind = MessageKind(codec.uint(m["k"], "kind", hi=max(MessageKind)))
+            kind = MessageKind(codec.uint(m["k"], "kind", hi=_KIND_MAX))
             envelope = cls(v=m["v"], kind=kind, payload=m["p"], **_stamp_from_cbor(m))
             validate(envelope)
-            return envelope
+        # Canonical input (codec.decode checked it) is exactly what encode() would write.
+        object.__setattr__(envelope, "_wire", bytes(data))
+        return envelope
 
 
 def validate(envelope: MessageEnvelope) -> None:

@@ -8,8 +8,7 @@ call raises :class:`~ping_web.errors.WasmTrap`: a trapped instance is never used
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -205,16 +204,12 @@ class Provider:
         """Undo every change since the last checkpoint."""
         self.runtime.call(self.js.rollback)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """Undo every change made inside the block if it raises. Savepoints nest."""
-        self.runtime.call(self.js.savepoint)
-        try:
-            yield
-        except BaseException:
-            self.runtime.call(self.js.rollbackToSavepoint)
-            raise
-        self.runtime.call(self.js.releaseSavepoint)
+    def savepoint(self) -> _Savepoint:
+        """Undo every change made inside the block if it raises. Savepoints nest.
+
+        Use as ``with provider.savepoint(): ...``.
+        """
+        return _Savepoint(self)
 
     @property
     def has_changes(self) -> bool:
@@ -270,6 +265,26 @@ class Provider:
     def load_group(self, group_id: bytes) -> Group | None:
         js = self.runtime.call(self.runtime._exports.Group.load, self.js, self.runtime.u8(group_id))
         return None if js is None else Group(self, js)
+
+
+class _Savepoint:
+    """``with provider.savepoint():`` (a class, not a generator: every send goes through it)."""
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def __enter__(self) -> None:
+        provider = self._provider
+        provider.runtime.call(provider.js.savepoint)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        provider = self._provider
+        if exc is None:
+            provider.runtime.call(provider.js.releaseSavepoint)
+        else:
+            provider.runtime.call(provider.js.rollbackToSavepoint)
 
 
 class Identity:

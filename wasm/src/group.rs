@@ -69,14 +69,20 @@ fn parse_key_package(provider: &Provider, bytes: &[u8]) -> JsResult<openmls::pre
 
 /// Validate a KeyPackage (signature, ciphersuite, lifetime) and return a byte list
 /// `[credential identity, signature public key]`.
+///
+/// The validated KeyPackage is remembered by the provider, so that an `addMembers` of the
+/// same bytes does not verify it again.
 #[wasm_bindgen(js_name = inspectKeyPackage)]
 pub fn inspect_key_package(provider: &Provider, key_package: &[u8]) -> JsResult<Vec<u8>> {
-    let key_package = parse_key_package(provider, key_package)?;
+    let bytes = key_package;
+    let key_package = parse_key_package(provider, bytes)?;
     let leaf = key_package.leaf_node();
     let identity = BasicCredential::try_from(leaf.credential().clone())
         .map(|c| c.identity().to_vec())
         .map_err(|e| js_error(code::KEY_PACKAGE, format!("not a basic credential: {e}")))?;
-    Ok(encode_byte_list(&[identity, leaf.signature_key().as_slice().to_vec()]))
+    let out = encode_byte_list(&[identity, leaf.signature_key().as_slice().to_vec()]);
+    provider.remember_validated(bytes, key_package);
+    Ok(out)
 }
 
 fn parse_message(bytes: &[u8]) -> JsResult<MlsMessageBodyIn> {
@@ -181,9 +187,13 @@ impl Group {
         key_packages: &[u8],
         aad: &[u8],
     ) -> JsResult<Vec<u8>> {
+        // KeyPackages inspectKeyPackage just validated are not verified a second time.
         let validated = decode_byte_list(key_packages)?
             .iter()
-            .map(|raw| parse_key_package(provider, raw))
+            .map(|raw| match provider.take_validated(raw) {
+                Some(key_package) => Ok(key_package),
+                None => parse_key_package(provider, raw),
+            })
             .collect::<JsResult<Vec<_>>>()?;
         if validated.is_empty() {
             return Err(js_error(code::INVALID_INPUT, "no KeyPackages given"));

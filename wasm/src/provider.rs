@@ -1,5 +1,9 @@
 //! The OpenMLS provider: RustCrypto for crypto and randomness, [`WorkingSet`] for storage.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use openmls::prelude::KeyPackage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use wasm_bindgen::prelude::*;
@@ -8,12 +12,34 @@ use crate::bytes::{decode_changes, encode_changes};
 use crate::error::JsResult;
 use crate::storage::{group_prefix, WorkingSet};
 
+/// KeyPackages validated by `inspectKeyPackage` and not yet used, kept at most.
+const VALIDATED_CAP: usize = 4096;
+
 /// Crypto plus the key/value working set of one device.
 #[wasm_bindgen]
 #[derive(Default)]
 pub struct Provider {
     crypto: RustCrypto,
     storage: WorkingSet,
+    /// KeyPackages `inspectKeyPackage` validated (signature, ciphersuite, lifetime), keyed
+    /// by their exact bytes, so that `addMembers` given the same bytes right after does not
+    /// verify every signature a second time. Memory only, never persisted; an entry is
+    /// taken out when used.
+    validated: RefCell<HashMap<Vec<u8>, KeyPackage>>,
+}
+
+impl Provider {
+    pub(crate) fn remember_validated(&self, bytes: &[u8], key_package: KeyPackage) {
+        let mut validated = self.validated.borrow_mut();
+        if validated.len() >= VALIDATED_CAP {
+            validated.clear();
+        }
+        validated.insert(bytes.to_vec(), key_package);
+    }
+
+    pub(crate) fn take_validated(&self, bytes: &[u8]) -> Option<KeyPackage> {
+        self.validated.borrow_mut().remove(bytes)
+    }
 }
 
 impl OpenMlsProvider for Provider {

@@ -1,0 +1,244 @@
+"""ping-web's benchmark cases, run inside Pyodide by bench/peers/pingweb_py.mjs.
+
+The same cases as the JavaScript peers (bench/lib/driver.mjs), through ping-web's public
+Python API: MessagingClient over MemoryStorage or IndexedDbStorage (fake-indexeddb in
+Node), which persists the state of every operation (MLS working-set delta, cursor,
+records, history, outbox) in one atomic batch before it returns. Timers run in Python
+(time.perf_counter), so no benchmark loop crosses into JavaScript per message except
+where ping-web itself does.
+
+Entry points (each takes and returns JSON text): ``prepare(kind, params)``,
+``rep(kind, params)``, ``sizes()``, ``versions()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+from ping_web.client import MessagingClient
+from ping_web.ids import DeviceId
+from ping_web.memory_storage import MemoryStorage
+from ping_web.mls import MlsRuntime
+from ping_web.storage import NAMESPACES
+
+PLAINTEXT = bytes(i % 256 for i in range(200))
+_db_names = itertools.count(1)
+_state: dict = {}
+
+
+async def new_storage(kind: str, label: str):
+    if kind == "idb":
+        from ping_web.indexeddb_storage import IndexedDbStorage
+
+        return await IndexedDbStorage.open(f"bench-py-{label}-{next(_db_names)}")
+    return MemoryStorage()
+
+
+async def new_client(label: str, storage_kind: str = "memory", storage=None) -> MessagingClient:
+    storage = storage if storage is not None else await new_storage(storage_kind, label)
+    return await MessagingClient.open(storage, label.encode(), create_device_group=False)
+
+
+async def group_of_two(alice: MessagingClient, bob: MessagingClient):
+    meta = await alice.create_conversation("bench")
+    outcome = await alice.add_members(meta.id, [(bob.device_id, await bob.new_key_package())])
+    await alice.confirm_commit(meta.id)
+    await bob.join(outcome.welcome.encode())
+    return meta.id
+
+
+async def round_trip(alice, bob, cid) -> None:
+    wire = (await alice.send(cid, PLAINTEXT)).encode()
+    got = await bob.receive(wire)
+    if len(got) != 1 or got[0].plaintext != PLAINTEXT:
+        raise AssertionError("round trip: wrong plaintext")
+
+
+async def pair(storage_kind: str):
+    key = ("pair", storage_kind)
+    if key not in _state:
+        alice = await new_client("alice", storage_kind)
+        bob = await new_client("bob", storage_kind)
+        cid = await group_of_two(alice, bob)
+        for _ in range(20):  # warm-up
+            await round_trip(alice, bob, cid)
+        _state[key] = (alice, bob, cid)
+    return _state[key]
+
+
+def other_key_packages(count: int) -> list[tuple[DeviceId, bytes]]:
+    """KeyPackages of ``count`` distinct other devices (one wasm instance makes them all)."""
+    provider = MlsRuntime.load().provider()
+    return [
+        (DeviceId.new(), provider.create_identity(f"other-{i}".encode()).key_package()) for i in range(count)
+    ]
+
+
+async def _prepare(kind: str, params: dict) -> None:
+    if kind == "throughput":
+        await pair(params["storage"])
+    elif kind == "catchup":
+        sender = await new_client("sender")
+        receivers = [await new_client(f"receiver{i}") for i in range(params["receivers"])]
+        meta = await sender.create_conversation("catch-up")
+        entries = [(r.device_id, await r.new_key_package()) for r in receivers]
+        outcome = await sender.add_members(meta.id, entries)
+        await sender.confirm_commit(meta.id)
+        for r in receivers:
+            await r.join(outcome.welcome.encode())
+        # The queue is made with the Conversation API directly (untimed; nothing persisted).
+        conversation = await sender.conversation(meta.id)
+        now = int(time.time() * 1000)
+        wires = [conversation.send_application(PLAINTEXT, now).encode() for _ in range(params["n"])]
+        _state["catchup"] = {"receivers": receivers, "wires": wires, "next": 0}
+    elif kind == "membership":
+        _state["membership"] = {
+            "alice": await new_client("alice"),
+            "bob": await new_client("bob"),
+            "others": other_key_packages(params["N"] - 1),
+        }
+    else:
+        raise ValueError(f"unknown case {kind}")
+
+
+async def _rep(kind: str, params: dict) -> dict:
+    if kind == "throughput":
+        alice, bob, cid = await pair(params["storage"])
+        n, op = params["n"], params["op"]
+        if op == "send":
+            start = time.perf_counter()
+            wires = [(await alice.send(cid, PLAINTEXT)).encode() for _ in range(n)]
+            seconds = time.perf_counter() - start
+            for wire in wires:  # untimed: keep bob in step
+                await bob.receive(wire)
+            return {"value": n / seconds}
+        if op == "receive":
+            wires = [(await alice.send(cid, PLAINTEXT)).encode() for _ in range(n)]
+            start = time.perf_counter()
+            for wire in wires:
+                await bob.receive(wire)
+            return {"value": n / (time.perf_counter() - start)}
+        if op == "roundtrip":
+            start = time.perf_counter()
+            for _ in range(n):
+                await round_trip(alice, bob, cid)
+            return {"value": n / (time.perf_counter() - start)}
+        raise ValueError(f"unknown op {op}")
+    if kind == "catchup":
+        c = _state["catchup"]
+        receiver = c["receivers"][c["next"]]
+        c["next"] += 1
+        start = time.perf_counter()
+        outcome = await receiver.receive_batch(c["wires"])
+        seconds = time.perf_counter() - start
+        if outcome.rejected or len(outcome.messages) != len(c["wires"]):
+            raise AssertionError(f"catch-up: {len(outcome.messages)} stored, {len(outcome.rejected)} rejected")
+        return {"value": len(c["wires"]) / seconds, "ms": seconds * 1000}
+    if kind == "membership":
+        m = _state["membership"]
+        alice, bob = m["alice"], m["bob"]
+        joiner = await new_client("joiner")
+        joiner_kp = await joiner.new_key_package()
+        cid = (await alice.create_conversation("members")).id
+        first = await alice.add_members(cid, [(bob.device_id, await bob.new_key_package())])
+        await alice.confirm_commit(cid)
+        await bob.join(first.welcome.encode())
+        start = time.perf_counter()
+        outcome = await alice.add_members(cid, [*m["others"], (joiner.device_id, joiner_kp)])
+        await alice.confirm_commit(cid)
+        commit, welcome = outcome.commit.encode(), outcome.welcome.encode()
+        add = time.perf_counter() - start
+        start = time.perf_counter()
+        await bob.receive(commit)
+        process = time.perf_counter() - start
+        start = time.perf_counter()
+        await joiner.join(welcome)
+        join = time.perf_counter() - start
+        got = await joiner.receive((await alice.send(cid, PLAINTEXT)).encode())
+        if [g.plaintext for g in got] != [PLAINTEXT]:
+            raise AssertionError("the joiner cannot read the new epoch")
+        await joiner.close()
+        return {"add": add * 1000, "process": process * 1000, "join": join * 1000,
+                "commitBytes": len(outcome.commit.payload), "welcomeBytes": len(outcome.welcome.payload)}  # fmt: skip
+    raise ValueError(f"unknown case {kind}")
+
+
+class CountingStorage:
+    """Wraps a storage and counts the bytes (keys + values) every commit writes."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.written = 0
+
+    async def get(self, namespace, key):
+        return await self.inner.get(namespace, key)
+
+    async def scan(self, namespace, prefix=b""):
+        return await self.inner.scan(namespace, prefix)
+
+    async def commit(self, batch) -> None:
+        self.written += sum(len(k) + len(v) for _, k, v in batch.puts)
+        await self.inner.commit(batch)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def total(self) -> int:
+        total = 0
+        for namespace in NAMESPACES:
+            total += sum(len(k) + len(v) for k, v in await self.inner.scan(namespace))
+        return total
+
+
+async def _sizes() -> dict:
+    sa, sb = CountingStorage(MemoryStorage()), CountingStorage(MemoryStorage())
+    alice = await new_client("alice", storage=sa)
+    bob = await new_client("bob", storage=sb)
+    kp = await bob.new_key_package()
+    cid = (await alice.create_conversation("sizes")).id
+    before = await sb.total()
+    outcome = await alice.add_members(cid, [(bob.device_id, kp)])
+    await alice.confirm_commit(cid)
+    await bob.join(outcome.welcome.encode())
+    per_conversation = await sb.total() - before
+    after_join = await sb.total()
+    written = sa.written + sb.written
+    messages = 100
+    for _ in range(messages):
+        envelope = await alice.send(cid, PLAINTEXT)
+        wire = envelope.encode()
+        await bob.receive(wire)
+    return {
+        "keyPackage": len(kp),
+        "welcome": len(outcome.welcome.payload),
+        "welcomeEnvelope": len(outcome.welcome.encode()),
+        "commit": len(outcome.commit.payload),
+        "commitEnvelope": len(outcome.commit.encode()),
+        "ciphertext": len(envelope.payload),
+        "ciphertextEnvelope": len(wire),
+        "totalAfterJoin": after_join,
+        "perConversation": per_conversation,
+        "perMessage": (await sb.total() - after_join) / messages,
+        "writtenPerMessage": (sa.written + sb.written - written) / messages,
+    }
+
+
+async def prepare(kind: str, params: str) -> str:
+    await _prepare(kind, json.loads(params))
+    return "null"
+
+
+async def rep(kind: str, params: str) -> str:
+    return json.dumps(await _rep(kind, json.loads(params)))
+
+
+async def sizes() -> str:
+    return json.dumps(await _sizes())
+
+
+def versions() -> str:
+    import sys
+
+    return json.dumps({**MlsRuntime.load().build_info, "python": sys.version.split()[0]})
