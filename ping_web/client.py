@@ -337,7 +337,7 @@ class MessagingClient:
         now = self._clock()
         envelope = self._run(lambda: conversation.send_application(plaintext, now))
         own = IncomingMessage.from_envelope(envelope, bytes(plaintext), self.user_id)
-        await self._writer.submit(self._capture([conversation], history=[own], outbox=[envelope]))
+        await self._writer.submit(self._capture([conversation], history=[own], outbox=self._to_post(envelope)))
         if self._delivery is not None:
             await self._post(envelope)
         return envelope
@@ -354,7 +354,7 @@ class MessagingClient:
         """
         conversation = await self._prepare(conversation_id)
         outcome = self._run(lambda: conversation.add_members(list(entries), self._clock()))
-        batch = self._capture([conversation], outbox=[outcome.commit])
+        batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
         if self._delivery is not None:  # without one, the caller delivers the Welcome itself
             welcome = _WelcomeToSend(outcome.welcome, [device for device, _ in entries])
             batch.put("outbox", outbox_key(outcome.welcome), welcome.encode())
@@ -366,7 +366,7 @@ class MessagingClient:
     async def remove_members(self, conversation_id: ConversationId, leaf_indexes: Sequence[int]) -> MessageEnvelope:
         conversation = await self._prepare(conversation_id)
         commit = self._run(lambda: conversation.remove_members(list(leaf_indexes), self._clock()))
-        await self._writer.submit(self._capture([conversation], outbox=[commit]))
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
         if self._delivery is not None:
             await self._settle(conversation, commit)
         return commit
@@ -374,7 +374,7 @@ class MessagingClient:
     async def self_update(self, conversation_id: ConversationId) -> MessageEnvelope:
         conversation = await self._prepare(conversation_id)
         commit = self._run(lambda: conversation.self_update(self._clock()))
-        await self._writer.submit(self._capture([conversation], outbox=[commit]))
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
         if self._delivery is not None:
             await self._settle(conversation, commit)
         return commit
@@ -588,6 +588,11 @@ class MessagingClient:
         await self._storage.close()
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _to_post(self, envelope: MessageEnvelope) -> list[MessageEnvelope]:
+        """Outbox entries for an envelope: only a bound delivery service ever drains the
+        outbox; without one the caller delivers what it is returned."""
+        return [envelope] if self._delivery is not None else []
 
     def _require_delivery(self) -> Delivery:
         if self._delivery is None:
