@@ -586,6 +586,9 @@ class MessagingClient:
         self._closed = True
         await self._writer.flush()
         await self._storage.close()
+        # Let the wasm instance (and its memory) be collected even if the client lingers.
+        self._runtime = self._provider = self._identity = None
+        self._loaded = {}
 
     # -- internals ---------------------------------------------------------------------------
 
