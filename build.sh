@@ -51,7 +51,7 @@ stamp() { echo "$2" >"$STAMPS/$1"; }
 
 ensure_debian_packages() {
   local missing=()
-  [[ -x "$DEBIAN_RUSTC" ]] && "$DEBIAN_RUSTC" --version 2>/dev/null | grep -q '^rustc 1\.9[6-9]' || missing+=(rustc-web cargo-web)
+  [[ -x "$DEBIAN_RUSTC" ]] && "$DEBIAN_RUSTC" --version 2>/dev/null | grep '^rustc 1\.9[6-9]' >/dev/null || missing+=(rustc-web cargo-web)
   compgen -G "/usr/src/rustc-*/library/std" >/dev/null || missing+=(rust-web-src)
   [[ -x "$WASM_LD" ]] || missing+=(lld-19)
   command -v chromium >/dev/null || missing+=(chromium)
@@ -153,7 +153,8 @@ build_wheel() {
   rm -rf build ping_web.egg-info
   "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DIST" .
   rm -rf build ping_web.egg-info
-  unzip -l "$DIST"/ping_web-*.whl | grep -q ping_web_mls_bg.wasm || die "wheel lacks the wasm module"
+  # (grep without -q: an early exit would SIGPIPE unzip and fail the pipeline under pipefail)
+  unzip -l "$DIST"/ping_web-*.whl | grep ping_web_mls_bg.wasm >/dev/null || die "wheel lacks the wasm module"
   note "$(basename "$DIST"/ping_web-*.whl)"
   stamp wheel "$fp"
 }
@@ -180,7 +181,7 @@ build_pyodide_dist() {
     local name=${req%%==*} version=${req##*==}
     local pattern
     pattern="$(echo "$name" | tr '-' '_')-$version-*.whl"
-    selected+=("$(ls "$wheels"/$pattern | head -n1)")
+    selected+=("$(ls "$wheels"/$pattern | sed -n 1p)")
   done < <(grep -vE '^(#|$)' requirements-pyodide.txt)
   "$PY" tools/pyodide_dist.py --pyodide node_modules/pyodide --out "$DIST/pyodide" \
     "${selected[@]}" "$DIST"/ping_web-*.whl
@@ -254,7 +255,7 @@ LITE_SRC="$CACHE/lite/src"
 lite_wheel() {  # lite_wheel DIR NAME==VERSION: the downloaded wheel file of that pin
   local name=${2%%==*} version=${2##*==} found
   found=$(find "$1" -maxdepth 1 -iname "$(echo "$name" | tr '-' '_')-$version-*.whl" \
-    | grep -E '(-none-any|_wasm32)\.whl$' | sort | head -n1)
+    | grep -E '(-none-any|_wasm32)\.whl$' | sort | sed -n 1p)
   [[ -n "$found" ]] || die "no wheel for $2 in $1"
   echo "$found"
 }
