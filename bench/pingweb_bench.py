@@ -18,7 +18,7 @@ import json
 import time
 
 from ping_web.client import MessagingClient
-from ping_web.ids import DeviceId
+from ping_web.core.ids import DeviceId
 from ping_web.memory_storage import MemoryStorage
 from ping_web.mls import MlsRuntime
 from ping_web.storage import NAMESPACES

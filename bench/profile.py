@@ -6,7 +6,7 @@ Two methods, because each alone misleads:
    keep self time (a nested timed call is subtracted from its caller). Categories: wasm
    (MlsRuntime.call: the wasm export plus the FFI call itself), FFI glue (copying bytes in
    with to_js / out with to_bytes and the JsProxy attribute lookups around the call), CBOR
-   (ping_web.codec encode/decode), hashing (SHA-256 in envelope.content_hash), storage
+   (ping_web.core.codec encode/decode), hashing (SHA-256 in envelope.content_hash), storage
    (Storage.commit), and the rest (Python: client, conversation, envelope, cursor,
    records, asyncio). The wrappers themselves add ~1 us per wrapped call.
 2. Isolated micro-measurements of the same operations, timed alone in a loop, to check
@@ -26,7 +26,8 @@ import json
 import time
 
 from ping_web import client as client_mod
-from ping_web import codec, envelope, mls
+from ping_web import mls
+from ping_web.core import codec, envelope
 from ping_web.client import MessagingClient
 from ping_web.memory_storage import MemoryStorage
 

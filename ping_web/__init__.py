@@ -5,11 +5,11 @@ everything above it. Start with :class:`MessagingClient`; see ``docs/guide.md``.
 """
 
 from .client import BatchOutcome, MessagingClient
-from .conversation import Conversation
+from .core.conversation import Conversation
 from .delivery import Delivery, LocalDeliveryService
-from .envelope import IncomingMessage, MessageEnvelope, MessageKind
+from .core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from .errors import PingError
-from .ids import ConversationId, DeviceId, UserId
+from .core.ids import ConversationId, DeviceId, UserId
 from .memory_storage import MemoryStorage
 from .storage import Batch, Storage
 

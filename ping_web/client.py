@@ -2,7 +2,7 @@
 
 Every state-changing operation follows the same three steps (DESIGN.md §7):
 
-1. run the protocol step synchronously (:class:`~ping_web.conversation.Conversation`);
+1. run the protocol step synchronously (:class:`~ping_web.core.conversation.Conversation`);
 2. capture one :class:`~ping_web.storage.Batch` synchronously: the provider's checkpoint
    (MLS working-set delta), the conversation's records, the decrypted message or the
    outgoing envelope; nothing is awaited between step 1 and here;
@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
-from . import codec
-from .conversation import Conversation
-from .conversation_state import ConversationState
-from .cursor import SyncCursor
+from .core import codec
+from .core.conversation import Conversation
+from .core.state import ConversationState
+from .core.cursor import SyncCursor
 from .delivery import Delivery
-from .envelope import IncomingMessage, MessageEnvelope, MessageKind
+from .core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from .errors import (
     InvalidInput,
     PingError,
@@ -40,10 +40,10 @@ from .errors import (
     UnknownConversation,
     WasmTrap,
 )
-from .ids import ConversationId, DeviceId, UserId
+from .core.ids import ConversationId, DeviceId, UserId
 from .memory_storage import MemoryStorage
 from .mls import MlsRuntime, Provider
-from .records import AddOutcome, ConversationMeta, decode_device_leaves
+from .core.records import AddOutcome, ConversationMeta, decode_device_leaves
 from .storage import Batch, Storage
 from .writer import BatchWriter
 

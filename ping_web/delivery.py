@@ -16,9 +16,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .envelope import MessageEnvelope, MessageKind
+from .core.envelope import MessageEnvelope, MessageKind
 from .errors import InvalidInput, StateConflict
-from .ids import ConversationId, DeviceId, UserId
+from .core.ids import ConversationId, DeviceId, UserId
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,10 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import codec, errors
+from . import errors
+from .core import codec
 from .delivery import Delivery, LocalDeliveryService, LogPage
 from .errors import InvalidInput, PingError, StorageError
-from .ids import ConversationId, DeviceId, UserId
+from .core.ids import ConversationId, DeviceId, UserId
 from .storage import Batch, Storage
 from .writer import BatchWriter
 
@@ -363,7 +364,7 @@ class DeliveryServer:
             accepted = await service.post(_raw(envelope, "envelope"))
             notice = None
             if accepted:
-                from .envelope import MessageEnvelope
+                from .core.envelope import MessageEnvelope
 
                 notice = {"notice": "log", "conversation_id": MessageEnvelope.decode(envelope).conversation_id.raw}
             return accepted, notice

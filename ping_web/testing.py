@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from .conversation import Conversation
-from .envelope import MessageEnvelope
+from .core.conversation import Conversation
+from .core.envelope import MessageEnvelope
 from .errors import StorageUnavailable
-from .ids import DeviceId
+from .core.ids import DeviceId
 from .mls import MlsRuntime
 from .storage import Batch, Storage
 

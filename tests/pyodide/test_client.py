@@ -214,7 +214,7 @@ async def test_device_restored_from_backup_never_reuses_a_ratchet_generation(sel
     import pytest
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.envelope import MessageKind
+    from ping_web.core.envelope import MessageKind
     from ping_web.errors import StateConflict
     from ping_web.memory_storage import MemoryStorage
 
@@ -239,7 +239,7 @@ async def test_device_restored_from_backup_never_reuses_a_ratchet_generation(sel
     await restored.sync()
     sent = [await restored.send(conv, f"restored {i}".encode()) for i in range(3)]
     log = (await ds.fetch(conv, 0)).envelopes
-    from ping_web.envelope import MessageEnvelope
+    from ping_web.core.envelope import MessageEnvelope
 
     after = [MessageEnvelope.decode(e) for e in log if MessageEnvelope.decode(e).sender_device == bob.device_id]
     after = after[-4:]
@@ -261,7 +261,7 @@ async def test_bad_input_changes_nothing(selenium):
     import pytest
     from ping_web.client import MessagingClient
     from ping_web.errors import InvalidInput, PingError, UnknownConversation
-    from ping_web.ids import ConversationId
+    from ping_web.core.ids import ConversationId
     from ping_web.memory_storage import MemoryStorage
 
     store = MemoryStorage()

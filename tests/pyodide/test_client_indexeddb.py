@@ -75,7 +75,7 @@ async def test_cold_restart_on_indexeddb(selenium, encrypted):
         assert [m.plaintext for m in got] == [b"after restart"]
     last = {}
     for raw in (await ds.fetch(one, 0)).envelopes:
-        from ping_web.envelope import MessageEnvelope
+        from ping_web.core.envelope import MessageEnvelope
 
         e = MessageEnvelope.decode(raw)
         assert last.get(e.sender_device, 0) < e.seq, "a seq was reused"

@@ -6,7 +6,7 @@ from pytest_pyodide import run_in_pyodide
 @run_in_pyodide(packages=["ping_web"])
 def test_five_devices_of_three_users_with_adds_and_removes(selenium):
     import pytest
-    from ping_web.envelope import MessageKind
+    from ping_web.core.envelope import MessageKind
     from ping_web.errors import NotAMember, PingError
     from ping_web.testing import LocalDevice, deliver
 
@@ -104,7 +104,7 @@ def test_tampered_content_hash_is_rejected_and_changes_nothing(selenium):
 
     import pytest
     from ping_web.errors import ContentHashMismatch, DecodeError
-    from ping_web.envelope import MessageEnvelope
+    from ping_web.core.envelope import MessageEnvelope
     from ping_web.testing import LocalDevice
 
     a, b = LocalDevice(b"alice"), LocalDevice(b"bob")
@@ -172,8 +172,8 @@ def test_future_epoch_messages_are_held_then_delivered(selenium):
     assert len(cc.state.held) == 3 and cc.epoch() == 1
 
     # A restart while they wait: the hold is part of the persisted state.
-    from ping_web.conversation import Conversation
-    from ping_web.conversation_state import ConversationState
+    from ping_web.core.conversation import Conversation
+    from ping_web.core.state import ConversationState
 
     records = cc.records()
     c2 = c.restarted()
@@ -243,7 +243,7 @@ def test_discarded_commit_keeps_its_seq_and_changes_no_epoch(selenium):
 @run_in_pyodide(packages=["ping_web"])
 def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
     import pytest
-    from ping_web.conversation import Conversation
+    from ping_web.core.conversation import Conversation
     from ping_web.errors import StateConflict
     from ping_web.testing import LocalDevice, deliver, over_the_wire
 
@@ -290,7 +290,7 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
     env = fresh.run(lambda: restored.send_application(b"safe again", 11))
     assert a.run(lambda: ca.process(over_the_wire(env), 12)).plaintext == b"safe again"
     # The snapshot has a hard cap and a version.
-    from ping_web.records import GROUP_SNAPSHOT_HARD_CAP, GroupStateSnapshot
+    from ping_web.core.records import GROUP_SNAPSHOT_HARD_CAP, GroupStateSnapshot
 
     decoded = GroupStateSnapshot.decode(snapshot)
     assert decoded.group_id == cb.id and 0 < len(snapshot) < GROUP_SNAPSHOT_HARD_CAP
@@ -298,8 +298,8 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 def test_seq_is_restored_from_the_cursor_after_a_restart(selenium):
-    from ping_web.conversation import Conversation
-    from ping_web.conversation_state import ConversationState
+    from ping_web.core.conversation import Conversation
+    from ping_web.core.state import ConversationState
     from ping_web.testing import LocalDevice, over_the_wire
 
     a, b = LocalDevice(b"alice"), LocalDevice(b"bob")
@@ -341,7 +341,7 @@ def test_a_thousand_mutated_envelopes_never_break_the_group(selenium):
     import dataclasses
     import random
 
-    from ping_web.envelope import IncomingMessage, MessageEnvelope
+    from ping_web.core.envelope import IncomingMessage, MessageEnvelope
     from ping_web.errors import PingError
     from ping_web.testing import LocalDevice, over_the_wire
 

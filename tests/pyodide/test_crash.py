@@ -9,7 +9,7 @@ from pytest_pyodide import run_in_pyodide
 async def test_fault_at_every_write(selenium, mode):
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.envelope import MessageEnvelope, MessageKind
+    from ping_web.core.envelope import MessageEnvelope, MessageKind
     from ping_web.errors import PingError
     from ping_web.memory_storage import MemoryStorage
     from ping_web.testing import FaultyStorage, SimulatedCrash

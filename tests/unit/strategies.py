@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from ping_web.codec import U32_MAX, U64_MAX
-from ping_web.envelope import MessageEnvelope, MessageKind
-from ping_web.hlc import Hlc
-from ping_web.ids import ConversationId, DeviceId, UserId
+from ping_web.core.codec import U32_MAX, U64_MAX
+from ping_web.core.envelope import MessageEnvelope, MessageKind
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 u64 = st.integers(0, U64_MAX)
 u32 = st.integers(0, U32_MAX)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import cbor_values
 
-from ping_web import codec
+from ping_web.core import codec
 from ping_web.errors import DecodeError, InvalidInput
 
 

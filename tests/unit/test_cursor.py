@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import device_ids, hlcs
 
-from ping_web import codec
-from ping_web.cursor import WINDOW, SyncCursor
-from ping_web.envelope import MessageKind
+from ping_web.core import codec
+from ping_web.core.cursor import WINDOW, SyncCursor
+from ping_web.core.envelope import MessageKind
 from ping_web.errors import DecodeError, InvalidInput
-from ping_web.hlc import Hlc
-from ping_web.ids import DeviceId
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import DeviceId
 
 APP, COMMIT, WELCOME, PROPOSAL = MessageKind.APPLICATION, MessageKind.COMMIT, MessageKind.WELCOME, MessageKind.PROPOSAL
 ALICE = DeviceId(b"\xaa" * 16)

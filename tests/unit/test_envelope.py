@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import envelopes, user_ids
 
-from ping_web import codec
-from ping_web.envelope import (
+from ping_web.core import codec
+from ping_web.core.envelope import (
     ENVELOPE_MAX_SIZE,
     MAX_PAYLOAD,
     MAX_PLAINTEXT,
@@ -22,8 +22,8 @@ from ping_web.envelope import (
     validate,
 )
 from ping_web.errors import DecodeError, InvalidInput
-from ping_web.hlc import Hlc
-from ping_web.ids import ConversationId, DeviceId, UserId
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 CID = ConversationId(bytes(range(16)))
 DEV = DeviceId(bytes(range(16, 32)))

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import cbor_values
 
-from ping_web.cursor import SyncCursor
-from ping_web.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.cursor import SyncCursor
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.errors import DecodeError
-from ping_web.hlc import Hlc
-from ping_web.ids import ConversationId, DeviceId, UserId
-from ping_web.records import (
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import (
     AddOutcome,
     ConversationMeta,
     GroupStateSnapshot,

@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import hlcs, u64
 
-from ping_web.codec import U32_MAX, U64_MAX
+from ping_web.core.codec import U32_MAX, U64_MAX
 from ping_web.errors import InvalidInput
-from ping_web.hlc import Hlc
+from ping_web.core.hlc import Hlc
 
 clock_times = st.integers(0, 2**48)
 

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from ping_web.errors import InvalidInput
-from ping_web.ids import ConversationId, DeviceId, UserId
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 
 @pytest.mark.parametrize("cls", [ConversationId, DeviceId])

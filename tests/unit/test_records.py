@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import conversation_ids, device_ids, u32, u64, user_ids
 
-from ping_web.envelope import MessageEnvelope, MessageKind
+from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.errors import DecodeError, InvalidInput
-from ping_web.hlc import Hlc
-from ping_web.ids import ConversationId, DeviceId, UserId
-from ping_web.records import (
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import (
     GROUP_SNAPSHOT_HARD_CAP,
     AddOutcome,
     ConversationMeta,

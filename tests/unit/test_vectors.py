@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from ping_web.cursor import WINDOW, SyncCursor
-from ping_web.envelope import IncomingMessage, MessageEnvelope, MessageKind, validate
-from ping_web.hlc import Hlc
-from ping_web.ids import ConversationId, DeviceId, UserId
-from ping_web.records import (
+from ping_web.core.cursor import WINDOW, SyncCursor
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind, validate
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import (
     ConversationMeta,
     GroupStateSnapshot,
     MemberInfo,

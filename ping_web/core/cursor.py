@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Final
 
 from . import codec
 from .envelope import MessageKind
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .hlc import Hlc
 from .ids import DeviceId
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Self
 
 
 from . import codec
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -22,7 +22,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, Final, Self
 
 from . import codec
-from .errors import DecodeError, InvalidInput
+from ..errors import DecodeError, InvalidInput
 from .hlc import Hlc
 from .ids import ConversationId, DeviceId, UserId
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Final, Self
 
 from . import codec
 from .envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .ids import ConversationId, DeviceId, UserId
 
 MAX_NAME_BYTES: Final = 256

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from . import mls
-from .conversation_state import MAX_HELD, ConversationState, PendingCommitInfo
+from .. import mls
+from .state import MAX_HELD, ConversationState, PendingCommitInfo
 from .cursor import SyncCursor
 from .envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
-from .errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
+from ..errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
 from .hlc import Hlc
 from .ids import ConversationId, DeviceId, UserId
 from .records import (

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Final, Self
 from . import codec
 from .envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
 from .hlc import Hlc
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .ids import DeviceId
 from .records import MAX_SIGNATURE_KEY
 
