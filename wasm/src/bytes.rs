@@ -46,7 +46,10 @@ pub fn encode_byte_list<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
 }
 
 pub fn decode_byte_list(data: &[u8]) -> JsResult<Vec<Vec<u8>>> {
-    let mut reader = Reader { data, what: "byte list" };
+    let mut reader = Reader {
+        data,
+        what: "byte list",
+    };
     let mut items = Vec::new();
     while !reader.data.is_empty() {
         let len = reader.u32()? as usize;
@@ -72,7 +75,10 @@ pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
 }
 
 pub fn decode_changes(data: &[u8]) -> JsResult<Vec<Change>> {
-    let mut reader = Reader { data, what: "change list" };
+    let mut reader = Reader {
+        data,
+        what: "change list",
+    };
     let mut changes = Vec::new();
     while !reader.data.is_empty() {
         let key_len = reader.u32()? as usize;

@@ -2,10 +2,9 @@
 //! working set and reloads the group from it, so a failure changes nothing.
 
 use openmls::prelude::{
-    BasicCredential, GroupId, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup,
-    MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration,
-    StagedWelcome,
+    BasicCredential, GroupId, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProtocolMessage,
+    ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::HashType;
@@ -92,9 +91,7 @@ fn parse_message(bytes: &[u8]) -> JsResult<MlsMessageBodyIn> {
 }
 
 fn serialize(message: MlsMessageOut) -> JsResult<Vec<u8>> {
-    message
-        .tls_serialize_detached()
-        .map_err(|e| js_error(code::LIBRARY, e))
+    message.tls_serialize_detached().map_err(|e| js_error(code::LIBRARY, e))
 }
 
 /// A loaded MLS group of the provider it was opened with.
@@ -105,11 +102,7 @@ pub struct Group {
 
 impl Group {
     /// Run a mutating operation; on error undo its storage writes and reload the group.
-    fn guarded<T>(
-        &mut self,
-        provider: &Provider,
-        op: impl FnOnce(&mut MlsGroup) -> JsResult<T>,
-    ) -> JsResult<T> {
+    fn guarded<T>(&mut self, provider: &Provider, op: impl FnOnce(&mut MlsGroup) -> JsResult<T>) -> JsResult<T> {
         let result = provider.storage().atomically(|| op(&mut self.inner));
         if result.is_err() {
             if let Ok(Some(group)) = MlsGroup::load(provider.storage(), self.inner.group_id()) {
@@ -219,7 +212,10 @@ impl Group {
         let members: Vec<LeafNodeIndex> = leaf_indexes.iter().map(|i| LeafNodeIndex::new(*i)).collect();
         for leaf in &members {
             if self.inner.member(*leaf).is_none() {
-                return Err(js_error(code::INVALID_INPUT, format!("no member at leaf {}", leaf.u32())));
+                return Err(js_error(
+                    code::INVALID_INPUT,
+                    format!("no member at leaf {}", leaf.u32()),
+                ));
             }
         }
         self.guarded(provider, |group| {
@@ -380,13 +376,7 @@ impl Group {
 
     /// RFC 9420 §8.5 exporter secret of the current epoch; `length` in 1..=1024.
     #[wasm_bindgen(js_name = exportSecret)]
-    pub fn export_secret(
-        &self,
-        provider: &Provider,
-        label: &str,
-        context: &[u8],
-        length: usize,
-    ) -> JsResult<Vec<u8>> {
+    pub fn export_secret(&self, provider: &Provider, label: &str, context: &[u8], length: usize) -> JsResult<Vec<u8>> {
         if length == 0 || length > MAX_EXPORT_LEN {
             return Err(js_error(
                 code::INVALID_INPUT,

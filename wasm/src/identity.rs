@@ -1,8 +1,6 @@
 //! A device's signing identity: Ed25519 key pair plus the BasicCredential of its user.
 
-use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme,
-};
+use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::Serialize as _;

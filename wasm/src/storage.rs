@@ -105,7 +105,11 @@ pub struct WorkingSet {
     savepoints: RefCell<Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
 }
 
-fn record_first(log: &RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>, key: &[u8], current: &dyn Fn() -> Option<Vec<u8>>) {
+fn record_first(
+    log: &RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    key: &[u8],
+    current: &dyn Fn() -> Option<Vec<u8>>,
+) {
     if let Some(log) = log.borrow_mut().as_mut() {
         if !log.contains_key(key) {
             log.insert(key.to_vec(), current());
@@ -408,10 +412,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write_group(group_id, CONTEXT, context)
     }
 
-    fn write_confirmation_tag<
-        G: traits::GroupId<CURRENT_VERSION>,
-        T: traits::ConfirmationTag<CURRENT_VERSION>,
-    >(
+    fn write_confirmation_tag<G: traits::GroupId<CURRENT_VERSION>, T: traits::ConfirmationTag<CURRENT_VERSION>>(
         &self,
         group_id: &G,
         tag: &T,
@@ -427,10 +428,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write_group(group_id, GROUP_STATE, state)
     }
 
-    fn write_message_secrets<
-        G: traits::GroupId<CURRENT_VERSION>,
-        M: traits::MessageSecrets<CURRENT_VERSION>,
-    >(
+    fn write_message_secrets<G: traits::GroupId<CURRENT_VERSION>, M: traits::MessageSecrets<CURRENT_VERSION>>(
         &self,
         group_id: &G,
         secrets: &M,
@@ -449,10 +447,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write_group(group_id, RESUMPTION_PSK_STORE, store)
     }
 
-    fn write_own_leaf_index<
-        G: traits::GroupId<CURRENT_VERSION>,
-        L: traits::LeafNodeIndex<CURRENT_VERSION>,
-    >(
+    fn write_own_leaf_index<G: traits::GroupId<CURRENT_VERSION>, L: traits::LeafNodeIndex<CURRENT_VERSION>>(
         &self,
         group_id: &G,
         index: &L,
@@ -460,10 +455,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write_group(group_id, OWN_LEAF_INDEX, index)
     }
 
-    fn write_group_epoch_secrets<
-        G: traits::GroupId<CURRENT_VERSION>,
-        E: traits::GroupEpochSecrets<CURRENT_VERSION>,
-    >(
+    fn write_group_epoch_secrets<G: traits::GroupId<CURRENT_VERSION>, E: traits::GroupEpochSecrets<CURRENT_VERSION>>(
         &self,
         group_id: &G,
         secrets: &E,
@@ -482,10 +474,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write(global_key(SIGNATURE_KEY_PAIR, public_key)?, key_pair)
     }
 
-    fn write_encryption_key_pair<
-        K: traits::EncryptionKey<CURRENT_VERSION>,
-        P: traits::HpkeKeyPair<CURRENT_VERSION>,
-    >(
+    fn write_encryption_key_pair<K: traits::EncryptionKey<CURRENT_VERSION>, P: traits::HpkeKeyPair<CURRENT_VERSION>>(
         &self,
         public_key: &K,
         key_pair: &P,
@@ -507,10 +496,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write(group_key(group_id, EPOCH_KEY_PAIRS, &(epoch, leaf_index))?, key_pairs)
     }
 
-    fn write_key_package<
-        R: traits::HashReference<CURRENT_VERSION>,
-        K: traits::KeyPackage<CURRENT_VERSION>,
-    >(
+    fn write_key_package<R: traits::HashReference<CURRENT_VERSION>, K: traits::KeyPackage<CURRENT_VERSION>>(
         &self,
         hash_ref: &R,
         key_package: &K,
@@ -526,10 +512,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.write(global_key(PSK, psk_id)?, psk)
     }
 
-    fn mls_group_join_config<
-        G: traits::GroupId<CURRENT_VERSION>,
-        C: traits::MlsGroupJoinConfig<CURRENT_VERSION>,
-    >(
+    fn mls_group_join_config<G: traits::GroupId<CURRENT_VERSION>, C: traits::MlsGroupJoinConfig<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<C>, Self::Error> {
@@ -543,10 +526,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.read_list(&group_key(group_id, OWN_LEAF_NODES, &())?)
     }
 
-    fn queued_proposal_refs<
-        G: traits::GroupId<CURRENT_VERSION>,
-        R: traits::ProposalRef<CURRENT_VERSION>,
-    >(
+    fn queued_proposal_refs<G: traits::GroupId<CURRENT_VERSION>, R: traits::ProposalRef<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Vec<R>, Self::Error> {
@@ -597,10 +577,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.read_group(group_id, INTERIM_TRANSCRIPT_HASH)
     }
 
-    fn confirmation_tag<
-        G: traits::GroupId<CURRENT_VERSION>,
-        T: traits::ConfirmationTag<CURRENT_VERSION>,
-    >(
+    fn confirmation_tag<G: traits::GroupId<CURRENT_VERSION>, T: traits::ConfirmationTag<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<T>, Self::Error> {
@@ -614,40 +591,28 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.read_group(group_id, GROUP_STATE)
     }
 
-    fn message_secrets<
-        G: traits::GroupId<CURRENT_VERSION>,
-        M: traits::MessageSecrets<CURRENT_VERSION>,
-    >(
+    fn message_secrets<G: traits::GroupId<CURRENT_VERSION>, M: traits::MessageSecrets<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<M>, Self::Error> {
         self.read_group(group_id, MESSAGE_SECRETS)
     }
 
-    fn resumption_psk_store<
-        G: traits::GroupId<CURRENT_VERSION>,
-        R: traits::ResumptionPskStore<CURRENT_VERSION>,
-    >(
+    fn resumption_psk_store<G: traits::GroupId<CURRENT_VERSION>, R: traits::ResumptionPskStore<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<R>, Self::Error> {
         self.read_group(group_id, RESUMPTION_PSK_STORE)
     }
 
-    fn own_leaf_index<
-        G: traits::GroupId<CURRENT_VERSION>,
-        L: traits::LeafNodeIndex<CURRENT_VERSION>,
-    >(
+    fn own_leaf_index<G: traits::GroupId<CURRENT_VERSION>, L: traits::LeafNodeIndex<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<L>, Self::Error> {
         self.read_group(group_id, OWN_LEAF_INDEX)
     }
 
-    fn group_epoch_secrets<
-        G: traits::GroupId<CURRENT_VERSION>,
-        E: traits::GroupEpochSecrets<CURRENT_VERSION>,
-    >(
+    fn group_epoch_secrets<G: traits::GroupId<CURRENT_VERSION>, E: traits::GroupEpochSecrets<CURRENT_VERSION>>(
         &self,
         group_id: &G,
     ) -> Result<Option<E>, Self::Error> {
@@ -664,10 +629,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.read(&global_key(SIGNATURE_KEY_PAIR, public_key)?)
     }
 
-    fn encryption_key_pair<
-        P: traits::HpkeKeyPair<CURRENT_VERSION>,
-        K: traits::EncryptionKey<CURRENT_VERSION>,
-    >(
+    fn encryption_key_pair<P: traits::HpkeKeyPair<CURRENT_VERSION>, K: traits::EncryptionKey<CURRENT_VERSION>>(
         &self,
         public_key: &K,
     ) -> Result<Option<P>, Self::Error> {
@@ -765,10 +727,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         self.delete_group(group_id, OWN_LEAF_INDEX)
     }
 
-    fn delete_group_epoch_secrets<G: traits::GroupId<CURRENT_VERSION>>(
-        &self,
-        group_id: &G,
-    ) -> Result<(), Self::Error> {
+    fn delete_group_epoch_secrets<G: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &G) -> Result<(), Self::Error> {
         self.delete_group(group_id, EPOCH_SECRETS)
     }
 
@@ -817,4 +776,3 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         Ok(())
     }
 }
-
