@@ -1,6 +1,6 @@
 // Compare builds of ping-web's wasm module, called from JavaScript (no Python, no storage):
 //   node bench/compare_wasm.mjs [other.wasm ...]
-// The shipped module (ping_web/_wasm/) is always measured first; each other .wasm is loaded
+// The shipped module (ping_web/mls/_wasm/) is always measured first; each other .wasm is loaded
 // with the ping_web_mls.js glue beside it (or the shipped glue if there is none). Runs
 // are interleaved; medians of 7 rounds. Used to weigh build settings (opt-level, wasm-opt
 // level) against the size budget; see bench/PROFILE.md.

@@ -19,8 +19,8 @@ import time
 
 from ping_web.client import MessagingClient
 from ping_web.core.ids import DeviceId
-from ping_web.memory_storage import MemoryStorage
-from ping_web.mls import MlsRuntime
+from ping_web.storage import MemoryStorage
+from ping_web.mls.openmls import MlsRuntime
 from ping_web.storage import NAMESPACES
 
 PLAINTEXT = bytes(i % 256 for i in range(200))
@@ -30,7 +30,7 @@ _state: dict = {}
 
 async def new_storage(kind: str, label: str):
     if kind == "idb":
-        from ping_web.indexeddb_storage import IndexedDbStorage
+        from ping_web.storage.indexeddb import IndexedDbStorage
 
         return await IndexedDbStorage.open(f"bench-py-{label}-{next(_db_names)}")
     return MemoryStorage()

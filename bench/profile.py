@@ -26,10 +26,10 @@ import json
 import time
 
 from ping_web import client as client_mod
-from ping_web import mls
+from ping_web.mls import openmls as mls
 from ping_web.core import codec, envelope
 from ping_web.client import MessagingClient
-from ping_web.memory_storage import MemoryStorage
+from ping_web.storage import MemoryStorage
 
 MESSAGES = 300
 PLAINTEXT = bytes(range(200))
@@ -288,7 +288,7 @@ async def micro_measurements(alice, bob, cid) -> list[tuple[str, float]]:
 async def main(with_indexeddb: bool) -> str:
     storages = [MemoryStorage]
     if with_indexeddb:
-        from ping_web.indexeddb_storage import IndexedDbStorage
+        from ping_web.storage.indexeddb import IndexedDbStorage
 
         storages.append(IndexedDbStorage)
     install(storages)
@@ -298,7 +298,7 @@ async def main(with_indexeddb: bool) -> str:
 
     results = [await profile_storage("MemoryStorage", memory)]
     if with_indexeddb:
-        from ping_web.indexeddb_storage import IndexedDbStorage
+        from ping_web.storage.indexeddb import IndexedDbStorage
 
         async def idb(name, counter=[0]):
             counter[0] += 1

@@ -6,8 +6,8 @@ share a LocalDeliveryService. Midway, Bob's client is closed and reopened from s
 
 from ping_web.client import MessagingClient
 from ping_web.delivery import LocalDeliveryService
-from ping_web.encrypted_storage import EncryptedStorage
-from ping_web.wasm_loader import wasm_size
+from ping_web.storage.encrypted import EncryptedStorage
+from ping_web.mls.loader import wasm_size
 
 
 def show(who: str, text: str) -> None:

@@ -12,12 +12,13 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from .core.conversation import Conversation
-from .core.envelope import MessageEnvelope
-from .errors import StorageUnavailable
-from .core.ids import DeviceId
-from .mls import MlsRuntime
-from .storage import Batch, Storage
+from ping_web.core.conversation import Conversation
+from ping_web.core.envelope import MessageEnvelope
+from ping_web.errors import StorageUnavailable
+from ping_web.core.ids import DeviceId
+from ping_web.mls.engine import OpenMlsEngine
+from ping_web.mls.openmls import MlsRuntime
+from ping_web.storage.base import Batch, Storage
 
 T = TypeVar("T")
 
@@ -39,6 +40,11 @@ class LocalDevice:
         self.stored: dict[bytes, bytes] = {}
         self.persist()
 
+    @property
+    def engine(self) -> OpenMlsEngine:
+        """This device's MLS engine (provider and identity)."""
+        return OpenMlsEngine(self.provider, self.identity)
+
     def persist(self) -> None:
         """Fold the provider's changes since the last checkpoint into :attr:`stored`."""
         for key, value in self.provider.checkpoint():
@@ -58,10 +64,10 @@ class LocalDevice:
         return self.run(self.identity.key_package)
 
     def create(self, now_ms: int, **kwargs: object) -> Conversation:
-        return self.run(lambda: Conversation.create(self.provider, self.identity, self.device_id, now_ms, **kwargs))  # type: ignore[arg-type]
+        return self.run(lambda: Conversation.create(self.engine, self.device_id, now_ms, **kwargs))  # type: ignore[arg-type]
 
     def join(self, welcome: MessageEnvelope, now_ms: int) -> Conversation:
-        return self.run(lambda: Conversation.join(self.provider, self.identity, self.device_id, welcome, now_ms))
+        return self.run(lambda: Conversation.join(self.engine, self.device_id, welcome, now_ms))
 
     def restarted(self) -> LocalDevice:
         """This device after a restart: a fresh wasm instance restored from :attr:`stored`."""

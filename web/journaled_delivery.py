@@ -42,7 +42,7 @@ class JournaledDelivery:
     Welcomes, public KeyPackages), so the journal needs no encryption.
     """
 
-    def __init__(self, storage: Storage, *, namespace: str = "history") -> None:
+    def __init__(self, storage: Storage, *, namespace: str = "journal") -> None:
         self.service = LocalDeliveryService()
         self._storage = storage
         self._namespace = namespace
@@ -52,7 +52,7 @@ class JournaledDelivery:
         self.replayed = 0
 
     @classmethod
-    async def open(cls, storage: Storage, *, namespace: str = "history") -> JournaledDelivery:
+    async def open(cls, storage: Storage, *, namespace: str = "journal") -> JournaledDelivery:
         """The service as ``storage``'s journal left it (empty the first time)."""
         journaled = cls(storage, namespace=namespace)
         await journaled._replay()

@@ -26,13 +26,15 @@ from typing import Any
 
 from ping_web.client import MessagingClient
 from ping_web.delivery import LocalDeliveryService
-from ping_web.delivery_bridge import DeliveryServer, JournaledDelivery, Notice, PortDelivery, error_record
-from ping_web.encrypted_storage import EncryptedStorage
+from ping_web.delivery.port import DeliveryServer, Notice, PortDelivery, error_record
+
+from journaled_delivery import JournaledDelivery
+from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.core.envelope import IncomingMessage
 from ping_web.errors import DatabaseInUse, InvalidInput, PingError, StateConflict
 from ping_web.core.ids import ConversationId, DeviceId
-from ping_web.indexeddb_storage import IndexedDbStorage
-from ping_web.memory_storage import MemoryStorage
+from ping_web.storage.indexeddb import IndexedDbStorage
+from ping_web.storage import MemoryStorage
 from ping_web.storage import Storage
 
 PROTOCOL_VERSION = 1

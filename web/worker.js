@@ -65,26 +65,30 @@ async function start({ id, args = {} }) {
 async function boot({ indexURL = DEFAULT_INDEX_URL, hostURL = new URL("ping_worker.py", HERE).href, wasm = true }) {
   progress("pyodide", "Loading the Pyodide runtime");
   const { loadPyodide } = await import(new URL("pyodide.mjs", indexURL).href);
-  const hostSource = fetch(hostURL).then((response) => {
-    if (!response.ok) throw new Error(`could not fetch ${hostURL}: HTTP ${response.status}`);
-    return response.text();
-  });
+  const fetchText = (url) =>
+    fetch(url).then((response) => {
+      if (!response.ok) throw new Error(`could not fetch ${url}: HTTP ${response.status}`);
+      return response.text();
+    });
+  const hostSource = fetchText(hostURL);
+  const journalSource = fetchText(new URL("journaled_delivery.py", hostURL).href);
   const pyodide = await loadPyodide({ indexURL });
   progress("packages", "Loading ping_web, cbor2 and python-ulid");
   await pyodide.loadPackage(["ping_web"], { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
   pyodide.FS.mkdirTree("/ping_worker");
   pyodide.FS.writeFile("/ping_worker/ping_worker.py", await hostSource);
+  pyodide.FS.writeFile("/ping_worker/journaled_delivery.py", await journalSource);
   pyodide.runPython("import sys\nif '/ping_worker' not in sys.path: sys.path.insert(0, '/ping_worker')");
   const module = pyodide.pyimport("ping_worker");
   if (wasm) {
     progress("wasm", "Compiling the OpenMLS wasm module");
-    pyodide.runPython("from ping_web.mls import MlsRuntime\nMlsRuntime.load()");
+    pyodide.runPython("from ping_web.mls.openmls import MlsRuntime\nMlsRuntime.load()");
   }
   const host = module.WorkerHost();
   handle = host.handle; // one proxy for every message (a fresh attribute proxy each time would leak)
   progress("ready", "Pyodide and ping_web loaded");
   const info = pyodide.runPython(
-    "import json, sys, ping_web.wasm_loader as w\n" +
+    "import json, sys, ping_web.mls.loader as w\n" +
       "json.dumps({'python': sys.version.split()[0], 'wasm_bytes': w.wasm_size()})",
   );
   return { pyodide: pyodide.version, ...JSON.parse(info), boot_ms: elapsed() };

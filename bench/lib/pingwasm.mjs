@@ -1,11 +1,11 @@
 // ping-web's wasm module called directly from JavaScript: the same files the wheel ships
-// (ping_web/_wasm/, built by ./build.sh), loaded the way ping_web/wasm_loader.py does it
+// (ping_web/mls/_wasm/, built by ./build.sh), loaded the way ping_web/mls/loader.py does it
 // (evaluate the no-modules glue, then initSync with the compiled module). No Python.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "./env.mjs";
 
-export const WASM_DIR = join(ROOT, "ping_web/_wasm");
+export const WASM_DIR = join(ROOT, "ping_web/mls/_wasm");
 export const GLUE_PATH = join(WASM_DIR, "ping_web_mls.js");
 export const WASM_PATH = join(WASM_DIR, "ping_web_mls_bg.wasm");
 

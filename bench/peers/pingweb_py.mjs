@@ -12,12 +12,12 @@ export async function cold() {
   const t1 = performance.now();
   await loadPingWeb(pyodide); // wheels: ping_web (with its wasm), cbor2, python-ulid
   const t2 = performance.now();
-  pyodide.runPython("import ping_web.client, ping_web.memory_storage");
+  pyodide.runPython("import ping_web.client, ping_web.storage");
   const t3 = performance.now();
-  pyodide.runPython("from ping_web.mls import MlsRuntime\nMlsRuntime.load().provider()");
+  pyodide.runPython("from ping_web.mls.openmls import MlsRuntime\nMlsRuntime.load().provider()");
   const t4 = performance.now();
   await pyodide.runPythonAsync(
-    "from ping_web.client import MessagingClient\nfrom ping_web.memory_storage import MemoryStorage\n" +
+    "from ping_web.client import MessagingClient\nfrom ping_web.storage import MemoryStorage\n" +
       "await MessagingClient.open(MemoryStorage(), b'alice')",
   );
   const t5 = performance.now();

@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
-from .core import codec
-from .core.conversation import Conversation
-from .core.state import ConversationState
-from .core.cursor import SyncCursor
-from .delivery import Delivery
-from .core.envelope import IncomingMessage, MessageEnvelope, MessageKind
-from .errors import (
+from ping_web.core import codec
+from ping_web.core.conversation import Conversation
+from ping_web.core.state import ConversationState
+from ping_web.core.cursor import SyncCursor
+from ping_web.delivery.base import Delivery
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.errors import (
     InvalidInput,
     PingError,
     StateConflict,
@@ -40,12 +40,13 @@ from .errors import (
     UnknownConversation,
     WasmTrap,
 )
-from .core.ids import ConversationId, DeviceId, UserId
-from .memory_storage import MemoryStorage
-from .mls import MlsRuntime, Provider
-from .core.records import AddOutcome, ConversationMeta, decode_device_leaves
-from .storage import Batch, Storage
-from .writer import BatchWriter
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.storage.memory import MemoryStorage
+from ping_web.mls.engine import OpenMlsEngine
+from ping_web.mls.openmls import MlsRuntime, Provider
+from ping_web.core.records import AddOutcome, ConversationMeta, decode_device_leaves
+from ping_web.storage.base import Batch, Storage
+from ping_web.storage.writer import BatchWriter
 
 DEVICE_KEY: Final = b"identity"
 RECORD_NAMES: Final = ("meta", "cursor", "leaves", "state")
@@ -133,6 +134,7 @@ class MessagingClient:
         self._runtime: MlsRuntime | None = None
         self._provider: Provider | None = None
         self._identity: Any = None
+        self._engine: Any = None
         self._metas: dict[ConversationId, ConversationMeta] = {}
         self._loaded: dict[ConversationId, Conversation] = {}
         self._log_positions: dict[ConversationId, int] = {}
@@ -184,11 +186,12 @@ class MessagingClient:
         record = DeviceRecord(user, DeviceId.new(), identity.public_key, clock())
         client = cls(storage, record, clock=clock, delivery=delivery)
         client._runtime, client._provider, client._identity = runtime, provider, identity
+        client._engine = OpenMlsEngine(provider, identity)
         batch = client._capture([])
         batch.put("device", DEVICE_KEY, record.encode())
         if device_group:
             conversation = Conversation.create(
-                provider, identity, record.device_id, clock(), name=DEVICE_GROUP_NAME,
+                client._engine, record.device_id, clock(), name=DEVICE_GROUP_NAME,
                 conversation_id=device_group_id(user), is_device_group=True,
             )  # fmt: skip
             client._adopt(conversation)
@@ -211,6 +214,7 @@ class MessagingClient:
                     raise StorageCorrupted(f"conversation record {key[:16].hex()} is unreadable: {exc}") from None
                 metas[meta.id] = meta
         self._runtime, self._provider, self._identity = runtime, provider, identity
+        self._engine = OpenMlsEngine(provider, identity)
         self._metas, self._loaded = metas, {}
         self._stale = None
 
@@ -278,7 +282,7 @@ class MessagingClient:
 
     async def create_conversation(self, name: str | None = None) -> ConversationMeta:
         await self._ready()
-        conversation = Conversation.create(self._provider, self._identity, self.device_id, self._clock(), name=name)
+        conversation = Conversation.create(self._engine, self.device_id, self._clock(), name=name)
         self._adopt(conversation)
         await self._writer.submit(self._capture([conversation]))
         return conversation.meta
@@ -312,7 +316,7 @@ class MessagingClient:
                 self._provider.drop_group(conversation_id.raw)
                 name = name or existing.meta.name
             conversation = Conversation.join(
-                self._provider, self._identity, self.device_id, envelope, self._clock(),
+                self._engine, self.device_id, envelope, self._clock(),
                 name=name, is_device_group=is_device_group,
             )  # fmt: skip
         if existing is not None:  # same device, same conversation: never reuse a seq
@@ -561,12 +565,13 @@ class MessagingClient:
         provider.import_entries(signing)
         identity = provider.load_identity(record.user_id.raw, record.public_key)
         client._runtime, client._provider, client._identity = runtime, provider, identity
+        client._engine = OpenMlsEngine(provider, identity)
         restored = []
         for item in items:
             if not isinstance(item, dict) or item.keys() != {"x", "m", "c", "l", "t"}:
                 raise InvalidInput("Backup: malformed conversation entry")
             conversation = Conversation.restore_snapshot(
-                provider, identity, record.device_id, item["x"], meta=ConversationMeta.decode(item["m"]),
+                client._engine, record.device_id, item["x"], meta=ConversationMeta.decode(item["m"]),
                 cursor=SyncCursor.decode(item["c"]), device_leaves=decode_device_leaves(item["l"]),
                 state=ConversationState.decode(item["t"]),
             )  # fmt: skip
@@ -587,7 +592,7 @@ class MessagingClient:
         await self._writer.flush()
         await self._storage.close()
         # Let the wasm instance (and its memory) be collected even if the client lingers.
-        self._runtime = self._provider = self._identity = None
+        self._runtime = self._provider = self._identity = self._engine = None
         self._loaded = {}
 
     # -- internals ---------------------------------------------------------------------------
@@ -661,7 +666,7 @@ class MessagingClient:
             raise StorageCorrupted(f"records of conversation {conversation_id.hex} are unreadable: {exc!r}") from None
         self._provider.restore(entries)
         conversation = Conversation.load(
-            self._provider, self._identity, self.device_id, meta=meta, cursor=cursor, device_leaves=leaves, state=state
+            self._engine, self.device_id, meta=meta, cursor=cursor, device_leaves=leaves, state=state
         )
         if conversation is None:
             raise StorageCorrupted(f"the MLS state of conversation {conversation_id.hex} is missing")

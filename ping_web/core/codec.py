@@ -28,7 +28,7 @@ from typing import Any, Final, NoReturn
 
 import cbor2
 
-from ..errors import DecodeError, InvalidInput
+from ping_web.errors import DecodeError, InvalidInput
 
 U16_MAX: Final = 0xFFFF
 U32_MAX: Final = 0xFFFF_FFFF

@@ -1,13 +1,14 @@
 """Conversation: one MLS group plus the wire-level state around it. No I/O.
 
-Each operation turns input into envelopes and state changes: it calls OpenMLS (through
-:mod:`ping_web.mls`), then updates meta, cursor, device leaves and sending state in memory.
-Persisting them is the caller's job (:class:`~ping_web.client.MessagingClient` writes the
-provider's checkpoint and :meth:`Conversation.records` in one atomic batch).
+Each operation turns input into envelopes and state changes: it calls MLS through the
+:class:`~ping_web.core.engine.MlsEngine` protocol, then updates meta, cursor, device leaves
+and sending state in memory. Persisting them is the caller's job
+(:class:`~ping_web.client.MessagingClient` writes the engine's changes and
+:meth:`Conversation.records` in one atomic batch).
 
-A failed operation changes nothing: the wasm module undoes its own writes, and where a
-step after an MLS call fails, this class undoes the call through a provider savepoint and
-reloads the group. The caller takes ``provider.checkpoint()`` whenever it persists.
+A failed operation changes nothing: every engine call is atomic by itself, and where a
+step after an MLS call fails, this class undoes the call through an engine savepoint and
+reloads the group.
 
 Semantics follow the seed's ``ping_core/conversation.rs`` with DESIGN.md §9's fixes:
 own commits stay pending until confirmed or discarded; late application messages of a
@@ -23,14 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from .. import mls
-from .state import MAX_HELD, ConversationState, PendingCommitInfo
-from .cursor import SyncCursor
-from .envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
-from ..errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
-from .hlc import Hlc
-from .ids import ConversationId, DeviceId, UserId
-from .records import (
+from ping_web.core.state import MAX_HELD, ConversationState, PendingCommitInfo
+from ping_web.core.cursor import SyncCursor
+from ping_web.core.engine import Member, MlsEngine, MlsGroup, Processed, ProcessedKind
+from ping_web.core.envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
+from ping_web.errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import (
     AddOutcome,
     ConversationMeta,
     GroupStateSnapshot,
@@ -68,24 +69,22 @@ class Conversation:
     def __init__(
         self,
         *,
-        provider: mls.Provider,
-        identity: mls.Identity,
+        engine: MlsEngine,
         device_id: DeviceId,
-        group: mls.Group,
+        group: MlsGroup,
         meta: ConversationMeta,
         cursor: SyncCursor,
         device_leaves: dict[DeviceId, int],
         state: ConversationState,
     ) -> None:
-        self._provider = provider
-        self._identity = identity
+        self._engine = engine
         self._device = device_id
         self._group = group
         self._meta = meta
         self._cursor = cursor
         self._leaves = device_leaves
         self._state = state
-        self._members: list[mls.Member] | None = None  # cache, valid for the current epoch
+        self._members: list[Member] | None = None  # cache, valid for the current epoch
         self._users_by_leaf: dict[int, UserId] | None = None
         self._persisted_meta: ConversationMeta | None = None  # what records() last encoded
         self._persisted_leaves: dict[DeviceId, int] | None = None
@@ -98,8 +97,7 @@ class Conversation:
     @classmethod
     def create(
         cls,
-        provider: mls.Provider,
-        identity: mls.Identity,
+        engine: MlsEngine,
         device_id: DeviceId,
         now_ms: int,
         *,
@@ -110,10 +108,9 @@ class Conversation:
         """A new conversation with this device as its only member (leaf 0, epoch 0)."""
         conversation_id = conversation_id or ConversationId.new()
         meta = ConversationMeta(conversation_id, name, 0, 1, is_device_group, now_ms)  # validates first
-        group = provider.create_group(identity, conversation_id.raw)
+        group = engine.create_group(conversation_id.raw)
         return cls(
-            provider=provider,
-            identity=identity,
+            engine=engine,
             device_id=device_id,
             group=group,
             meta=meta,
@@ -125,8 +122,7 @@ class Conversation:
     @classmethod
     def join(
         cls,
-        provider: mls.Provider,
-        identity: mls.Identity,
+        engine: MlsEngine,
         device_id: DeviceId,
         welcome: MessageEnvelope,
         now_ms: int,
@@ -141,16 +137,15 @@ class Conversation:
         if not isinstance(welcome, MessageEnvelope) or welcome.kind is not MessageKind.WELCOME:
             raise InvalidInput("join needs a WELCOME envelope")
         validate(welcome)
-        with provider.savepoint():
-            group = provider.join_group(welcome.payload)
+        with engine.savepoint():
+            group = engine.join_group(welcome.payload)
             if group.group_id != welcome.conversation_id.raw or group.epoch != welcome.epoch:
                 raise InvalidInput("the Welcome's group id or epoch does not match its envelope")
         members = group.members()
         meta = ConversationMeta(welcome.conversation_id, name, group.epoch, len(members), is_device_group, now_ms)
         state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms).merge(welcome.hlc, now_ms))
         return cls(
-            provider=provider,
-            identity=identity,
+            engine=engine,
             device_id=device_id,
             group=group,
             meta=meta,
@@ -162,8 +157,7 @@ class Conversation:
     @classmethod
     def load(
         cls,
-        provider: mls.Provider,
-        identity: mls.Identity,
+        engine: MlsEngine,
         device_id: DeviceId,
         *,
         meta: ConversationMeta,
@@ -172,12 +166,11 @@ class Conversation:
         state: ConversationState,
     ) -> Conversation | None:
         """Rehydrate from persisted records; ``None`` if the provider has no such group."""
-        group = provider.load_group(meta.id.raw)
+        group = engine.load_group(meta.id.raw)
         if group is None:
             return None
         return cls(
-            provider=provider,
-            identity=identity,
+            engine=engine,
             device_id=device_id,
             group=group,
             meta=meta,
@@ -189,8 +182,7 @@ class Conversation:
     @classmethod
     def restore_snapshot(
         cls,
-        provider: mls.Provider,
-        identity: mls.Identity,
+        engine: MlsEngine,
         device_id: DeviceId,
         snapshot: bytes,
         *,
@@ -211,21 +203,20 @@ class Conversation:
             raise InvalidInput("the snapshot is of another conversation")
         if decoded.openmls_storage_version != OPENMLS_STORAGE_VERSION:
             raise InvalidInput(f"snapshot storage version {decoded.openmls_storage_version} is not supported")
-        prefix = provider.group_prefix(meta.id.raw)
+        prefix = engine.group_prefix(meta.id.raw)
         if any(not key.startswith(prefix) for key, _ in decoded.entries):
             raise InvalidInput("the snapshot holds entries of another group")
-        with provider.savepoint():
-            provider.drop_group(meta.id.raw)
-            provider.import_entries(decoded.entries)
-            group = provider.load_group(meta.id.raw)
+        with engine.savepoint():
+            engine.drop_group(meta.id.raw)
+            engine.import_entries(decoded.entries)
+            group = engine.load_group(meta.id.raw)
             if group is None:
                 raise InvalidInput("the snapshot does not hold a complete group")
         seq = max(state.seq, cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
         restored = dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True)
         restored.held = list(state.held)
         return cls(
-            provider=provider,
-            identity=identity,
+            engine=engine,
             device_id=device_id,
             group=group,
             meta=dataclasses.replace(meta, epoch=group.epoch),
@@ -316,7 +307,7 @@ class Conversation:
         aad = authenticated_header(MessageKind.APPLICATION, self._device, epoch, seq, hlc)
         # One MLS call, atomic by itself; what follows cannot fail (inputs checked above,
         # and the plaintext limit leaves room for the ciphertext's framing).
-        payload = self._group.create_message(self._identity, bytes(plaintext), aad)
+        payload = self._group.create_message(bytes(plaintext), aad)
         envelope = MessageEnvelope.application(self.id, epoch, self._device, seq, hlc, payload, bytes(plaintext))
         self._state.seq, self._state.hlc = seq, hlc
         self._cursor.advance(MessageKind.APPLICATION, envelope.epoch, self._device, seq, hlc)
@@ -341,7 +332,7 @@ class Conversation:
                 raise InvalidInput(f"device {device.hex} is already a member or listed twice")
             if not isinstance(key_package, (bytes, bytearray)):
                 raise InvalidInput("a KeyPackage must be bytes")
-            _, signature_key = self._provider.inspect_key_package(bytes(key_package))
+            _, signature_key = self._engine.inspect_key_package(bytes(key_package))
             added.append((device, signature_key))
             key_packages.append(bytes(key_package))
         source_epoch = self.epoch()
@@ -349,7 +340,7 @@ class Conversation:
         seq = self._state.seq + 1
         aad = authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc)
         with self._undo_on_error():
-            commit, welcome = self._group.add_members(self._identity, key_packages, aad)
+            commit, welcome = self._group.add_members(key_packages, aad)
             outcome = AddOutcome(
                 MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, commit),
                 MessageEnvelope.handshake(MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome),
@@ -365,12 +356,12 @@ class Conversation:
             raise InvalidInput("remove_members needs distinct integer leaf indexes")
         if self._group.own_leaf_index in leaves:
             raise InvalidInput("a device cannot remove its own leaf; another member must")
-        return self._commit("remove", now_ms, lambda aad: self._group.remove_members(self._identity, leaves, aad), leaves)
+        return self._commit("remove", now_ms, lambda aad: self._group.remove_members(leaves, aad), leaves)
 
     def self_update(self, now_ms: int) -> MessageEnvelope:
         """Stage a commit refreshing this device's leaf keys (post-compromise security)."""
         self._require_no_pending()
-        return self._commit("update", now_ms, lambda aad: self._group.self_update(self._identity, aad), ())
+        return self._commit("update", now_ms, lambda aad: self._group.self_update(aad), ())
 
     def confirm_commit(self) -> None:
         """The delivery service accepted our pending commit: apply it."""
@@ -444,7 +435,7 @@ class Conversation:
             self.id,
             OPENMLS_STORAGE_VERSION,
             now_ms,
-            tuple(self._provider.group_entries(self.id.raw)),
+            tuple(self._engine.group_entries(self.id.raw)),
         ).encode()
 
     # -- internals -------------------------------------------------------------------------
@@ -479,16 +470,16 @@ class Conversation:
     def _undo_on_error(self) -> Iterator[None]:
         """MLS calls in the block are undone, and the group reloaded, if the block raises."""
         try:
-            with self._provider.savepoint():
+            with self._engine.savepoint():
                 yield
         except BaseException:
-            group = self._provider.load_group(self.id.raw)
+            group = self._engine.load_group(self.id.raw)
             if group is not None:
                 self._group = group
             self._members = None
             raise
 
-    def _member_list(self) -> list[mls.Member]:
+    def _member_list(self) -> list[Member]:
         if self._members is None:
             self._members = self._group.members()
             self._users_by_leaf = None
@@ -546,18 +537,18 @@ class Conversation:
             self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
         self._state.hlc = self._state.hlc.merge(envelope.hlc, now_ms)
         message: IncomingMessage | None = None
-        if processed.kind is mls.ProcessedKind.APPLICATION:
+        if processed.kind is ProcessedKind.APPLICATION:
             message = self._incoming(envelope, processed)
-        elif processed.kind is mls.ProcessedKind.COMMIT:
+        elif processed.kind is ProcessedKind.COMMIT:
             self._after_epoch_change()
             if not processed.still_member:
                 self._state.removed = True
         self._cursor.advance(envelope.kind, envelope.epoch, envelope.sender_device, envelope.seq, envelope.hlc)
-        if processed.kind is mls.ProcessedKind.COMMIT and not self._state.removed:
+        if processed.kind is ProcessedKind.COMMIT and not self._state.removed:
             self._release_held()
         return message
 
-    def _incoming(self, envelope: MessageEnvelope, processed: mls.Processed) -> IncomingMessage:
+    def _incoming(self, envelope: MessageEnvelope, processed: Processed) -> IncomingMessage:
         sender_user = None
         if processed.sender_leaf is not None:
             self._leaves.setdefault(envelope.sender_device, processed.sender_leaf)

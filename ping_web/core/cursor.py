@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-from . import codec
-from .envelope import MessageKind
-from ..errors import InvalidInput
-from .hlc import Hlc
-from .ids import DeviceId
+from ping_web.core import codec
+from ping_web.core.envelope import MessageKind
+from ping_web.errors import InvalidInput
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import DeviceId
 
 WINDOW: Final = 256
 """How many seqs below a device's highest are tracked one by one."""

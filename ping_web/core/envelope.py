@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar, Final, Self
 
-from . import codec
-from ..errors import DecodeError, InvalidInput
-from .hlc import Hlc
-from .ids import ConversationId, DeviceId, UserId
+from ping_web.core import codec
+from ping_web.errors import DecodeError, InvalidInput
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 HASH_SIZE: Final = 32
 MAX_PAYLOAD: Final = 1 << 20

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import codec
+from ping_web.core import codec
 
 
 @dataclass(frozen=True, slots=True, order=True)

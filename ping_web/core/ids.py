@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 
-from . import codec
-from ..errors import InvalidInput
+from ping_web.core import codec
+from ping_web.errors import InvalidInput
 
 
 @dataclass(frozen=True, slots=True, order=True)

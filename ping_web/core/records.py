@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, ClassVar, Final, Self
 
-from . import codec
-from .envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
-from ..errors import InvalidInput
-from .ids import ConversationId, DeviceId, UserId
+from ping_web.core import codec
+from ping_web.core.envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
+from ping_web.errors import InvalidInput
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 MAX_NAME_BYTES: Final = 256
 MAX_SIGNATURE_KEY: Final = 256

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
-from . import codec
-from .envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
-from .hlc import Hlc
-from ..errors import InvalidInput
-from .ids import DeviceId
-from .records import MAX_SIGNATURE_KEY
+from ping_web.core import codec
+from ping_web.core.envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
+from ping_web.core.hlc import Hlc
+from ping_web.errors import InvalidInput
+from ping_web.core.ids import DeviceId
+from ping_web.core.records import MAX_SIGNATURE_KEY
 
 MAX_HELD: Final = 1024
 """Future-epoch envelopes kept at most, waiting for their commit."""

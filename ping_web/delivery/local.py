@@ -1,66 +1,20 @@
-"""A small in-memory delivery service for tests and demos, and the protocol clients use.
+"""An in-memory delivery service for tests, demos and single-process apps.
 
 :class:`LocalDeliveryService` keeps, per conversation, an ordered log that accepts exactly
 one commit per epoch (the first one submitted wins; a late one is refused so its author
 discards it and applies the winner), a Welcome mailbox per device, and a KeyPackage
 directory where each KeyPackage is handed out once. Everything is in memory; a bridge
 (``web/``) lets workers or tabs share one instance.
-
-The :class:`Delivery` protocol is what :class:`~ping_web.client.MessagingClient` needs from
-any delivery service, so a real server or a MessageChannel bridge can stand in for this one.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from .core.envelope import MessageEnvelope, MessageKind
-from .errors import InvalidInput, StateConflict
-from .core.ids import ConversationId, DeviceId, UserId
-
-
-@dataclass(frozen=True, slots=True)
-class LogPage:
-    """Envelopes of one conversation log from a position on, and where to continue."""
-
-    envelopes: list[bytes]
-    next_position: int
-
-
-@runtime_checkable
-class Delivery(Protocol):
-    """What a client needs from a delivery service. Envelopes cross as encoded bytes."""
-
-    async def post(self, envelope: bytes) -> bool:
-        """Append to the conversation's log. A commit is refused (``False``) if the log
-        already holds a commit for its epoch or has moved past it."""
-        ...
-
-    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
-        """The log of ``conversation_id`` from ``position`` on."""
-        ...
-
-    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
-        """Leave ``welcome`` in the mailbox of each device."""
-        ...
-
-    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
-        """Take every Welcome waiting for ``device_id`` (each is returned once)."""
-        ...
-
-    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
-        """Offer one-time KeyPackages of a device."""
-        ...
-
-    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
-        """Take one KeyPackage of ``device_id`` (never handed out again), or ``None``."""
-        ...
-
-    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
-        """Devices of ``user_id`` that ever published KeyPackages."""
-        ...
+from ping_web.core.envelope import MessageEnvelope, MessageKind
+from ping_web.errors import InvalidInput, StateConflict
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.delivery.base import LogPage
 
 
 class LocalDeliveryService:

@@ -1,16 +1,16 @@
 """One delivery service shared by many Pyodide workers, over ``MessagePort``\\ s.
 
-The delivery logic stays in Python on both sides: a worker of its own runs a
-:class:`~ping_web.delivery.LocalDeliveryService` (or :class:`JournaledDelivery`, which keeps
-it in IndexedDB) behind a :class:`DeliveryServer`; each device worker binds a
+The delivery logic stays in Python on both sides: a worker of its own runs any
+:class:`~ping_web.delivery.Delivery` (the demo's keeps a journal in IndexedDB) behind a
+:class:`DeliveryServer`; each device worker binds a
 :class:`PortDelivery` to its client. ``PortDelivery`` implements the
 :class:`~ping_web.delivery.Delivery` protocol by forwarding every call over its port; the
 server calls the service and answers. JavaScript only creates the ``MessageChannel`` and
 hands one end to each side::
 
     # delivery worker                           # device worker
-    service = await JournaledDelivery.open(     delivery = PortDelivery(port, on_notice=...)
-        await IndexedDbStorage.open("ds"))      client = await MessagingClient.open(
+    service = LocalDeliveryService()            delivery = PortDelivery(port, on_notice=...)
+                                                client = await MessagingClient.open(
     server = DeliveryServer(service)                storage, b"alice", delivery=delivery)
     server.connect(port)                        # one port per device
 
@@ -25,7 +25,7 @@ Messages on a port (structured clone; bytes cross as ``Uint8Array``, ids as thei
   was accepted, ``{notice: "welcome", device_ids: [...]}`` after a Welcome was left. A
   notice only says "something is new": clients then pull with ``sync()`` as usual.
 
-Everything here needs Pyodide (``js``, ``pyodide.ffi``) except the journal format.
+Everything here needs Pyodide (through :mod:`ping_web._ffi`).
 """
 
 from __future__ import annotations
@@ -36,20 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import errors
-from .core import codec
-from .delivery import Delivery, LocalDeliveryService, LogPage
-from .errors import InvalidInput, PingError, StorageError
-from .core.ids import ConversationId, DeviceId, UserId
-from .storage import Batch, Storage
-from .writer import BatchWriter
+from ping_web import errors
+from ping_web.core import codec
+from ping_web.delivery.base import Delivery, LogPage
+from ping_web.delivery.local import LocalDeliveryService
+from ping_web.errors import InvalidInput, PingError, StorageError
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.storage.base import Batch, Storage
+from ping_web.storage.writer import BatchWriter
 
 __all__ = [
-    "JOURNAL_VERSION",
     "METHODS",
     "DeliveryServer",
     "DeliveryUnavailable",
-    "JournaledDelivery",
     "Notice",
     "PortDelivery",
     "error_from_record",
@@ -364,7 +363,7 @@ class DeliveryServer:
             accepted = await service.post(_raw(envelope, "envelope"))
             notice = None
             if accepted:
-                from .core.envelope import MessageEnvelope
+                from ping_web.core.envelope import MessageEnvelope
 
                 notice = {"notice": "log", "conversation_id": MessageEnvelope.decode(envelope).conversation_id.raw}
             return accepted, notice
@@ -400,161 +399,3 @@ def serve_delivery(port: Any, service: Delivery | DeliveryServer) -> DeliverySer
     server = service if isinstance(service, DeliveryServer) else DeliveryServer(service)
     server.connect(port)
     return server
-
-
-# -- a local service that survives a restart ----------------------------------------------------
-
-JOURNAL_VERSION: Final = 1
-JOURNAL_MAX_ENTRY: Final = 16 << 20
-_JOURNAL_KEY: Final = struct.Struct(">Q")
-
-
-class JournaledDelivery:
-    """A :class:`~ping_web.delivery.LocalDeliveryService` whose every change is journaled.
-
-    Each state change (an accepted post, a Welcome left or taken, KeyPackages published or
-    claimed) is appended to ``storage`` under namespace ``namespace`` (key: 8-byte
-    big-endian sequence number; value: CBOR ``{"v": 1, "op": str, "a": [...]}``) before the
-    call returns, through one FIFO writer; reads wait for earlier changes to be durable, so
-    nothing a caller saw can be lost by a restart. :meth:`open` replays the journal into a
-    fresh service, which is deterministic, so the service comes back exactly as it was.
-
-    Everything journaled is what any delivery server sees anyway (MLS ciphertexts,
-    Welcomes, public KeyPackages), so the journal needs no encryption.
-    """
-
-    def __init__(self, storage: Storage, *, namespace: str = "history") -> None:
-        self.service = LocalDeliveryService()
-        self._storage = storage
-        self._namespace = namespace
-        self._next = 1
-        self._failed: BaseException | None = None
-        self._writer = BatchWriter(storage, self._on_write_failure)
-        self.replayed = 0
-
-    @classmethod
-    async def open(cls, storage: Storage, *, namespace: str = "history") -> JournaledDelivery:
-        """The service as ``storage``'s journal left it (empty the first time)."""
-        journaled = cls(storage, namespace=namespace)
-        await journaled._replay()
-        return journaled
-
-    async def close(self) -> None:
-        await self._writer.flush()
-        await self._storage.close()
-
-    # Delivery ---------------------------------------------------------------------------------
-
-    async def post(self, envelope: bytes) -> bool:
-        await self._ready()
-        accepted = self.service.post_now(envelope)
-        if accepted:
-            await self._journal("post", [bytes(envelope)])
-        else:
-            await self._durable()
-        return accepted
-
-    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
-        await self._ready()
-        page = await self.service.fetch(conversation_id, position)
-        await self._durable()
-        return page
-
-    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
-        await self._ready()
-        await self.service.send_welcome(device_ids, welcome)
-        await self._journal("welcome", [[d.raw for d in device_ids], bytes(welcome)])
-
-    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
-        await self._ready()
-        welcomes = await self.service.fetch_welcomes(device_id)
-        if welcomes:
-            await self._journal("take_welcomes", [device_id.raw])
-        else:
-            await self._durable()
-        return welcomes
-
-    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
-        await self._ready()
-        await self.service.publish_key_packages(user_id, device_id, key_packages)
-        await self._journal("publish", [user_id.raw, device_id.raw, [bytes(kp) for kp in key_packages]])
-
-    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
-        await self._ready()
-        key_package = await self.service.claim_key_package(device_id)
-        if key_package is not None:
-            await self._journal("claim", [device_id.raw])
-        else:
-            await self._durable()
-        return key_package
-
-    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
-        await self._ready()
-        devices = await self.service.devices_of(user_id)
-        await self._durable()
-        return devices
-
-    # ------------------------------------------------------------------------------------------
-
-    def _journal(self, op: str, args: list[Any]) -> asyncio.Future[None]:
-        """Append one entry (synchronously queued right after the change it records)."""
-        batch = Batch()
-        entry = codec.encode({"v": JOURNAL_VERSION, "op": op, "a": args})
-        batch.put(self._namespace, _JOURNAL_KEY.pack(self._next), entry)
-        self._next += 1
-        return self._writer.submit(batch)
-
-    async def _durable(self) -> None:
-        """Wait until every change made so far is stored; fail if one could not be."""
-        await self._writer.flush()
-        if self._failed is not None:
-            raise StorageError(f"the delivery journal could not be written ({self._failed}); retry")
-
-    def _on_write_failure(self, error: BaseException) -> None:
-        self._failed = error
-
-    async def _ready(self) -> None:
-        """After a failed journal write, rebuild memory from what the journal really holds."""
-        if self._failed is not None:
-            await self._writer.flush()
-            self.service = LocalDeliveryService()
-            self._next = 1
-            await self._replay()
-            self._failed = None
-
-    async def _replay(self) -> None:
-        service = self.service
-        for key, value in await self._storage.scan(self._namespace):
-            try:
-                (seq,) = _JOURNAL_KEY.unpack(key)
-                with codec.record(value, "DeliveryJournal", keys=frozenset({"v", "op", "a"}),
-                                  versions=(JOURNAL_VERSION,), max_size=JOURNAL_MAX_ENTRY) as m:  # fmt: skip
-                    op, args = m["op"], m["a"]
-                await _apply(service, op, args)
-            except (struct.error, PingError) as exc:
-                raise errors.StorageCorrupted(
-                    f"delivery journal entry {key.hex()} is unreadable ({exc}); nothing was deleted"
-                ) from None
-            self._next = seq + 1
-            self.replayed += 1
-
-
-async def _apply(service: LocalDeliveryService, op: Any, args: Any) -> None:
-    """Replay one journal entry."""
-    if not isinstance(args, list):
-        raise InvalidInput("journal arguments must be an array")
-    if op == "post" and len(args) == 1:
-        service.post_now(_raw(args[0], "envelope"))
-    elif op == "welcome" and len(args) == 2:
-        await service.send_welcome([DeviceId.from_bytes(r) for r in _raw_list(args[0], "devices")], _raw(args[1], "w"))
-    elif op == "take_welcomes" and len(args) == 1:
-        await service.fetch_welcomes(DeviceId.from_bytes(_raw(args[0], "device")))
-    elif op == "publish" and len(args) == 3:
-        await service.publish_key_packages(
-            UserId.from_bytes(_raw(args[0], "user")), DeviceId.from_bytes(_raw(args[1], "device")),
-            _raw_list(args[2], "key_packages"),
-        )  # fmt: skip
-    elif op == "claim" and len(args) == 1:
-        await service.claim_key_package(DeviceId.from_bytes(_raw(args[0], "device")))
-    else:
-        raise InvalidInput(f"unknown journal operation {op!r}")

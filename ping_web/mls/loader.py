@@ -14,7 +14,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-WASM_PACKAGE = "ping_web._wasm"
+from ping_web import _ffi
+from ping_web.errors import PingError
+
+WASM_PACKAGE = "ping_web.mls._wasm"
 GLUE_FILE = "ping_web_mls.js"
 WASM_FILE = "ping_web_mls_bg.wasm"
 
@@ -24,28 +27,20 @@ _INIT = "(ns, module) => { ns.initSync({ module }); return ns; }"
 @cache
 def _artifacts() -> tuple[str, Any]:
     """The glue source and the compiled ``WebAssembly.Module`` (compiled once, reused)."""
-    import js
-    from pyodide.ffi import to_js
-
     files = resources.files(WASM_PACKAGE)
     glue = files.joinpath(GLUE_FILE).read_text(encoding="utf-8")
     binary = files.joinpath(WASM_FILE).read_bytes()
-    module = js.WebAssembly.Module.new(to_js(binary))
+    module = _ffi.wasm_module(binary)
     return glue + "\nwasm_bindgen;\n//# sourceURL=ping_web_mls.js\n", module
 
 
 def instantiate() -> Any:
     """A fresh instance of the module: its exports namespace (``Provider``, ``Group``, ...)."""
-    import js
-    from pyodide.code import run_js
-
-    from .errors import PingError
-
-    if not hasattr(getattr(js, "crypto", None), "getRandomValues"):
+    if not hasattr(_ffi.host_global("crypto"), "getRandomValues"):
         raise PingError("this JavaScript host has no crypto.getRandomValues; OpenMLS needs it")
     glue, module = _artifacts()
-    namespace = run_js(glue)
-    return run_js(_INIT)(namespace, module)
+    namespace = _ffi.run_script(glue)
+    return _ffi.run_script(_INIT)(namespace, module)
 
 
 def wasm_size() -> int:

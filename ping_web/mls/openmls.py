@@ -1,5 +1,8 @@
 """Typed Python face of the OpenMLS wasm module: bytes in, bytes out, PingErrors out.
 
+The classes mirror the module's exports one to one (``docs/wasm-api.md``);
+:mod:`ping_web.mls.engine` builds the :class:`~ping_web.core.engine.MlsEngine` on them.
+
 One :class:`MlsRuntime` is one wasm instance. Objects made from it (providers, identities,
 groups) belong to it. If the instance traps, the runtime is marked dead and every later
 call raises :class:`~ping_web.errors.WasmTrap`: a trapped instance is never used again.
@@ -9,12 +12,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, TypeVar
 
-from . import errors
-from .errors import PingError
+from ping_web import _ffi, errors
+from ping_web.core.engine import Member, Processed, ProcessedKind
+from ping_web.mls.loader import instantiate
+from ping_web.errors import PingError
 
 T = TypeVar("T")
 
@@ -48,19 +51,16 @@ _STATE_ERRORS: dict[str, type[PingError]] = {
 
 
 def _translate(exc: Exception) -> PingError:
-    """Turn a JS exception from the module into the matching PingError."""
-    js_error = getattr(exc, "js_error", None)
-    name = str(getattr(js_error, "name", "") or getattr(exc, "name", ""))
-    message = str(getattr(js_error, "message", "") or exc)
-    if name == "RuntimeError":
-        return errors.WasmTrap(f"the wasm instance trapped ({message}); reload from storage")
-    code = getattr(js_error, "code", None)
-    if not isinstance(code, str):
-        return errors.MlsError("unknown", f"{name}: {message}")
-    cls = _STATE_ERRORS.get(code)
+    """Turn a JS exception from the module into the matching PingError, by its ``code``."""
+    info = _ffi.error_info(exc)
+    if info.name == "RuntimeError":
+        return errors.WasmTrap(f"the wasm instance trapped ({info.message}); reload from storage")
+    if info.code is None:
+        return errors.MlsError("unknown", f"{info.name}: {info.message}")
+    cls = _STATE_ERRORS.get(info.code)
     if cls is None:
-        return errors.MlsError(code, message)
-    return cls(f"{message} [{code}]")
+        return errors.MlsError(info.code, info.message)
+    return cls(f"{info.message} [{info.code}]")
 
 
 # -- flat byte encodings shared with wasm/src/bytes.rs -------------------------------------
@@ -115,13 +115,9 @@ class MlsRuntime:
     """One instance of the wasm module."""
 
     def __init__(self, exports: Any) -> None:
-        import js
-        from pyodide.ffi import JsException, to_js
-
         self._exports = exports
-        self._js_exception = JsException
-        self._to_js = to_js
-        self._new_u8 = js.Uint8Array.new
+        self._js_exception = _ffi.JsException
+        self._new_u8 = _ffi.new_uint8array
         self._empty = self._new_u8(0)
         self._free: dict[int, list[Any]] = {}  # length -> arrays free for the next call
         self._lent: list[tuple[int, Any]] = []  # arrays handed out for the call being built
@@ -130,8 +126,6 @@ class MlsRuntime:
     @classmethod
     def load(cls) -> MlsRuntime:
         """Instantiate the module shipped in this package afresh."""
-        from .wasm_loader import instantiate
-
         return cls(instantiate())
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -161,7 +155,7 @@ class MlsRuntime:
         if size == 0:
             return self._empty
         if size > _POOL_MAX_LENGTH:
-            return self._to_js(bytes(data))
+            return _ffi.to_js_bytes(data)
         free = self._free.get(size)
         array = free.pop() if free else self._new_u8(size)
         array.assign(data)
@@ -204,12 +198,12 @@ class Provider:
         """Undo every change since the last checkpoint."""
         self.runtime.call(self.js.rollback)
 
-    def savepoint(self) -> _Savepoint:
+    def savepoint(self) -> Savepoint:
         """Undo every change made inside the block if it raises. Savepoints nest.
 
         Use as ``with provider.savepoint(): ...``.
         """
-        return _Savepoint(self)
+        return Savepoint(self)
 
     @property
     def has_changes(self) -> bool:
@@ -267,7 +261,7 @@ class Provider:
         return None if js is None else Group(self, js)
 
 
-class _Savepoint:
+class Savepoint:
     """``with provider.savepoint():`` (a class, not a generator: every send goes through it)."""
 
     __slots__ = ("_provider",)
@@ -299,31 +293,6 @@ class Identity:
     def key_package(self) -> bytes:
         """A fresh KeyPackage (TLS-serialized MlsMessage) whose private keys stay here."""
         return self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes()
-
-
-class ProcessedKind(IntEnum):
-    APPLICATION = 1
-    COMMIT = 2
-    PROPOSAL = 3
-    OWN_MESSAGE = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """What processing one inbound MLS message did."""
-
-    kind: ProcessedKind
-    still_member: bool
-    sender_leaf: int | None
-    epoch: int
-    plaintext: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    leaf_index: int
-    identity: bytes
-    signature_key: bytes
 
 
 class Group:
@@ -379,9 +348,7 @@ class Group:
 
     def remove_members(self, identity: Identity, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
         """Stage a commit removing the members at these leaves; returns the commit."""
-        import js
-
-        leaves = js.Uint32Array.new(self.provider.runtime._to_js(list(leaf_indexes)))
+        leaves = _ffi.uint32_array(leaf_indexes)
         return self._call(self.js.removeMembers, self.provider.js, identity.js, leaves, self._u8(aad)).to_bytes()
 
     def self_update(self, identity: Identity, aad: bytes = b"") -> bytes:

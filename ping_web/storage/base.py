@@ -5,9 +5,9 @@ under a key prefix, and applies a :class:`Batch` of puts and deletes atomically:
 crash either all of a batch is stored or none of it. Everything is async, because the
 browser's storage (IndexedDB, WebCrypto) is.
 
-Backends: :class:`~ping_web.memory_storage.MemoryStorage` (default),
-:class:`~ping_web.indexeddb_storage.IndexedDbStorage` (browser, worker; a polyfill in Node),
-:class:`~ping_web.encrypted_storage.EncryptedStorage` (AES-GCM over any backend).
+Backends: :class:`~ping_web.storage.memory.MemoryStorage` (default),
+:class:`~ping_web.storage.indexeddb.IndexedDbStorage` (browser, worker; a polyfill in Node),
+:class:`~ping_web.storage.encrypted.EncryptedStorage` (AES-GCM over any backend).
 The namespaces and key layout are documented in ``docs/storage.md``.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
-NAMESPACES: Final = ("device", "mls", "conversations", "history", "outbox")
+NAMESPACES: Final = ("device", "mls", "conversations", "history", "outbox", "journal")
 """Every namespace a backend must provide (IndexedDB needs them fixed at creation)."""
 
 

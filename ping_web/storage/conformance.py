@@ -5,7 +5,7 @@ a backend: ``open_storage()`` must open one fresh, initially empty database, and
 it again must open the same database (so persistence across close/reopen and the
 single-owner rule can be checked). Each check raises ``AssertionError`` saying what
 differs. :func:`check_encryption` adds the checks specific to
-:class:`~ping_web.encrypted_storage.EncryptedStorage`.
+:class:`~ping_web.storage.encrypted.EncryptedStorage`.
 
 This module is shipped in the wheel because pytest-pyodide runs only a test's body inside
 Pyodide: shared test code must be importable from the package.
@@ -17,8 +17,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .errors import DatabaseInUse, InvalidInput, StorageCorrupted, StorageUnavailable
-from .storage import NAMESPACES, Batch, Storage
+from ping_web.errors import DatabaseInUse, InvalidInput, StorageCorrupted, StorageUnavailable
+from ping_web.storage.base import NAMESPACES, Batch, Storage
 
 __all__ = ["check_encryption", "check_storage", "EDGE_KEYS"]
 
@@ -223,7 +223,7 @@ async def check_storage(open_storage: Opener) -> None:
 
 async def check_encryption(storage: Any) -> None:
     """EncryptedStorage only: no plaintext below it, values bound to their slot, format as documented."""
-    from .encrypted_storage import NONCE_BYTES, OVERHEAD, EncryptedStorage
+    from ping_web.storage.encrypted import NONCE_BYTES, OVERHEAD, EncryptedStorage
 
     inner = storage.inner
     await _clear(storage)

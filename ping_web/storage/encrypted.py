@@ -11,7 +11,7 @@ keeps the usual AES-GCM bound (about 2**32 writes per key) far above a device's 
 
 The key is a non-extractable WebCrypto ``CryptoKey``: its bytes are never visible to
 JavaScript or Python. :meth:`IndexedDbStorage.load_or_create_key
-<ping_web.indexeddb_storage.IndexedDbStorage.load_or_create_key>` keeps it in the same
+<ping_web.storage.indexeddb.IndexedDbStorage.load_or_create_key>` keeps it in the same
 database; :meth:`EncryptedStorage.open_indexeddb` does both steps.
 """
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from .errors import InvalidInput, StorageCorrupted, StorageUnavailable
-from .memory_storage import check_key, validate_batch
-from .storage import Batch, Storage
+from ping_web.errors import InvalidInput, StorageCorrupted, StorageUnavailable
+from ping_web.storage.memory import check_key, validate_batch
+from ping_web.storage.base import Batch, Storage
 
 __all__ = ["FORMAT_VERSION", "NONCE_BYTES", "TAG_BYTES", "EncryptedStorage", "additional_data"]
 
@@ -96,7 +96,7 @@ class EncryptedStorage:
     @classmethod
     async def open_indexeddb(cls, name: str, *, key_name: str = "storage", indexed_db: Any = None) -> EncryptedStorage:
         """Open IndexedDB storage ``name`` sealed with its own stored key (created on first open)."""
-        from .indexeddb_storage import IndexedDbStorage
+        from ping_web.storage.indexeddb import IndexedDbStorage
 
         inner = await IndexedDbStorage.open(name, indexed_db=indexed_db)
         try:

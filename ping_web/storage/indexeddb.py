@@ -1,8 +1,8 @@
 """IndexedDB storage: the browser and worker backend (a polyfill in Node tests).
 
-Layout: database ``ping_web:{name}``, version 1, one object store per namespace in
+Layout: database ``ping_web:{name}``, version :data:`DB_VERSION`, one object store per namespace in
 :data:`~ping_web.storage.NAMESPACES` plus ``keys`` (CryptoKey records for
-:class:`~ping_web.encrypted_storage.EncryptedStorage`). Keys are binary (IndexedDB orders
+:class:`~ping_web.storage.encrypted.EncryptedStorage`). Keys are binary (IndexedDB orders
 binary keys bytewise, like :meth:`scan` must); values are ``Uint8Array``.
 
 IndexedDB commits a transaction by itself as soon as control returns to the event loop
@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from .errors import (
+from ping_web.errors import (
     DatabaseInUse,
     InvalidInput,
     StorageCorrupted,
@@ -31,12 +31,13 @@ from .errors import (
     StorageQuotaExceeded,
     StorageUnavailable,
 )
-from .memory_storage import check_key, validate_batch
-from .storage import NAMESPACES, Batch
+from ping_web.storage.memory import check_key, validate_batch
+from ping_web.storage.base import NAMESPACES, Batch
 
 __all__ = ["DB_VERSION", "KEYS_STORE", "IndexedDbStorage", "database_name", "delete_database"]
 
-DB_VERSION: Final = 1
+DB_VERSION: Final = 2
+"""1: the first five namespaces; 2 adds ``journal`` (an upgrade only creates missing stores)."""
 KEYS_STORE: Final = "keys"
 KEY_RECORD_VERSION: Final = 1
 STORES: Final = (*NAMESPACES, KEYS_STORE)
@@ -414,7 +415,7 @@ class IndexedDbStorage:
         The key object itself is stored (structured clone): its bytes never reach JavaScript
         or Python, and a copy of the database without the browser's key store is useless.
         """
-        from .encrypted_storage import EncryptedStorage
+        from ping_web.storage.encrypted import EncryptedStorage
 
         if not isinstance(key_name, str) or not key_name:
             raise InvalidInput("key name must be a non-empty string")

@@ -11,8 +11,8 @@ refuse the same inputs with the same :class:`~ping_web.errors.InvalidInput`.
 
 from __future__ import annotations
 
-from .errors import DatabaseInUse, InvalidInput, StorageUnavailable
-from .storage import NAMESPACES, Batch
+from ping_web.errors import DatabaseInUse, InvalidInput, StorageUnavailable
+from ping_web.storage.base import NAMESPACES, Batch
 
 __all__ = ["MemoryStorage", "check_key", "check_namespace", "validate_batch"]
 

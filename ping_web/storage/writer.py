@@ -19,8 +19,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from .errors import PingError, StorageError, StorageUnavailable
-from .storage import Batch, Storage
+from ping_web.errors import PingError, StorageError, StorageUnavailable
+from ping_web.storage.base import Batch, Storage
 
 
 class _Entry(NamedTuple):

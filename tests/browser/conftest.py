@@ -32,6 +32,7 @@ CHROMIUM_FLAGS = [
 ]
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "web"))  # the demo's own modules (journaled_delivery)
 from tools.serve import serve_in_thread  # noqa: E402
 
 

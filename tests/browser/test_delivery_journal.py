@@ -7,12 +7,13 @@ import asyncio
 
 import pytest
 
-from ping_web.delivery_bridge import JournaledDelivery, error_from_record, error_record
+from journaled_delivery import JournaledDelivery
+from ping_web.delivery.port import error_from_record, error_record
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.errors import DatabaseInUse, MlsError, PingError, StateConflict, StorageError
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.memory_storage import MemoryStorage
+from ping_web.storage import MemoryStorage
 from ping_web.storage import Batch
 
 CONVERSATION = ConversationId.new()

@@ -7,7 +7,7 @@ from pytest_pyodide import run_in_pyodide
 async def test_cold_restart_of_three_users_keeps_history_and_never_reuses_a_seq(selenium):
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     ds = LocalDeliveryService()
     names = ["alice", "bob", "carol"]
@@ -67,7 +67,7 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
     import random
 
     from ping_web.client import MessagingClient
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
     from ping_web.storage import Batch
 
     class JitteryStorage(MemoryStorage):
@@ -133,7 +133,7 @@ async def test_revoked_device_is_removed_everywhere_and_a_second_opener_is_refus
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
     from ping_web.errors import DatabaseInUse, PingError
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     ds = LocalDeliveryService()
     alice_store = MemoryStorage()
@@ -176,7 +176,7 @@ async def test_revoked_device_is_removed_everywhere_and_a_second_opener_is_refus
 async def test_linked_second_device_reads_and_sends_everywhere(selenium):
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     ds = LocalDeliveryService()
     alice1 = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
@@ -216,7 +216,7 @@ async def test_device_restored_from_backup_never_reuses_a_ratchet_generation(sel
     from ping_web.delivery import LocalDeliveryService
     from ping_web.core.envelope import MessageKind
     from ping_web.errors import StateConflict
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     ds = LocalDeliveryService()
     alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
@@ -262,7 +262,7 @@ async def test_bad_input_changes_nothing(selenium):
     from ping_web.client import MessagingClient
     from ping_web.errors import InvalidInput, PingError, UnknownConversation
     from ping_web.core.ids import ConversationId
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     store = MemoryStorage()
     a = await MessagingClient.open(store, b"alice")
@@ -291,7 +291,7 @@ async def test_a_wasm_trap_fails_the_operation_and_the_client_recovers_from_stor
     import pytest
     from ping_web.client import MessagingClient
     from ping_web.errors import WasmTrap
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     a = await MessagingClient.open(MemoryStorage(), b"alice")
     b = await MessagingClient.open(MemoryStorage(), b"bob")
@@ -320,7 +320,7 @@ async def test_a_wasm_trap_fails_the_operation_and_the_client_recovers_from_stor
 async def test_a_removed_device_can_be_added_again(selenium):
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
 
     ds = LocalDeliveryService()
     alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)

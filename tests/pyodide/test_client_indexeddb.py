@@ -19,9 +19,9 @@ async def test_cold_restart_on_indexeddb(selenium, encrypted):
     import pytest
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.encrypted_storage import EncryptedStorage
+    from ping_web.storage.encrypted import EncryptedStorage
     from ping_web.errors import DatabaseInUse
-    from ping_web.indexeddb_storage import IndexedDbStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import NAMESPACES
 
     run = os.urandom(4).hex()

@@ -178,7 +178,7 @@ def test_future_epoch_messages_are_held_then_delivered(selenium):
     records = cc.records()
     c2 = c.restarted()
     cc2 = Conversation.load(
-        c2.provider, c2.identity, c2.device_id, meta=cc.meta, cursor=cc.cursor.copy(),
+        c2.engine, c2.device_id, meta=cc.meta, cursor=cc.cursor.copy(),
         device_leaves=cc.device_leaves, state=ConversationState.decode(records["state"]),
     )  # fmt: skip
     assert len(cc2.state.held) == 3
@@ -264,7 +264,7 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
         deliver(b.run(lambda i=i: cb.send_application(f"after backup {i}".encode(), 6)), [(a, ca)], 6)
 
     fresh = LocalDevice.__new__(LocalDevice)
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     fresh.user, fresh.runtime = b"bob", MlsRuntime.load()
     fresh.provider = fresh.runtime.provider()
@@ -272,7 +272,7 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
     fresh.identity = fresh.provider.load_identity(b"bob", b.identity.public_key)
     fresh.device_id, fresh.stored = b.device_id, {}
     restored = fresh.run(lambda: Conversation.restore_snapshot(
-        fresh.provider, fresh.identity, fresh.device_id, snapshot, meta=records["meta"],
+        fresh.engine, fresh.device_id, snapshot, meta=records["meta"],
         cursor=records["cursor"], device_leaves=records["leaves"], state=records["state"],
     ))  # fmt: skip
     assert restored.epoch() == cb.epoch()
@@ -311,7 +311,7 @@ def test_seq_is_restored_from_the_cursor_after_a_restart(selenium):
     state = ConversationState.decode(ca.records()["state"])
     state.seq = 0  # even without the stored counter, the cursor knows our own seqs
     a2 = a.restarted()
-    ca2 = Conversation.load(a2.provider, a2.identity, a2.device_id, meta=ca.meta, cursor=ca.cursor.copy(),
+    ca2 = Conversation.load(a2.engine, a2.device_id, meta=ca.meta, cursor=ca.cursor.copy(),
                             device_leaves=ca.device_leaves, state=state)  # fmt: skip
     env = a2.run(lambda: ca2.send_application(b"after restart", 5))
     assert env.seq == sent[-1].seq + 1

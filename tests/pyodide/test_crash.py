@@ -11,7 +11,7 @@ async def test_fault_at_every_write(selenium, mode):
     from ping_web.delivery import LocalDeliveryService
     from ping_web.core.envelope import MessageEnvelope, MessageKind
     from ping_web.errors import PingError
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage import MemoryStorage
     from ping_web.testing import FaultyStorage, SimulatedCrash
 
     async def scripted_run(fail_at):

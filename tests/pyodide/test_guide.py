@@ -77,7 +77,7 @@ async def run_snippet(selenium, source):
     import io
 
     import js
-    from ping_web.indexeddb_storage import delete_database
+    from ping_web.storage.indexeddb import delete_database
     from pyodide.code import eval_code_async
 
     for info in await js.indexedDB.databases():

@@ -5,7 +5,7 @@ from pytest_pyodide import run_in_pyodide
 
 @run_in_pyodide(packages=["ping_web"])
 def test_two_parties_join_through_welcome_and_talk_both_ways(selenium):
-    from ping_web.mls import MlsRuntime, ProcessedKind
+    from ping_web.mls.openmls import MlsRuntime, ProcessedKind
 
     alice_p = MlsRuntime.load().provider()
     bob_p = MlsRuntime.load().provider()
@@ -34,7 +34,7 @@ def test_two_parties_join_through_welcome_and_talk_both_ways(selenium):
 def test_added_then_removed_member_can_no_longer_decrypt(selenium):
     import pytest
     from ping_web.errors import PingError
-    from ping_web.mls import MlsRuntime, ProcessedKind
+    from ping_web.mls.openmls import MlsRuntime, ProcessedKind
 
     providers = [MlsRuntime.load().provider() for _ in range(3)]
     ids = [p.create_identity(name) for p, name in zip(providers, [b"alice", b"bob", b"carol"])]
@@ -68,7 +68,7 @@ def test_added_then_removed_member_can_no_longer_decrypt(selenium):
 def test_export_secret_agrees_across_members_and_changes_with_epoch(selenium):
     import pytest
     from ping_web.errors import InvalidInput
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     pa, pb = MlsRuntime.load().provider(), MlsRuntime.load().provider()
     alice, bob = pa.create_identity(b"alice"), pb.create_identity(b"bob")
@@ -95,7 +95,7 @@ def test_export_secret_agrees_across_members_and_changes_with_epoch(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 def test_checkpoint_restores_into_a_fresh_instance_and_messaging_continues(selenium):
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     pa, pb = MlsRuntime.load().provider(), MlsRuntime.load().provider()
     alice, bob = pa.create_identity(b"alice"), pb.create_identity(b"bob")
@@ -141,7 +141,7 @@ def test_malformed_bytes_give_ping_errors_and_change_nothing(selenium):
 
     import pytest
     from ping_web.errors import PingError
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     rng = random.Random(7)
     pa, pb, pc = (MlsRuntime.load().provider() for _ in range(3))
@@ -201,7 +201,7 @@ def test_malformed_bytes_give_ping_errors_and_change_nothing(selenium):
 def test_pending_commit_blocks_other_commits_until_merged_or_discarded(selenium):
     import pytest
     from ping_web.errors import NoPendingCommit, PendingCommit
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     pa, pb = MlsRuntime.load().provider(), MlsRuntime.load().provider()
     alice, bob = pa.create_identity(b"alice"), pb.create_identity(b"bob")
@@ -233,7 +233,7 @@ def test_pending_commit_blocks_other_commits_until_merged_or_discarded(selenium)
 def test_bad_arguments_are_invalid_input(selenium):
     import pytest
     from ping_web.errors import InvalidInput, MlsError
-    from ping_web.mls import MlsRuntime
+    from ping_web.mls.openmls import MlsRuntime
 
     p = MlsRuntime.load().provider()
     alice = p.create_identity(b"alice")

@@ -1,13 +1,13 @@
 """Storage backends in real Pyodide: real IndexedDB (Chromium's, or fake-indexeddb in Node)
-and real WebCrypto. The shared conformance checks live in ping_web.storage_checks."""
+and real WebCrypto. The shared conformance checks live in ping_web.storage.conformance."""
 
 from pytest_pyodide import run_in_pyodide
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_memory_storage_conforms(selenium):
-    from ping_web.memory_storage import MemoryStorage
-    from ping_web.storage_checks import check_storage
+    from ping_web.storage import MemoryStorage
+    from ping_web.storage.conformance import check_storage
 
     handles = []
 
@@ -21,17 +21,17 @@ async def test_memory_storage_conforms(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_indexeddb_storage_conforms(selenium):
-    from ping_web.indexeddb_storage import IndexedDbStorage
-    from ping_web.storage_checks import check_storage
+    from ping_web.storage.indexeddb import IndexedDbStorage
+    from ping_web.storage.conformance import check_storage
 
     await check_storage(lambda: IndexedDbStorage.open("conformance-plain"))
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
-    from ping_web.encrypted_storage import EncryptedStorage
-    from ping_web.memory_storage import MemoryStorage
-    from ping_web.storage_checks import check_encryption, check_storage
+    from ping_web.storage.encrypted import EncryptedStorage
+    from ping_web.storage import MemoryStorage
+    from ping_web.storage.conformance import check_encryption, check_storage
 
     key = await EncryptedStorage.generate_key()
     handles = []
@@ -49,8 +49,8 @@ async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_indexeddb_conforms_and_hides_plaintext(selenium):
-    from ping_web.encrypted_storage import EncryptedStorage
-    from ping_web.storage_checks import check_encryption, check_storage
+    from ping_web.storage.encrypted import EncryptedStorage
+    from ping_web.storage.conformance import check_encryption, check_storage
 
     await check_storage(lambda: EncryptedStorage.open_indexeddb("conformance-sealed"))
     storage = await EncryptedStorage.open_indexeddb("conformance-sealed")
@@ -64,10 +64,10 @@ async def test_encrypted_over_indexeddb_conforms_and_hides_plaintext(selenium):
 async def test_stored_key_is_non_extractable_and_survives_reopen(selenium):
     import js
     import pytest
-    from ping_web.encrypted_storage import EncryptedStorage
+    from ping_web.storage.encrypted import EncryptedStorage
     from ping_web.errors import InvalidInput, StorageCorrupted
-    from ping_web.indexeddb_storage import IndexedDbStorage
-    from ping_web.memory_storage import MemoryStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
+    from ping_web.storage import MemoryStorage
     from ping_web.storage import Batch
     from pyodide.ffi import to_js
 
@@ -105,7 +105,7 @@ async def test_single_owner_across_tabs_and_in_process(selenium):
     import js
     import pytest
     from ping_web.errors import DatabaseInUse
-    from ping_web.indexeddb_storage import IndexedDbStorage, delete_database
+    from ping_web.storage.indexeddb import IndexedDbStorage, delete_database
     from pyodide.ffi import JsNull, create_once_callable, to_js
 
     storage = await IndexedDbStorage.open("owner")
@@ -145,9 +145,9 @@ async def test_single_owner_across_tabs_and_in_process(selenium):
 @run_in_pyodide(packages=["ping_web"])
 async def test_indexeddb_write_that_fails_midway_applies_nothing(selenium):
     import pytest
-    from ping_web import indexeddb_storage
+    from ping_web.storage import indexeddb as indexeddb_storage
     from ping_web.errors import StorageUnavailable
-    from ping_web.indexeddb_storage import IndexedDbStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import Batch
 
     storage = await IndexedDbStorage.open("midway")
@@ -186,7 +186,7 @@ async def test_indexeddb_write_that_fails_midway_applies_nothing(selenium):
 async def test_dom_errors_map_to_storage_errors(selenium):
     import js
     from ping_web.errors import StorageQuotaExceeded, StorageUnavailable
-    from ping_web.indexeddb_storage import prefix_successor, storage_error
+    from ping_web.storage.indexeddb import prefix_successor, storage_error
     from pyodide.code import run_js
     from pyodide.ffi import JsException
 
@@ -214,11 +214,12 @@ async def test_versionchange_closes_connection_and_newer_database_is_refused(sel
     import js
     import pytest
     from ping_web.errors import StorageUnavailable
-    from ping_web.indexeddb_storage import IndexedDbStorage
+    from ping_web.storage.indexeddb import DB_VERSION, IndexedDbStorage
 
+    newer = DB_VERSION + 1
     storage = await IndexedDbStorage.open("versions")
     # Another connection (a newer app in another tab) upgrades the database.
-    request = js.indexedDB.open("ping_web:versions", 2)
+    request = js.indexedDB.open("ping_web:versions", newer)
     event = await js.Promise.new(lambda resolve, reject: setattr(request, "onsuccess", resolve))
     assert event.type == "success"
     request.result.close()
@@ -227,10 +228,10 @@ async def test_versionchange_closes_connection_and_newer_database_is_refused(sel
     await storage.close()
     with pytest.raises(StorageUnavailable, match="newer version"):
         await IndexedDbStorage.open("versions")
-    # The failed open left the database alone: version 2 is still there.
+    # The failed open left the database alone: the newer version is still there.
     request = js.indexedDB.open("ping_web:versions")
     await js.Promise.new(lambda resolve, reject: setattr(request, "onsuccess", resolve))
-    assert request.result.version == 2 and request.result.objectStoreNames.contains("device")
+    assert request.result.version == newer and request.result.objectStoreNames.contains("device")
     request.result.close()
 
 
@@ -238,9 +239,9 @@ async def test_versionchange_closes_connection_and_newer_database_is_refused(sel
 async def test_blocked_upgrade_is_reported_and_changes_nothing(selenium):
     import js
     import pytest
-    from ping_web import indexeddb_storage
+    from ping_web.storage import indexeddb as indexeddb_storage
     from ping_web.errors import StorageUnavailable
-    from ping_web.indexeddb_storage import IndexedDbStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import Batch
 
     storage = await IndexedDbStorage.open("blocked")
@@ -254,16 +255,17 @@ async def test_blocked_upgrade_is_reported_and_changes_nothing(selenium):
         event = await js.Promise.new(lambda resolve, reject: setattr(request, "onsuccess", resolve))
         return event.target.result
 
-    old_tab = await raw_open(1)  # an old tab that ignores versionchange
-    indexeddb_storage.DB_VERSION = 2  # a newer ping_web whose database needs an upgrade
+    current = indexeddb_storage.DB_VERSION
+    old_tab = await raw_open(current)  # an old tab that ignores versionchange
+    indexeddb_storage.DB_VERSION = current + 1  # a newer ping_web whose database needs an upgrade
     try:
         with pytest.raises(StorageUnavailable, match="blocks the upgrade"):
             await IndexedDbStorage.open("blocked")
     finally:
-        indexeddb_storage.DB_VERSION = 1
+        indexeddb_storage.DB_VERSION = current
     old_tab.close()  # the upgrade that was blocked now runs, and is rolled back
     db = await raw_open()
-    assert db.version == 1
+    assert db.version == current
     db.close()
     storage = await IndexedDbStorage.open("blocked")
     assert await storage.get("device", b"identity") == b"kept"

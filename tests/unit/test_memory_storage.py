@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from ping_web.errors import DatabaseInUse, InvalidInput
-from ping_web.memory_storage import MemoryStorage
+from ping_web.storage import MemoryStorage
 from ping_web.storage import Batch, Storage
-from ping_web.storage_checks import check_storage
+from ping_web.storage.conformance import check_storage
 
 
 def test_memory_storage_conforms() -> None:

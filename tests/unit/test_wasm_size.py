@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-WASM = Path(__file__).resolve().parents[2] / "ping_web" / "_wasm" / "ping_web_mls_bg.wasm"
+WASM = Path(__file__).resolve().parents[2] / "ping_web" / "mls" / "_wasm" / "ping_web_mls_bg.wasm"
 MAX_RAW = 2_000_000
 MAX_GZIP = 650_000
 
