@@ -1,0 +1,72 @@
+"""``python -m ping_relay``: parse the command line, build the app, run it under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from .app import create_app
+from .config import Config, Limits
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults, limits = Config(), Limits()
+    p = argparse.ArgumentParser(prog="python -m ping_relay", description="The ping-web relay (docs/relay.md).")
+    p.add_argument("--db", default=defaults.db, help="sqlite:///path.db (default %(default)s) or postgresql://...")
+    p.add_argument("--host", default=defaults.host)
+    p.add_argument("--port", type=int, default=defaults.port)
+    p.add_argument("--origin", default="", help="public origin bound into signatures (default http://HOST:PORT)")
+    p.add_argument("--challenge-ttl", type=float, default=defaults.challenge_ttl, metavar="SECONDS")
+    p.add_argument("--token-ttl", type=float, default=defaults.token_ttl, metavar="SECONDS")
+    p.add_argument("--retention", type=float, default=0.0, metavar="SECONDS", help="prune older log entries (0: never)")
+    p.add_argument("--prune-interval", type=float, default=defaults.prune_interval, metavar="SECONDS")
+    p.add_argument("--postgres-pool-size", type=int, default=defaults.postgres_pool_size)
+    p.add_argument("--log-level", default=defaults.log_level, choices=["critical", "error", "warning", "info", "debug"])
+    for f in dataclasses.fields(Limits):
+        value = getattr(limits, f.name)
+        p.add_argument(
+            "--" + f.name.replace("_", "-"), type=type(value), default=value, dest="limit_" + f.name, metavar="N"
+        )
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> Config:
+    args = _parser().parse_args(argv)
+    limits = Limits(**{f.name: getattr(args, "limit_" + f.name) for f in dataclasses.fields(Limits)})
+    return Config(
+        db=args.db,
+        host=args.host,
+        port=args.port,
+        origin=args.origin,
+        challenge_ttl=args.challenge_ttl,
+        token_ttl=args.token_ttl,
+        retention_seconds=args.retention,
+        prune_interval=args.prune_interval,
+        postgres_pool_size=args.postgres_pool_size,
+        log_level=args.log_level,
+        limits=limits,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = config_from_args(argv)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        http="h11",
+        ws="websockets-sansio",
+        ws_max_size=config.limits.ws_max_frame_bytes,
+        ws_ping_interval=config.limits.ws_ping_interval,
+        ws_ping_timeout=config.limits.ws_ping_interval,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=config.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,72 @@
+"""Configuration and limits: every number the relay enforces, with its default.
+
+docs/relay.md lists each one with its refusal; the CLI (``cli.py``) sets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ping_web.core.envelope import ENVELOPE_MAX_SIZE
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes and rates. A request over a size gets 413, over a rate 429 with Retry-After."""
+
+    max_body_bytes: int = 4 * MIB
+    """Largest HTTP request body (a commit and its Welcome, base64url, fit twice over)."""
+    max_envelope_bytes: int = ENVELOPE_MAX_SIZE
+    """Largest encoded envelope (commit, Welcome, application, proposal)."""
+    max_key_package_bytes: int = 64 * 1024
+    max_key_packages_per_request: int = 100
+    max_key_packages_stored: int = 1000
+    """Per device, not counting its last-resort KeyPackage."""
+    max_roster_devices: int = 1000
+    """Most device ids in ``added`` or in ``removed`` of one commit."""
+    max_ack_ids: int = 1000
+    epoch_window: int = 2
+    """Application messages are accepted for epochs ``current - epoch_window .. current``."""
+    rate_per_second: float = 50.0
+    """Sustained requests per second per authenticated device (HTTP requests and stream frames)."""
+    rate_burst: int = 200
+    anon_rate_per_second: float = 20.0
+    """Sustained unauthenticated requests per second per client address (register, challenge, token, info)."""
+    anon_burst: int = 100
+    page_default_entries: int = 100
+    page_max_entries: int = 1000
+    page_max_bytes: int = 4 * MIB
+    """A page stops before this many envelope bytes (it always holds at least one entry)."""
+    ws_max_frame_bytes: int = 64 * 1024
+    """Largest frame a client may send on the stream (larger: closed with 1009)."""
+    ws_queue_bytes: int = 8 * MIB
+    ws_queue_frames: int = 1024
+    """The per-connection send queue: frames waiting for the socket."""
+    ws_send_timeout: float = 10.0
+    """Seconds the queue may stay full before the connection is closed as a slow consumer (4408)."""
+    ws_max_subscriptions: int = 1000
+    ws_ping_interval: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    db: str = "sqlite:///relay.db"
+    host: str = "127.0.0.1"
+    port: int = 8787
+    origin: str = ""
+    """The relay's public origin (``scheme://host[:port]``), bound into every auth signature.
+    Empty: ``http://{host}:{port}``."""
+    challenge_ttl: float = 60.0
+    token_ttl: float = 3600.0
+    retention_seconds: float = 0.0
+    """Log entries older than this are pruned (0: never)."""
+    prune_interval: float = 60.0
+    postgres_pool_size: int = 8
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def public_origin(self) -> str:
+        return self.origin or f"http://{self.host}:{self.port}"

@@ -1,0 +1,499 @@
+"""The HTTP API (docs/relay.md, "HTTP endpoints"): JSON in, JSON out, typed refusals.
+
+Order of checks on an authenticated request: bearer token (401), rate (429), body size
+(413), content type (415), body shape (400), then the operation itself (403/404/409/410).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ping_web.core.envelope import MessageKind
+
+from . import PROTOCOL_VERSION, __version__, auth, wire
+from .errors import JsonValue, RelayError, bad_request, forbidden, not_found, refuse, unauthorized
+from .relay import Relay, now_ms
+from .storage import CommitRequest, Device, KeyPackageCount, Page
+
+DEVICE_ID = 16
+GROUP_ID = 16
+USER_ID_MAX = 255
+
+
+def relay_of(request: Request) -> Relay:
+    return cast(Relay, request.app.state.relay)
+
+
+def ok(body: dict[str, JsonValue]) -> JSONResponse:
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def rate_limited(retry_after: int) -> RelayError:
+    return RelayError(
+        429,
+        "rate_limited",
+        f"too many requests; retry in {retry_after} s",
+        {"retry_after": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def limit_anonymous(request: Request, relay: Relay) -> None:
+    client = request.client.host if request.client else "?"
+    retry = relay.anon_limiter.take(("anon", client))
+    if retry is not None:
+        raise rate_limited(retry)
+
+
+async def authenticate(request: Request, relay: Relay) -> Device:
+    """The device of the bearer token (401 otherwise), charged one request (429 past its rate)."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise unauthorized("missing_token", "send Authorization: Bearer <token>")
+    device, _ = await device_of_token(header_token(header), relay)
+    return device
+
+
+def header_token(header: str) -> str:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise unauthorized("missing_token", "send Authorization: Bearer <token>")
+    return value.strip()
+
+
+async def device_of_token(text: str, relay: Relay) -> tuple[Device, int]:
+    """The device a token was issued to and the token's expiry (ms); 401 or 429 otherwise."""
+    try:
+        token = wire.b64d(text, "token", size=auth.SECRET_SIZE)
+    except RelayError:
+        raise unauthorized("invalid_token", "unknown token") from None
+    owner = await relay.store.token_owner(auth.token_hash(token))
+    if owner is None:
+        raise unauthorized("invalid_token", "unknown token")
+    device, expires_at_ms = owner
+    if expires_at_ms <= now_ms():
+        raise unauthorized("token_expired", "the token has expired; authenticate again")
+    retry = relay.device_limiter.take(device.device_id)
+    if retry is not None:
+        raise rate_limited(retry)
+    return device, expires_at_ms
+
+
+async def read_body(request: Request, relay: Relay) -> bytes:
+    limit = relay.config.limits.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise bad_request("bad_header", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise refuse(415, "unsupported_media_type", "send Content-Type: application/json")
+    return b"".join(chunks)
+
+
+async def json_body(
+    request: Request, relay: Relay, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    return wire.parse_object(await read_body(request, relay), required=required, optional=optional)
+
+
+def path_id(request: Request, name: str, size: int) -> bytes:
+    return wire.b64d(request.path_params[name], name, size=size)
+
+
+def device_json(device: Device) -> dict[str, JsonValue]:
+    return {
+        "device_id": wire.b64e(device.device_id),
+        "user_id": wire.b64e(device.user_id),
+        "signature_public_key": wire.b64e(device.public_key),
+        "registered_at_ms": device.registered_at_ms,
+    }
+
+
+def count_json(count: KeyPackageCount) -> dict[str, JsonValue]:
+    return {
+        "available": count.available,
+        "last_resort": count.last_resort,
+        "last_resort_claims": count.last_resort_claims,
+    }
+
+
+def page_json(page: Page) -> dict[str, JsonValue]:
+    return {
+        "entries": [{"seq": e.seq, "envelope": wire.b64e(e.envelope)} for e in page.entries],
+        "head": page.head,
+        "more": page.more,
+        "epoch": page.epoch,
+        "removed_at": page.removed_seq,
+    }
+
+
+# -- unauthenticated -------------------------------------------------------------------------
+
+
+async def info(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    limit_anonymous(request, relay)
+    c, lim = relay.config, relay.config.limits
+    return ok(
+        {
+            "protocol": PROTOCOL_VERSION,
+            "relay": __version__,
+            "origin": c.public_origin,
+            "challenge_ttl_ms": int(c.challenge_ttl * 1000),
+            "token_ttl_ms": int(c.token_ttl * 1000),
+            "retention_ms": int(c.retention_seconds * 1000),
+            "limits": {
+                "max_body_bytes": lim.max_body_bytes,
+                "max_envelope_bytes": lim.max_envelope_bytes,
+                "max_key_package_bytes": lim.max_key_package_bytes,
+                "max_key_packages_per_request": lim.max_key_packages_per_request,
+                "max_key_packages_stored": lim.max_key_packages_stored,
+                "max_roster_devices": lim.max_roster_devices,
+                "max_ack_ids": lim.max_ack_ids,
+                "epoch_window": lim.epoch_window,
+                "rate_per_second": lim.rate_per_second,
+                "rate_burst": lim.rate_burst,
+                "anon_rate_per_second": lim.anon_rate_per_second,
+                "anon_burst": lim.anon_burst,
+                "page_default_entries": lim.page_default_entries,
+                "page_max_entries": lim.page_max_entries,
+                "page_max_bytes": lim.page_max_bytes,
+                "ws_max_frame_bytes": lim.ws_max_frame_bytes,
+                "ws_queue_bytes": lim.ws_queue_bytes,
+                "ws_queue_frames": lim.ws_queue_frames,
+                "ws_send_timeout_ms": int(lim.ws_send_timeout * 1000),
+                "ws_max_subscriptions": lim.ws_max_subscriptions,
+            },
+        }
+    )
+
+
+async def register(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    limit_anonymous(request, relay)
+    body = await json_body(request, relay, required=("user_id", "device_id", "signature_public_key", "signature"))
+    user_id = wire.b64d(body["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
+    device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
+    public_key = wire.b64d(body["signature_public_key"], "signature_public_key", size=auth.PUBLIC_KEY_SIZE)
+    signature = wire.b64d(body["signature"], "signature", size=auth.SIGNATURE_SIZE)
+    if not auth.valid_public_key(public_key):
+        raise bad_request("bad_field", "signature_public_key: not an Ed25519 public key", field="signature_public_key")
+    content = auth.register_content(device_id, public_key, user_id, relay.config.public_origin)
+    if not auth.verify(public_key, signature, auth.LABEL_REGISTER, content):
+        raise unauthorized("invalid_signature", "the signature does not verify with this key")
+    device = Device(device_id, user_id, public_key, now_ms())
+    created = await relay.store.register_device(device)
+    return ok({"created": created, **device_json(device)})
+
+
+async def challenge(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    limit_anonymous(request, relay)
+    body = await json_body(request, relay, required=("device_id",))
+    device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
+    if await relay.store.get_device(device_id) is None:
+        raise unauthorized("unknown_device", "no device with this id is registered")
+    secret = auth.new_secret()
+    now = now_ms()
+    expires = now + int(relay.config.challenge_ttl * 1000)
+    await relay.store.add_challenge(secret, device_id, expires, now)
+    return ok({"challenge": wire.b64e(secret), "expires_at_ms": expires})
+
+
+async def token(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    limit_anonymous(request, relay)
+    body = await json_body(request, relay, required=("device_id", "challenge", "signature"))
+    device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
+    secret = wire.b64d(body["challenge"], "challenge", size=auth.SECRET_SIZE)
+    signature = wire.b64d(body["signature"], "signature", size=auth.SIGNATURE_SIZE)
+    taken = await relay.store.take_challenge(secret)
+    if taken is None or taken[0] != device_id:
+        raise unauthorized("unknown_challenge", "this challenge was never issued to this device, or was used")
+    now = now_ms()
+    if taken[1] <= now:
+        raise unauthorized("challenge_expired", "the challenge has expired; ask for another")
+    device = await relay.store.get_device(device_id)
+    if device is None:
+        raise unauthorized("unknown_device", "no device with this id is registered")
+    content = auth.auth_content(secret, device_id, relay.config.public_origin)
+    if not auth.verify(device.public_key, signature, auth.LABEL_AUTH, content):
+        raise unauthorized("invalid_signature", "the signature does not verify with this device's key")
+    new_token = auth.new_secret()
+    expires = now + int(relay.config.token_ttl * 1000)
+    await relay.store.add_token(auth.token_hash(new_token), device_id, expires, now)
+    return ok({"token": wire.b64e(new_token), "expires_at_ms": expires, "device_id": wire.b64e(device_id)})
+
+
+# -- devices and KeyPackages -------------------------------------------------------------------
+
+
+async def device_info(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    await authenticate(request, relay)
+    device = await relay.store.get_device(path_id(request, "device_id", DEVICE_ID))
+    if device is None:
+        raise not_found("unknown_device", "no device with this id is registered")
+    return ok(device_json(device))
+
+
+async def user_devices(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    await authenticate(request, relay)
+    user_id = wire.b64d(request.path_params["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
+    devices = await relay.store.devices_of(user_id)
+    return ok({"user_id": wire.b64e(user_id), "devices": [device_json(d) for d in devices]})
+
+
+async def publish_key_packages(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    body = await json_body(request, relay, required=("key_packages",), optional=("last_resort",))
+    lim = relay.config.limits
+    items = body["key_packages"]
+    if not isinstance(items, list):
+        raise bad_request("bad_field", "key_packages: expected an array", field="key_packages")
+    if len(items) > lim.max_key_packages_per_request:
+        raise refuse(
+            413,
+            "too_many_items",
+            f"key_packages: at most {lim.max_key_packages_per_request} per request",
+            field="key_packages",
+            limit=lim.max_key_packages_per_request,
+        )
+    packages = [wire.b64d(item, "key_packages", lo=1, hi=lim.max_key_package_bytes) for item in items]
+    if len(set(packages)) != len(packages):
+        raise bad_request("bad_field", "key_packages: duplicates", field="key_packages")
+    last = body.get("last_resort")
+    last_resort = None if last is None else wire.b64d(last, "last_resort", lo=1, hi=lim.max_key_package_bytes)
+    if last_resort is not None and last_resort in packages:
+        raise bad_request("bad_field", "last_resort: also in key_packages", field="last_resort")
+    if not packages and last_resort is None:
+        raise bad_request("bad_field", "nothing to publish", field="key_packages")
+    count = await relay.store.publish_key_packages(
+        device.device_id, packages, last_resort, lim.max_key_packages_stored, now_ms()
+    )
+    return ok(count_json(count))
+
+
+async def count_key_packages(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    return ok(count_json(await relay.store.count_key_packages(device.device_id)))
+
+
+async def claim_key_package(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    await authenticate(request, relay)
+    target = path_id(request, "device_id", DEVICE_ID)
+    await json_body(request, relay, required=())
+    claimed = await relay.store.claim_key_package(target)
+    if claimed is None:
+        raise not_found("no_key_package", "this device has no KeyPackage left")
+    return ok({"key_package": wire.b64e(claimed.key_package), "last_resort": claimed.last_resort})
+
+
+# -- groups, the log, Welcomes -----------------------------------------------------------------
+
+
+async def create_group(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    body = await json_body(request, relay, required=("group_id",))
+    group_id = wire.b64d(body["group_id"], "group_id", size=GROUP_ID)
+    created = await relay.store.create_group(group_id, device.device_id, now_ms())
+    return ok({"group_id": wire.b64e(group_id), "created": created})
+
+
+async def group_info(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    group = await relay.store.group_info(path_id(request, "group_id", GROUP_ID), device.device_id)
+    members: list[JsonValue] = [
+        {"device_id": wire.b64e(m.device_id), "from_seq": m.from_seq, "removed_at": m.removed_seq}
+        for m in group.members
+    ]
+    return ok(
+        {
+            "group_id": wire.b64e(group.group_id),
+            "creator": wire.b64e(group.creator),
+            "epoch": group.epoch,
+            "head": group.head,
+            "pruned_through": group.pruned_through,
+            "members": members,
+        }
+    )
+
+
+async def post_message(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    group_id = path_id(request, "group_id", GROUP_ID)
+    body = await json_body(request, relay, required=("envelope",))
+    envelope = wire.envelope(body["envelope"], "envelope", max_bytes=relay.config.limits.max_envelope_bytes)
+    if envelope.kind is MessageKind.COMMIT:
+        raise bad_request("wrong_kind", "commits go to POST /v1/groups/{group_id}/commits", field="envelope")
+    if envelope.kind is MessageKind.WELCOME:
+        raise bad_request("wrong_kind", "Welcomes travel with their commit", field="envelope")
+    if envelope.conversation_id.raw != group_id:
+        raise bad_request("group_mismatch", "the envelope is for another group", field="envelope")
+    if envelope.sender_device.raw != device.device_id:
+        raise forbidden("wrong_sender", "the envelope's sender is not the authenticated device")
+    posted = await relay.store.post(envelope, relay.config.limits.epoch_window, now_ms())
+    return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
+
+
+async def post_commit(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    group_id = path_id(request, "group_id", GROUP_ID)
+    lim = relay.config.limits
+    body = await json_body(request, relay, required=("commit", "welcome", "roster"))
+    commit = wire.envelope(body["commit"], "commit", max_bytes=lim.max_envelope_bytes)
+    if commit.kind is not MessageKind.COMMIT:
+        raise bad_request("wrong_kind", "commit: not a commit envelope", field="commit")
+    if commit.conversation_id.raw != group_id:
+        raise bad_request("group_mismatch", "the commit is for another group", field="commit")
+    if commit.sender_device.raw != device.device_id:
+        raise forbidden("wrong_sender", "the commit's sender is not the authenticated device")
+
+    roster = body["roster"]
+    if not isinstance(roster, dict):
+        raise bad_request("bad_field", "roster: expected an object", field="roster")
+    roster = wire.parse_object_value(roster, "roster", required=("added", "removed", "signature"))
+    added = wire.id_list(roster["added"], "roster.added", size=DEVICE_ID, most=lim.max_roster_devices)
+    removed = wire.id_list(roster["removed"], "roster.removed", size=DEVICE_ID, most=lim.max_roster_devices)
+    signature = wire.b64d(roster["signature"], "roster.signature", size=auth.SIGNATURE_SIZE)
+    if set(added) & set(removed):
+        raise bad_request("bad_roster", "a device is both added and removed")
+    if device.device_id in added or device.device_id in removed:
+        raise bad_request("bad_roster", "the committer cannot add or remove itself")
+
+    welcome_bytes: bytes | None = None
+    if body["welcome"] is None:
+        if added:
+            raise bad_request("welcome_mismatch", "devices are added but no Welcome is given", field="welcome")
+    else:
+        if not isinstance(body["welcome"], dict):
+            raise bad_request("bad_field", "welcome: expected an object or null", field="welcome")
+        item = wire.parse_object_value(body["welcome"], "welcome", required=("envelope", "joiners"))
+        welcome = wire.envelope(item["envelope"], "welcome.envelope", max_bytes=lim.max_envelope_bytes)
+        joiners = wire.id_list(item["joiners"], "welcome.joiners", size=DEVICE_ID, most=lim.max_roster_devices)
+        if (
+            welcome.kind is not MessageKind.WELCOME
+            or welcome.conversation_id != commit.conversation_id
+            or welcome.sender_device != commit.sender_device
+            or welcome.seq != commit.seq
+            or welcome.hlc != commit.hlc
+            or welcome.epoch != commit.epoch + 1
+        ):
+            raise bad_request(
+                "welcome_mismatch",
+                "the Welcome must be a WELCOME envelope with the commit's group, sender, seq and clock,"
+                " and the commit's epoch + 1",
+                field="welcome",
+            )
+        if not added or set(joiners) != set(added):
+            raise bad_request("welcome_mismatch", "welcome.joiners must be exactly roster.added", field="welcome")
+        welcome_bytes = welcome.encode()
+
+    content = auth.roster_content(group_id, commit.epoch, commit.content_hash, added, removed)
+    if not auth.verify(device.public_key, signature, auth.LABEL_ROSTER, content):
+        raise forbidden("invalid_roster_signature", "roster.signature does not verify with this device's key")
+    posted = await relay.store.commit(
+        CommitRequest(group_id, commit, welcome_bytes, added, removed, signature), now_ms()
+    )
+    return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
+
+
+async def fetch(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    group_id = path_id(request, "group_id", GROUP_ID)
+    lim = relay.config.limits
+    check_query(request, {"after", "limit"})
+    after = wire.query_uint(request.query_params.get("after"), "after", default=0)
+    limit = wire.query_uint(
+        request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
+    )
+    page = await relay.store.read(group_id, device.device_id, after, limit, lim.page_max_bytes)
+    return ok(page_json(page))
+
+
+async def welcomes(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    lim = relay.config.limits
+    check_query(request, {"after", "limit"})
+    after = wire.query_uint(request.query_params.get("after"), "after", default=0)
+    limit = wire.query_uint(
+        request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
+    )
+    items = await relay.store.welcomes(device.device_id, after, limit)
+    return ok({"welcomes": [welcome_json(w.id, w.group_id, w.commit_seq, w.envelope) for w in items]})
+
+
+def welcome_json(welcome_id: int, group_id: bytes, commit_seq: int, envelope: bytes) -> dict[str, JsonValue]:
+    return {
+        "id": welcome_id,
+        "group_id": wire.b64e(group_id),
+        "commit_seq": commit_seq,
+        "envelope": wire.b64e(envelope),
+    }
+
+
+async def ack_welcomes(request: Request) -> JSONResponse:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    body = await json_body(request, relay, required=("ids",))
+    ids = body["ids"]
+    most = relay.config.limits.max_ack_ids
+    if not isinstance(ids, list) or not ids:
+        raise bad_request("bad_field", "ids: expected a non-empty array of integers", field="ids")
+    if len(ids) > most:
+        raise refuse(413, "too_many_items", f"ids: at most {most}", field="ids", limit=most)
+    checked = [wire.uint(i, "ids", lo=1) for i in ids]
+    if len(set(checked)) != len(checked):
+        raise bad_request("bad_field", "ids: duplicates", field="ids")
+    acked = await relay.store.ack_welcomes(device.device_id, checked)
+    return ok({"acked": acked})
+
+
+def check_query(request: Request, allowed: set[str]) -> None:
+    keys = list(request.query_params.keys())
+    if len(keys) != len(set(keys)) or not set(keys) <= allowed:
+        raise bad_request("bad_query", f"query parameters: at most one each of {', '.join(sorted(allowed))}")
+
+
+ROUTES = [
+    Route("/v1/info", info, methods=["GET"]),
+    Route("/v1/devices", register, methods=["POST"]),
+    Route("/v1/devices/{device_id}", device_info, methods=["GET"]),
+    Route("/v1/devices/{device_id}/key-packages/claim", claim_key_package, methods=["POST"]),
+    Route("/v1/users/{user_id}/devices", user_devices, methods=["GET"]),
+    Route("/v1/auth/challenge", challenge, methods=["POST"]),
+    Route("/v1/auth/token", token, methods=["POST"]),
+    Route("/v1/key-packages", publish_key_packages, methods=["POST"]),
+    Route("/v1/key-packages", count_key_packages, methods=["GET"]),
+    Route("/v1/groups", create_group, methods=["POST"]),
+    Route("/v1/groups/{group_id}", group_info, methods=["GET"]),
+    Route("/v1/groups/{group_id}/messages", post_message, methods=["POST"]),
+    Route("/v1/groups/{group_id}/messages", fetch, methods=["GET"]),
+    Route("/v1/groups/{group_id}/commits", post_commit, methods=["POST"]),
+    Route("/v1/welcomes", welcomes, methods=["GET"]),
+    Route("/v1/welcomes/ack", ack_welcomes, methods=["POST"]),
+]

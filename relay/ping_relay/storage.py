@@ -1,0 +1,156 @@
+"""The storage layer: what the routes and the stream need, as one small protocol.
+
+Two backends implement it with the same SQL logic (``sqlstore.py``): SQLite
+(``backend_sqlite.py``, the embedded default) and PostgreSQL (``backend_postgres.py``).
+Every method is one transaction; a write returns only once it has committed (durable).
+Refusals are :class:`~ping_relay.errors.RelayError`, raised before anything is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ping_web.core.envelope import MessageEnvelope
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: bytes
+    user_id: bytes
+    public_key: bytes
+    registered_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry: its sequence number in the group and the envelope bytes as posted."""
+
+    seq: int
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    entries: list[Entry]
+    head: int
+    """The last seq this device may read: the group's head, or the commit that removed it."""
+    epoch: int | None
+    """The group's epoch (``None`` for a removed device)."""
+    removed_seq: int | None
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    device_id: bytes
+    from_seq: int
+    removed_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group_id: bytes
+    creator: bytes
+    epoch: int
+    head: int
+    pruned_through: int
+    members: list[Member]
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    seq: int
+    duplicate: bool
+    epoch: int
+    """The group's epoch after the post (a commit's reply shows the new epoch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """A commit with its roster change and Welcome, already validated in isolation."""
+
+    group_id: bytes
+    commit: MessageEnvelope
+    welcome: bytes | None
+    added: list[bytes]
+    removed: list[bytes]
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    id: int
+    group_id: bytes
+    commit_seq: int
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPackageCount:
+    available: int
+    last_resort: bool
+    last_resort_claims: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    key_package: bytes
+    last_resort: bool
+
+
+class Store(Protocol):
+    async def start(self) -> None:
+        """Connect and apply pending schema migrations."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # devices and auth
+    async def register_device(self, device: Device) -> bool:
+        """True if stored now, False if already registered identically; 409 otherwise."""
+        ...
+
+    async def get_device(self, device_id: bytes) -> Device | None: ...
+
+    async def devices_of(self, user_id: bytes) -> list[Device]: ...
+
+    async def add_challenge(self, challenge: bytes, device_id: bytes, expires_at_ms: int, now_ms: int) -> None: ...
+
+    async def take_challenge(self, challenge: bytes) -> tuple[bytes, int] | None:
+        """Remove and return ``(device_id, expires_at_ms)`` of a challenge (single use)."""
+        ...
+
+    async def add_token(self, token_hash: bytes, device_id: bytes, expires_at_ms: int, now_ms: int) -> None: ...
+
+    async def token_owner(self, token_hash: bytes) -> tuple[Device, int] | None:
+        """The device a token was issued to and the token's expiry."""
+        ...
+
+    # KeyPackages
+    async def publish_key_packages(
+        self, device_id: bytes, key_packages: list[bytes], last_resort: bytes | None, max_stored: int, now_ms: int
+    ) -> KeyPackageCount: ...
+
+    async def count_key_packages(self, device_id: bytes) -> KeyPackageCount: ...
+
+    async def claim_key_package(self, device_id: bytes) -> Claimed | None: ...
+
+    # groups and the log
+    async def create_group(self, group_id: bytes, creator: bytes, now_ms: int) -> bool: ...
+
+    async def group_info(self, group_id: bytes, device_id: bytes) -> GroupInfo: ...
+
+    async def post(self, envelope: MessageEnvelope, window: int, now_ms: int) -> Posted: ...
+
+    async def commit(self, request: CommitRequest, now_ms: int) -> Posted: ...
+
+    async def read(self, group_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int) -> Page: ...
+
+    # Welcome mailbox
+    async def welcomes(self, device_id: bytes, after_id: int, limit: int) -> list[Welcome]: ...
+
+    async def ack_welcomes(self, device_id: bytes, ids: list[int]) -> int: ...
+
+    # retention
+    async def prune(self, cutoff_ms: int) -> int: ...

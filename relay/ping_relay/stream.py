@@ -1,0 +1,359 @@
+"""The WebSocket stream (docs/relay.md, "Stream"): one connection per device.
+
+The connection keeps, per subscribed group, the last sequence number it sent. A
+wake-up (``notify.py``) makes it re-read ``seq > last_sent`` from the database, so
+catch-up and live entries come from the same query: no gap and no duplicate at the
+hand-off, and nothing is ever pushed from a post handler. Frames wait in a bounded
+send queue; one that stays full for ``ws_send_timeout`` closes the connection (4408),
+and the device resumes from its cursors on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import wire
+from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized
+from .notify import device_key, group_key
+from .relay import Relay, now_ms
+from .routes import GROUP_ID, device_of_token, header_token
+from .storage import Device
+
+SUBPROTOCOL: Final = "ping-relay.v1"
+BEARER_PREFIX: Final = "bearer."
+CLOSE_UNAUTHORIZED: Final = 4401
+CLOSE_SLOW_CONSUMER: Final = 4408
+CLOSE_REPLACED: Final = 4409
+CLOSE_RATE_LIMITED: Final = 4429
+CLOSE_TIMEOUT: Final = 5.0
+log = logging.getLogger("ping_relay.stream")
+
+
+class _Close(Exception):
+    """End the connection with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+def dumps(frame: dict[str, JsonValue]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def error_frame(error: RelayError, **extra: JsonValue) -> str:
+    return dumps({"type": "error", "status": error.status, **error.body(), **extra})
+
+
+class SendQueue:
+    """Frames waiting for the socket, bounded in count and bytes."""
+
+    def __init__(self, max_bytes: int, max_frames: int) -> None:
+        self._frames: deque[str] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_frames = max_frames
+        self._space = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    def _fits(self, frame: str) -> bool:
+        if not self._frames:
+            return True  # one frame always fits, however large
+        return len(self._frames) < self._max_frames and self._bytes + len(frame) <= self._max_bytes
+
+    async def put(self, frame: str, timeout: float) -> None:
+        """Queue ``frame``; :class:`_Close` 4408 if there is no room within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._fits(frame):
+            self._space.clear()
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._space.wait(), remaining)
+            except TimeoutError:
+                raise _Close(CLOSE_SLOW_CONSUMER, "slow_consumer") from None
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        self._ready.set()
+
+    async def get(self) -> str:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frame = self._frames.popleft()
+        self._bytes -= len(frame)
+        self._space.set()
+        return frame
+
+
+@dataclass(eq=False)
+class _Subscription:
+    group_id: bytes
+    last_sent: int
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, relay: Relay, device: Device, token_expires_at_ms: int) -> None:
+        self.ws = ws
+        self.relay = relay
+        self.device = device
+        self.expires_at_ms = token_expires_at_ms
+        lim = relay.config.limits
+        self.queue = SendQueue(lim.ws_queue_bytes, lim.ws_queue_frames)
+        self.subs: dict[bytes, _Subscription] = {}
+        self.wake = asyncio.Event()
+        self.welcome_wake = asyncio.Event()
+        self.welcomes_sent: set[int] = set()
+        self.replaced = asyncio.Event()
+
+    async def replace(self) -> None:
+        self.replaced.set()
+
+    async def put(self, frame: str) -> None:
+        await self.queue.put(frame, self.relay.config.limits.ws_send_timeout)
+
+    async def run(self) -> None:
+        notifier = self.relay.notifier
+        notifier.listen(device_key(self.device.device_id), self.wake)
+        notifier.listen(device_key(self.device.device_id), self.welcome_wake)
+        self.welcome_wake.set()
+        await self.put(
+            dumps(
+                {
+                    "type": "ready",
+                    "device_id": wire.b64e(self.device.device_id),
+                    "token_expires_at_ms": self.expires_at_ms,
+                }
+            )
+        )
+        tasks = [
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._pump()),
+            asyncio.create_task(self._send()),
+            asyncio.create_task(self._expire()),
+            asyncio.create_task(self._watch_replaced()),
+        ]
+        close: _Close | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if isinstance(error, _Close):
+                    close = error
+                elif isinstance(error, WebSocketDisconnect):
+                    close = None
+                elif error is not None:
+                    log.error("stream connection failed", exc_info=error)
+                    close = _Close(1011, "internal_error")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            notifier.unlisten(device_key(self.device.device_id), self.wake)
+            notifier.unlisten(device_key(self.device.device_id), self.welcome_wake)
+            for group_id in self.subs:
+                notifier.unlisten(group_key(group_id), self.wake)
+            self.subs.clear()
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(close.code, close.reason), CLOSE_TIMEOUT)
+
+    async def _watch_replaced(self) -> None:
+        await self.replaced.wait()
+        raise _Close(CLOSE_REPLACED, "replaced")
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(max(0.0, (self.expires_at_ms - now_ms()) / 1000))
+        with contextlib.suppress(_Close):
+            await self.put(error_frame(unauthorized("token_expired", "the token has expired; reconnect")))
+        await asyncio.sleep(0.05)
+        raise _Close(CLOSE_UNAUTHORIZED, "token_expired")
+
+    async def _send(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            await self.ws.send_text(frame)
+
+    async def _receive(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            retry = self.relay.device_limiter.take(self.device.device_id)
+            if retry is not None:
+                error = refuse(429, "rate_limited", f"too many frames; retry in {retry} s", retry_after=retry)
+                await self.put(error_frame(error))
+                continue
+            text = message.get("text")
+            try:
+                if not isinstance(text, str):
+                    raise bad_request("bad_frame", "send JSON text frames")
+                await self._handle(self._parse(text))
+            except RelayError as error:
+                await self.put(error_frame(error))
+
+    @staticmethod
+    def _parse(text: str) -> dict[str, Any]:
+        frame = wire.parse_object(text.encode("utf-8", "surrogatepass"), required=("type",), optional=("groups",))
+        if frame["type"] == "ping":
+            return wire.parse_object_value(frame, "frame", required=("type",))
+        if frame["type"] in ("subscribe", "unsubscribe"):
+            frame = wire.parse_object_value(frame, "frame", required=("type", "groups"))
+            if not isinstance(frame["groups"], list) or not frame["groups"]:
+                raise bad_request("bad_frame", "groups: expected a non-empty array", field="groups")
+            return frame
+        raise bad_request("bad_frame", "type: expected subscribe, unsubscribe or ping", field="type")
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
+        lim = self.relay.config.limits
+        if frame["type"] == "ping":
+            await self.put(dumps({"type": "pong"}))
+            return
+        if frame["type"] == "unsubscribe":
+            ids = wire.id_list(frame["groups"], "groups", size=GROUP_ID, most=lim.ws_max_subscriptions)
+            for group_id in ids:
+                if self.subs.pop(group_id, None) is not None:
+                    self.relay.notifier.unlisten(group_key(group_id), self.wake)
+                await self.put(dumps({"type": "unsubscribed", "group_id": wire.b64e(group_id)}))
+            return
+        wanted: list[tuple[bytes, int]] = []
+        if len(frame["groups"]) > lim.ws_max_subscriptions:
+            raise refuse(413, "too_many_items", "groups: too many", field="groups", limit=lim.ws_max_subscriptions)
+        for item in frame["groups"]:
+            if not isinstance(item, dict):
+                raise bad_request("bad_frame", "groups: expected objects {group_id, after}", field="groups")
+            item = wire.parse_object_value(item, "groups[]", required=("group_id", "after"))
+            wanted.append((wire.b64d(item["group_id"], "group_id", size=GROUP_ID), wire.uint(item["after"], "after")))
+        if len({g for g, _ in wanted}) != len(wanted):
+            raise bad_request("bad_frame", "groups: a group is listed twice", field="groups")
+        for group_id, after in wanted:
+            tag: dict[str, JsonValue] = {"group_id": wire.b64e(group_id)}
+            if group_id in self.subs:
+                await self.put(error_frame(refuse(409, "already_subscribed", "unsubscribe first"), **tag))
+                continue
+            if len(self.subs) >= lim.ws_max_subscriptions:
+                error = refuse(413, "too_many_subscriptions", "too many groups", limit=lim.ws_max_subscriptions)
+                await self.put(error_frame(error, **tag))
+                continue
+            try:
+                page = await self.relay.store.read(group_id, self.device.device_id, after, 0, 0)
+            except RelayError as error:
+                await self.put(error_frame(error, **tag))
+                continue
+            if group_id in self.subs:  # subscribed meanwhile by a concurrent frame: keep that one
+                continue
+            await self.put(dumps({"type": "subscribed", **tag, "after": after, "head": page.head}))
+            self.subs[group_id] = _Subscription(group_id, after)
+            self.relay.notifier.listen(group_key(group_id), self.wake)
+            self.wake.set()
+
+    async def _pump(self) -> None:
+        lim = self.relay.config.limits
+        store = self.relay.store
+        while True:
+            self.wake.clear()
+            busy = False
+            if self.welcome_wake.is_set():
+                self.welcome_wake.clear()
+                for item in await store.welcomes(self.device.device_id, 0, lim.page_max_entries):
+                    if item.id in self.welcomes_sent:
+                        continue
+                    self.welcomes_sent.add(item.id)
+                    frame: dict[str, JsonValue] = {
+                        "type": "welcome",
+                        "id": item.id,
+                        "group_id": wire.b64e(item.group_id),
+                        "commit_seq": item.commit_seq,
+                        "envelope": wire.b64e(item.envelope),
+                    }
+                    await self.put(dumps(frame))
+            for sub in list(self.subs.values()):
+                if self.subs.get(sub.group_id) is not sub:
+                    continue
+                tag: dict[str, JsonValue] = {"group_id": wire.b64e(sub.group_id)}
+                try:
+                    page = await store.read(
+                        sub.group_id, self.device.device_id, sub.last_sent, lim.page_default_entries, lim.page_max_bytes
+                    )
+                except RelayError as error:
+                    if self.subs.get(sub.group_id) is sub:
+                        self._drop(sub)
+                        await self.put(error_frame(error, **tag))
+                    continue
+                for entry in page.entries:
+                    if self.subs.get(sub.group_id) is not sub:
+                        break
+                    entry_frame: dict[str, JsonValue] = {
+                        "type": "entry",
+                        **tag,
+                        "seq": entry.seq,
+                        "envelope": wire.b64e(entry.envelope),
+                    }
+                    await self.put(dumps(entry_frame))
+                    sub.last_sent = entry.seq
+                if self.subs.get(sub.group_id) is not sub:
+                    continue
+                if page.more:
+                    busy = True
+                elif page.removed_seq is not None and sub.last_sent >= page.removed_seq:
+                    self._drop(sub)
+                    await self.put(dumps({"type": "removed", **tag, "removed_at": page.removed_seq}))
+            if not busy:
+                await self.wake.wait()
+
+    def _drop(self, sub: _Subscription) -> None:
+        del self.subs[sub.group_id]
+        self.relay.notifier.unlisten(group_key(sub.group_id), self.wake)
+
+
+async def stream(ws: WebSocket) -> None:
+    relay: Relay = ws.app.state.relay
+    offered = list(ws.scope.get("subprotocols") or [])
+    token: str | None = None
+    problem: RelayError | None = None
+    try:
+        header = ws.headers.get("authorization")
+        if header is not None:
+            token = header_token(header)
+        for protocol in offered:
+            if protocol.startswith(BEARER_PREFIX):
+                token = protocol[len(BEARER_PREFIX) :]
+    except RelayError as error:
+        problem = error
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    device: Device | None = None
+    expires = 0
+    if problem is None:
+        try:
+            if token is None:
+                raise unauthorized("missing_token", "offer the subprotocol bearer.<token> or send Authorization")
+            device, expires = await device_of_token(token, relay)
+        except RelayError as error:
+            problem = error
+    if device is None or problem is not None:
+        refusal = problem or unauthorized("invalid_token", "unknown token")
+        with contextlib.suppress(Exception):
+            await ws.send_text(error_frame(refusal))
+            await ws.close(CLOSE_RATE_LIMITED if refusal.status == 429 else CLOSE_UNAUTHORIZED, refusal.code)
+        return
+    previous = relay.streams.get(device.device_id)
+    connection = Connection(ws, relay, device, expires)
+    relay.streams[device.device_id] = connection
+    if previous is not None:
+        await previous.replace()
+    try:
+        await connection.run()
+    finally:
+        if relay.streams.get(device.device_id) is connection:
+            del relay.streams[device.device_id]

@@ -1,0 +1,129 @@
+"""Request and reply encoding: strict JSON objects, unpadded base64url, integers.
+
+Every helper raises :class:`RelayError` 400 on bad input, naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, Final, NoReturn
+
+from ping_web.core.envelope import MessageEnvelope
+
+from .errors import bad_request, refuse
+
+I63_MAX: Final = (1 << 63) - 1
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+_UINT: Final = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def b64e(data: bytes) -> str:
+    """Unpadded base64url."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(value: object, what: str, *, size: int | None = None, lo: int = 0, hi: int = I63_MAX) -> bytes:
+    """Decode unpadded base64url (canonical: no padding, no stray bits) of ``lo..hi`` bytes."""
+    if type(value) is not str or not _B64URL.fullmatch(value) or len(value) % 4 == 1:
+        raise bad_request("bad_field", f"{what}: expected unpadded base64url text", field=what)
+    try:
+        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise bad_request("bad_field", f"{what}: not base64url", field=what) from None
+    if b64e(data) != value:
+        raise bad_request("bad_field", f"{what}: not canonical base64url", field=what)
+    if size is not None:
+        lo = hi = size
+    if not lo <= len(data) <= hi:
+        expected = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise bad_request("bad_field", f"{what}: expected {expected} bytes, got {len(data)}", field=what)
+    return data
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_object(body: bytes, *, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
+    """A JSON object with exactly the ``required`` keys and any of the ``optional`` ones."""
+    try:
+        value = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise bad_request("malformed_json", "the body is not one JSON object (UTF-8, no duplicate keys)") from None
+    if not isinstance(value, dict):
+        raise bad_request("malformed_json", "the body is not one JSON object")
+    need, may = set(required), set(optional)
+    missing = sorted(need - value.keys())
+    extra = sorted(value.keys() - need - may)
+    if missing:
+        raise bad_request("missing_field", f"missing {', '.join(missing)}", field=missing[0])
+    if extra:
+        raise bad_request("unknown_field", f"unknown {', '.join(extra)}", field=extra[0])
+    return value
+
+
+def parse_object_value(
+    value: dict[str, Any], what: str, *, required: Iterable[str], optional: Iterable[str] = ()
+) -> dict[str, Any]:
+    """A nested object with exactly the ``required`` keys and any of the ``optional`` ones."""
+    need, may = set(required), set(optional)
+    missing = sorted(need - value.keys())
+    extra = sorted(value.keys() - need - may)
+    if missing:
+        raise bad_request("missing_field", f"{what}: missing {', '.join(missing)}", field=f"{what}.{missing[0]}")
+    if extra:
+        raise bad_request("unknown_field", f"{what}: unknown {', '.join(extra)}", field=f"{what}.{extra[0]}")
+    return value
+
+
+def uint(value: object, what: str, *, lo: int = 0, hi: int = I63_MAX) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise bad_request("bad_field", f"{what}: expected an integer in {lo}..{hi}", field=what)
+    return value
+
+
+def query_uint(text: str | None, what: str, *, default: int, lo: int = 0, hi: int = I63_MAX) -> int:
+    """A decimal query parameter (no sign, no leading zeros)."""
+    if text is None:
+        return default
+    if not _UINT.fullmatch(text) or not lo <= int(text) <= hi:
+        raise bad_request("bad_query", f"{what}: expected a decimal integer in {lo}..{hi}", field=what)
+    return int(text)
+
+
+def id_list(value: object, what: str, *, size: int, most: int) -> list[bytes]:
+    """A JSON array of distinct base64url ids of ``size`` bytes (at most ``most``)."""
+    if not isinstance(value, list):
+        raise bad_request("bad_field", f"{what}: expected an array", field=what)
+    if len(value) > most:
+        raise refuse(413, "too_many_items", f"{what}: at most {most} items", field=what, limit=most)
+    ids = [b64d(item, what, size=size) for item in value]
+    if len(set(ids)) != len(ids):
+        raise bad_request("bad_field", f"{what}: duplicate ids", field=what)
+    return ids
+
+
+def envelope(value: object, what: str, *, max_bytes: int) -> MessageEnvelope:
+    """An encoded MessageEnvelope (base64url), decoded and validated by ping_web's core."""
+    if type(value) is str and len(value) > (max_bytes * 4 + 2) // 3:
+        raise refuse(413, "envelope_too_large", f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
+    data = b64d(value, what, lo=1)
+    if len(data) > max_bytes:
+        raise refuse(413, "envelope_too_large", f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
+    try:
+        return MessageEnvelope.decode(data)
+    except Exception as exc:  # noqa: BLE001 - decode raises DecodeError only; any failure is a 400
+        raise bad_request("malformed_envelope", f"{what}: {exc}", field=what) from None
