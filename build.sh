@@ -211,6 +211,7 @@ run_tests() {
   mkdir -p test-output
   step "CPython tests (pure-Python modules)"
   "$PY" -m pytest tests/unit -q
+  run_relay_tests
   step "Pyodide tests (Node runtime, real OpenMLS wasm from dist/)"
   "$PY" -m pytest tests/pyodide -q --runtime node --dist-dir "$DIST/pyodide" \
     -p no:cacheprovider -W ignore::DeprecationWarning
@@ -223,6 +224,76 @@ run_tests() {
   build_lite  # incremental: skipped when dist/lite is up to date
   step "JupyterLite and guide tests (headless Chromium: docs/notebook.ipynb on dist/lite, docs/guide.md pages)"
   "$PY" -m pytest tests/lite -q -p no:cacheprovider -W ignore::DeprecationWarning
+}
+
+# The relay (relay/, docs/relay.md). ping_relay goes into .venv as an editable install
+# without dependencies (they are pinned in requirements-dev.txt; ping_web, which it also
+# lists, is the repository itself, on pytest's pythonpath).
+ensure_relay() {
+  local fp
+  fp=$(fingerprint relay/pyproject.toml requirements-dev.txt)
+  if fresh relay "$fp" && "$PY" -c "import ping_relay" 2>/dev/null; then
+    note "ping_relay installed in .venv (editable)"
+    return
+  fi
+  step "Installing the relay into .venv (pip install -e relay, no dependencies)"
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e relay
+  stamp relay "$fp"
+}
+
+# A throwaway PostgreSQL cluster for the relay tests: Debian's postgresql (installed if
+# initdb is missing), initdb in a temp folder, a free port on 127.0.0.1, stopped and
+# removed on exit. Exports PING_RELAY_TEST_POSTGRES (left alone if already set). initdb
+# refuses root, so as root the cluster runs as the postgres user.
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_TEST_DIR=""
+PG_RUN=()
+
+start_test_postgres() {
+  if [[ -n "${PING_RELAY_TEST_POSTGRES:-}" ]]; then
+    note "PostgreSQL for the relay tests: PING_RELAY_TEST_POSTGRES from the environment"
+    return
+  fi
+  if [[ ! -x "$PG_BIN/initdb" ]]; then
+    step "Installing Debian's postgresql (relay tests)"
+    [[ $(id -u) == 0 ]] || die "need root to install PostgreSQL: apt-get install -y postgresql"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  PG_TEST_DIR=$(mktemp -d /tmp/ping-relay-pg.XXXXXX)
+  PG_RUN=()
+  if [[ $(id -u) == 0 ]]; then
+    chown postgres:postgres "$PG_TEST_DIR"
+    PG_RUN=(runuser -u postgres --)
+  fi
+  local port
+  port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  trap stop_test_postgres EXIT
+  "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_TEST_DIR/data" -U relay --auth=trust -E UTF8 --no-instructions \
+    >"$PG_TEST_DIR/initdb.log" 2>&1 || die "initdb failed: $(cat "$PG_TEST_DIR/initdb.log")"
+  "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 60 \
+    -o "-p $port -k $PG_TEST_DIR -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null \
+    || die "PostgreSQL did not start: $(cat "$PG_TEST_DIR/server.log")"
+  export PING_RELAY_TEST_POSTGRES="postgresql://relay@127.0.0.1:$port/postgres"
+  note "PostgreSQL 15 on 127.0.0.1:$port (cluster in $PG_TEST_DIR, removed on exit)"
+}
+
+stop_test_postgres() {
+  [[ -n "$PG_TEST_DIR" ]] || return 0
+  "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_TEST_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "$PG_TEST_DIR"
+  PG_TEST_DIR=""
+}
+
+run_relay_tests() {
+  step "Relay: ruff, mypy --strict, and its tests on SQLite and PostgreSQL (real uvicorn processes)"
+  ensure_relay
+  "$PY" -m ruff check relay tests/relay
+  "$PY" -m ruff format --check relay tests/relay
+  (cd relay && "$PY" -m mypy --strict ping_relay)
+  start_test_postgres
+  "$PY" -m pytest tests/relay -q -p no:cacheprovider
+  stop_test_postgres
 }
 
 SERVE_PORT="${PING_WEB_PORT:-8000}"
