@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ping_web import errors
+from ping_web import _ffi, errors
 from ping_web.core import codec
 from ping_web.delivery.base import Delivery, LogPage
 from ping_web.delivery.local import LocalDeliveryService
@@ -89,36 +89,6 @@ class Notice:
 
 
 # -- conversions at the port ------------------------------------------------------------------
-
-
-def _js(value: Any) -> Any:
-    """A Python value (dict / list / bytes / int / str / bool / None) as a plain JS value."""
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(value, dict_converter=js.Object.fromEntries, create_pyproxies=False)
-
-
-def _absent(value: Any) -> bool:
-    return value is None or type(value).__name__ == "JsNull"
-
-
-def _py(data: Any) -> Any:
-    """A message's data as Python: objects -> dict, arrays -> list, ``Uint8Array`` -> bytes."""
-    value = data.to_py() if hasattr(data, "to_py") else data
-    return _bytes_in(value)
-
-
-def _bytes_in(value: Any) -> Any:
-    if isinstance(value, memoryview):
-        return value.tobytes()
-    if isinstance(value, list):
-        return [_bytes_in(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _bytes_in(item) for key, item in value.items()}
-    if _absent(value):
-        return None
-    return value
 
 
 def _raw(value: Any, what: str) -> bytes:
@@ -177,15 +147,13 @@ class PortDelivery:
         on_notice: Callable[[Notice], None] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        from pyodide.ffi import create_proxy
-
         self._port = port
         self._on_notice = on_notice
         self._timeout_s = timeout_s
         self._next_id = 1
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._closed = False
-        self._handler = create_proxy(self._on_message)
+        self._handler = _ffi.proxy(self._on_message)
         port.onmessage = self._handler
 
     # Delivery ---------------------------------------------------------------------------------
@@ -228,7 +196,7 @@ class PortDelivery:
             if not future.done():
                 future.set_exception(DeliveryUnavailable("the delivery port was closed"))
         self._waiting.clear()
-        asyncio.get_event_loop().call_soon(self._handler.destroy)
+        _ffi.destroy_soon(self._handler)
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self._closed:
@@ -237,7 +205,7 @@ class PortDelivery:
         future: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
         self._waiting[request_id] = future
         try:
-            self._port.postMessage(_js({"id": request_id, "method": method, "args": list(args)}))
+            self._port.postMessage(_ffi.js_object({"id": request_id, "method": method, "args": list(args)}))
             return await asyncio.wait_for(future, self._timeout_s)
         except TimeoutError:
             raise DeliveryUnavailable(
@@ -248,7 +216,7 @@ class PortDelivery:
 
     def _on_message(self, event: Any) -> None:
         try:
-            data = _py(event.data)
+            data = _ffi.from_js(event.data)
         except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
             return
         if not isinstance(data, dict):
@@ -304,9 +272,7 @@ class DeliveryServer:
 
     def connect(self, port: Any) -> None:
         """Serve requests arriving on ``port`` (one per device)."""
-        from pyodide.ffi import create_proxy
-
-        handler = create_proxy(lambda event: self._on_message(port, event))
+        handler = _ffi.proxy(lambda event: self._on_message(port, event))
         port.onmessage = handler
         self._ports.append((port, handler))
 
@@ -316,7 +282,7 @@ class DeliveryServer:
         for port, handler in ports:
             port.onmessage = None
             port.close()
-            asyncio.get_event_loop().call_soon(handler.destroy)
+            _ffi.destroy_soon(handler)
 
     def _on_message(self, port: Any, event: Any) -> None:
         task = asyncio.ensure_future(self._answer(port, event))
@@ -326,7 +292,7 @@ class DeliveryServer:
     async def _answer(self, port: Any, event: Any) -> None:
         request_id: Any = None
         try:
-            data = _py(event.data)
+            data = _ffi.from_js(event.data)
             if not isinstance(data, dict):
                 return
             request_id = data.get("id")
@@ -336,11 +302,11 @@ class DeliveryServer:
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
             reply, notice = {"id": request_id, "error": error_record(exc)}, None
         try:
-            port.postMessage(_js(reply))
+            port.postMessage(_ffi.js_object(reply))
         except Exception:  # noqa: BLE001 - the other side is gone: nothing to tell
             pass
         if notice is not None:
-            message = _js(notice)
+            message = _ffi.js_object(notice)
             for other, _ in list(self._ports):
                 if other is not port:
                     other.postMessage(message)

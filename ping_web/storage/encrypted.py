@@ -18,11 +18,12 @@ database; :meth:`EncryptedStorage.open_indexeddb` does both steps.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Final
 
+from ping_web import _ffi
 from ping_web.errors import InvalidInput, StorageCorrupted, StorageUnavailable
-from ping_web.storage.memory import check_key, validate_batch
-from ping_web.storage.base import Batch, Storage
+from ping_web.storage.base import Batch, Storage, check_key, validate_batch
 
 __all__ = ["FORMAT_VERSION", "NONCE_BYTES", "TAG_BYTES", "EncryptedStorage", "additional_data"]
 
@@ -38,11 +39,9 @@ def additional_data(namespace: str, key: bytes) -> bytes:
 
 
 def _subtle() -> Any:
-    import js
-
-    crypto = getattr(js, "crypto", None)
+    crypto = _ffi.host_global("crypto")
     subtle = None if crypto is None else getattr(crypto, "subtle", None)
-    if subtle is None or type(subtle).__name__ == "JsNull":
+    if _ffi.is_absent(subtle):
         raise StorageUnavailable(
             "this JavaScript host has no WebCrypto (crypto.subtle); browsers offer it only in secure "
             "contexts (https or localhost)"
@@ -51,13 +50,7 @@ def _subtle() -> Any:
 
 
 def _gcm(nonce: bytes, aad: bytes) -> Any:
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(
-        {"name": "AES-GCM", "iv": to_js(nonce), "additionalData": to_js(aad), "tagLength": TAG_BYTES * 8},
-        dict_converter=js.Object.fromEntries,
-    )
+    return _ffi.js_object({"name": "AES-GCM", "iv": nonce, "additionalData": aad, "tagLength": TAG_BYTES * 8})
 
 
 def _check_crypto_key(key: Any) -> None:
@@ -87,11 +80,8 @@ class EncryptedStorage:
     @staticmethod
     async def generate_key() -> Any:
         """A fresh non-extractable AES-GCM-256 CryptoKey."""
-        import js
-        from pyodide.ffi import to_js
-
-        algorithm = to_js({"name": "AES-GCM", "length": 256}, dict_converter=js.Object.fromEntries)
-        return await _subtle().generateKey(algorithm, False, to_js(["encrypt", "decrypt"]))
+        algorithm = _ffi.js_object({"name": "AES-GCM", "length": 256})
+        return await _subtle().generateKey(algorithm, False, _ffi.js_object(["encrypt", "decrypt"]))
 
     @classmethod
     async def open_indexeddb(cls, name: str, *, key_name: str = "storage", indexed_db: Any = None) -> EncryptedStorage:
@@ -106,20 +96,15 @@ class EncryptedStorage:
             raise
 
     async def _seal(self, namespace: str, key: bytes, value: bytes) -> bytes:
-        import os
-
-        from pyodide.ffi import JsException, to_js
-
         nonce = os.urandom(NONCE_BYTES)
+        aad = additional_data(namespace, key)
         try:
-            sealed = await _subtle().encrypt(_gcm(nonce, additional_data(namespace, key)), self._key, to_js(value))
-        except JsException as exc:
+            sealed = await _subtle().encrypt(_gcm(nonce, aad), self._key, _ffi.to_js_bytes(value))
+        except _ffi.JsException as exc:
             raise StorageUnavailable(f"WebCrypto could not encrypt a value for {namespace!r}: {exc}") from None
-        return bytes([FORMAT_VERSION]) + nonce + sealed.to_bytes()
+        return bytes([FORMAT_VERSION]) + nonce + _ffi.js_bytes(sealed)
 
     async def _open(self, namespace: str, key: bytes, stored: bytes) -> bytes:
-        from pyodide.ffi import JsException, to_js
-
         if len(stored) < OVERHEAD or stored[0] != FORMAT_VERSION:
             raise StorageCorrupted(
                 f"a stored value in {namespace!r} is not a version-{FORMAT_VERSION} sealed value "
@@ -128,14 +113,14 @@ class EncryptedStorage:
         nonce = stored[1 : 1 + NONCE_BYTES]
         try:
             opened = await _subtle().decrypt(
-                _gcm(nonce, additional_data(namespace, key)), self._key, to_js(stored[1 + NONCE_BYTES :])
+                _gcm(nonce, additional_data(namespace, key)), self._key, _ffi.to_js_bytes(stored[1 + NONCE_BYTES :])
             )
-        except JsException:
+        except _ffi.JsException:
             raise StorageCorrupted(
                 f"a stored value in {namespace!r} failed to decrypt: wrong key, or the value was altered "
                 "or moved from another key; nothing was deleted; open with the right key or restore a backup"
             ) from None
-        return opened.to_bytes()
+        return _ffi.js_bytes(opened)
 
     async def get(self, namespace: str, key: bytes) -> bytes | None:
         check_key(namespace, key)

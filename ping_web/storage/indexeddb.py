@@ -19,10 +19,10 @@ has no Web Locks, as in Node). Opening never deletes or resets anything, whateve
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
+from ping_web import _ffi
 from ping_web.errors import (
     DatabaseInUse,
     InvalidInput,
@@ -31,8 +31,8 @@ from ping_web.errors import (
     StorageQuotaExceeded,
     StorageUnavailable,
 )
-from ping_web.storage.memory import check_key, validate_batch
-from ping_web.storage.base import NAMESPACES, Batch
+from ping_web.storage.base import NAMESPACES, Batch, check_key, validate_batch
+from ping_web.storage.locks import WebLock, acquire_lock
 
 __all__ = ["DB_VERSION", "KEYS_STORE", "IndexedDbStorage", "database_name", "delete_database"]
 
@@ -53,67 +53,8 @@ def database_name(name: str) -> str:
     return f"ping_web:{name}"
 
 
-# -- small FFI helpers ------------------------------------------------------------------------
-
-
-def _absent(value: Any) -> bool:
-    """True for JS ``undefined`` (None) and ``null`` (``jsnull``)."""
-    return value is None or type(value).__name__ == "JsNull"
-
-
-def _js_object(**fields: Any) -> Any:
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(fields, dict_converter=js.Object.fromEntries)
-
-
 def _u8(data: bytes) -> Any:
-    from pyodide.ffi import to_js
-
-    return to_js(data)
-
-
-async def _event(target: Any, types: Iterable[str]) -> Any:
-    """The first of ``types`` that ``target`` fires, as the Event.
-
-    Resolving (never rejecting) with the event keeps every handler a plain JS function:
-    no Python proxy can fire after it was destroyed, and no Event becomes a Python error.
-    """
-    import js
-
-    names = [f"on{t}" for t in types]
-
-    def executor(resolve: Any, reject: Any) -> None:
-        for name in names:
-            setattr(target, name, resolve)
-
-    event = await js.Promise.new(executor)
-    for name in names:
-        setattr(target, name, None)
-    return event
-
-
-def _error_name(error: Any) -> str:
-    return _describe(error)[0]
-
-
-_WRAPPED = re.compile(r'toString method returns """(\w+): (.*?)"""', re.DOTALL)
-
-
-def _describe(error: Any) -> tuple[str, str]:
-    """``(name, message)`` of a DOM error.
-
-    Pyodide wraps a thrown value without a ``stack`` (Chromium's DOMExceptions) in a plain
-    ``Error`` whose message quotes the original's ``toString()``: recover the name from it.
-    """
-    if _absent(error):
-        return "", ""
-    name = str(getattr(error, "name", "") or "")
-    message = str(getattr(error, "message", "") or "")
-    if name == "Error" and (wrapped := _WRAPPED.search(message)):
-        return wrapped.group(1), wrapped.group(2)
-    return name, message
+    return _ffi.to_js_bytes(data)
 
 
 def storage_error(error: Any, action: str) -> StorageError:
@@ -122,7 +63,8 @@ def storage_error(error: Any, action: str) -> StorageError:
     Only a full quota is told apart from everything else (a transient failure: aborted or
     inactive transaction, closed connection, unknown I/O error): both leave data intact.
     """
-    name, detail = _describe(error)
+    info = error.info if isinstance(error, _ffi.JsCallFailed) else _ffi.error_info(error)
+    name, detail = info.name, info.message
     said = f"{name}: {detail}" if detail else name or "no reason given"
     if name == "QuotaExceededError":
         return StorageQuotaExceeded(
@@ -142,89 +84,27 @@ def storage_error(error: Any, action: str) -> StorageError:
     return StorageUnavailable(f"could not {action}: IndexedDB failed ({said}); nothing was applied; retry later")
 
 
-# -- Web Locks ---------------------------------------------------------------------------------
-
-
-class _WebLock:
-    """A held Web Lock: kept until :meth:`release`, which waits until others can take it."""
-
-    def __init__(self, release: Any, request: Any) -> None:
-        self._release = release  # resolves the promise the lock callback returned
-        self._request = request  # settles once the lock is really free again
-
-    async def release(self) -> None:
-        if self._release is not None:
-            self._release, release = None, self._release
-            release()
-        from pyodide.ffi import JsException
-
-        try:
-            await self._request
-        except JsException:  # the lock was stolen (``steal: true`` elsewhere): it is free anyway
-            pass
-
-
-async def _acquire_lock(lock_name: str) -> _WebLock | None:
-    """Hold the Web Lock ``lock_name`` (``ifAvailable``); None where the host has no Web Locks.
-
-    Raises DatabaseInUse if someone else holds it.
-    """
-    import js
-    from pyodide.ffi import create_once_callable
-
-    navigator = getattr(js, "navigator", None)
-    locks = None if _absent(navigator) else getattr(navigator, "locks", None)
-    if _absent(locks):
-        return None
-    granted: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
-    release: list[Any] = []
-
-    def keep(resolve: Any, reject: Any) -> None:
-        release.append(resolve)
-
-    def on_lock(lock: Any) -> Any:
-        if _absent(lock) or granted.done():  # unavailable, or the opener gave up meanwhile
-            if not granted.done():
-                granted.set_result(False)
-            return None
-        held = js.Promise.new(keep)  # the lock lasts until this promise settles
-        granted.set_result(True)
-        return held
-
-    request = locks.request(lock_name, _js_object(ifAvailable=True), create_once_callable(on_lock))
-    if not await granted:
-        raise DatabaseInUse(
-            f"the device storage {lock_name!r} is open in another tab or worker; "
-            "close it there (or use that tab) and try again"
-        )
-    return _WebLock(release[0], request)
-
-
 # -- opening -----------------------------------------------------------------------------------
 
 
 def _proxy_once(fn: Callable[[Any], None]) -> Any:
     """A JS function that calls ``fn`` for the first event it gets, then frees itself."""
-    from pyodide.ffi import create_proxy
 
     def once(event: Any) -> None:
         if not proxy_box:
             return
-        proxy = proxy_box.pop()
-        asyncio.get_event_loop().call_soon(proxy.destroy)  # not from inside its own call
+        _ffi.destroy_soon(proxy_box.pop())  # not from inside its own call
         fn(event)
 
-    proxy_box = [create_proxy(once)]
+    proxy_box = [_ffi.proxy(once)]
     return proxy_box[0]
 
 
 async def _open_database(factory: Any, db_name: str) -> Any:
     """Open (creating on first use) the database; never deletes or resets anything."""
-    from pyodide.ffi import JsException, create_proxy
-
     try:
-        request = factory.open(db_name, DB_VERSION)
-    except JsException as exc:
+        request = _ffi.call_catching(factory, "open", db_name, DB_VERSION)
+    except _ffi.JsCallFailed as exc:
         raise storage_error(exc, f"open {db_name!r}") from None
     gave_up = False
 
@@ -237,9 +117,9 @@ async def _open_database(factory: Any, db_name: str) -> Any:
             if not db.objectStoreNames.contains(store):
                 db.createObjectStore(store)
 
-    upgrade_proxy = create_proxy(upgrade)
+    upgrade_proxy = _ffi.proxy(upgrade)
     request.onupgradeneeded = upgrade_proxy
-    event = await _event(request, ("success", "error", "blocked"))
+    event = await _ffi.first_event(request, ("success", "error", "blocked"))
     if event.type == "blocked":
         gave_up = True
 
@@ -273,15 +153,13 @@ async def _open_database(factory: Any, db_name: str) -> Any:
 class IndexedDbStorage:
     """A :class:`~ping_web.storage.Storage` over IndexedDB. Create it with :meth:`open`."""
 
-    def __init__(self, db_name: str, db: Any, lock: _WebLock | None) -> None:
-        from pyodide.ffi import create_proxy
-
+    def __init__(self, db_name: str, db: Any, lock: WebLock | None) -> None:
         self.database_name = db_name
         self._db: Any = db
         self._lock = lock
         self._owner = True  # holds the name (registry and Web Lock) until close()
         self._closed_reason = "this storage is closed; open it again"
-        self._on_versionchange = create_proxy(self._versionchange)
+        self._on_versionchange = _ffi.proxy(self._versionchange)
         db.onversionchange = self._on_versionchange
         db.onclose = self._on_versionchange
 
@@ -289,19 +167,15 @@ class IndexedDbStorage:
     async def open(cls, name: str, *, indexed_db: Any = None) -> IndexedDbStorage:
         """Open (or create) the device storage ``name``; DatabaseInUse if another owner has it."""
         db_name = database_name(name)
-        factory = indexed_db
+        factory = indexed_db if indexed_db is not None else _ffi.host_global("indexedDB")
         if factory is None:
-            import js
-
-            factory = getattr(js, "indexedDB", None)
-        if _absent(factory):
             raise StorageUnavailable("this JavaScript host has no IndexedDB; use MemoryStorage or another backend")
         if db_name in _open_names:
             raise DatabaseInUse(f"the device storage {db_name!r} is already open in this process; close it first")
         _open_names.add(db_name)  # before any await: two concurrent openers cannot both pass
         lock = None
         try:
-            lock = await _acquire_lock(db_name)
+            lock = await acquire_lock(db_name)
             db = await _open_database(factory, db_name)
         except BaseException:
             if lock is not None:
@@ -326,7 +200,7 @@ class IndexedDbStorage:
         db.onversionchange = db.onclose = None
         db.close()
         # Not destroyed synchronously: this may run inside that very proxy's call.
-        asyncio.get_event_loop().call_soon(self._on_versionchange.destroy)
+        _ffi.destroy_soon(self._on_versionchange)
 
     async def close(self) -> None:
         """Close the connection and release the single-owner lock. Idempotent."""
@@ -345,18 +219,16 @@ class IndexedDbStorage:
         return self._db is None
 
     def _transaction(self, stores: list[str], mode: str, action: str) -> Any:
-        from pyodide.ffi import JsException, to_js
-
         if self._db is None:
             raise StorageUnavailable(f"could not {action}: {self._closed_reason}")
-        options = _js_object(durability="strict") if mode == "readwrite" else None
+        options = _ffi.js_object({"durability": "strict"}) if mode == "readwrite" else None
         try:
-            return self._db.transaction(to_js(stores), mode, options)
-        except JsException as exc:
+            return _ffi.call_catching(self._db, "transaction", stores, mode, options)
+        except _ffi.JsCallFailed as exc:
             raise storage_error(exc, action) from None
 
     async def _finish(self, tx: Any, action: str) -> None:
-        event = await _event(tx, ("complete", "abort"))
+        event = await _ffi.first_event(tx, ("complete", "abort"))
         if event.type != "complete":
             raise storage_error(tx.error, action)
 
@@ -366,7 +238,7 @@ class IndexedDbStorage:
         tx = self._transaction([namespace], "readonly", action)
         request = tx.objectStore(namespace).get(_u8(key))
         await self._finish(tx, action)
-        return None if _absent(request.result) else _value(request.result, namespace)
+        return None if _ffi.is_absent(request.result) else _value(request.result, namespace)
 
     async def scan(self, namespace: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
         check_key(namespace, prefix, what="prefix")
@@ -376,12 +248,10 @@ class IndexedDbStorage:
         bounds = _prefix_range(prefix)
         keys, values = store.getAllKeys(bounds), store.getAll(bounds)  # both in key order
         await self._finish(tx, action)
-        return [(k.to_bytes(), _value(v, namespace)) for k, v in zip(keys.result, values.result, strict=True)]
+        return [(_ffi.js_bytes(k), _value(v, namespace)) for k, v in zip(keys.result, values.result, strict=True)]
 
     async def commit(self, batch: Batch) -> None:
         """One readwrite transaction: every request issued at once, then await its completion."""
-        from pyodide.ffi import JsException
-
         validate_batch(batch)
         if not len(batch):
             return
@@ -404,7 +274,7 @@ class IndexedDbStorage:
                 stores[namespace].put(_u8(value), _u8(key))
         except BaseException as exc:
             _abort(tx)  # requests already issued must not land without the rest
-            if isinstance(exc, JsException):
+            if isinstance(exc, _ffi.JsException):
                 raise storage_error(exc, action) from None
             raise
         await self._finish(tx, action)
@@ -425,11 +295,11 @@ class IndexedDbStorage:
         created = await EncryptedStorage.generate_key()  # async: never inside a transaction
         action = f"store the key {key_name!r}"
         tx = self._transaction([KEYS_STORE], "readwrite", action)
-        tx.objectStore(KEYS_STORE).add(_js_object(v=KEY_RECORD_VERSION, key=created), key_name)
-        event = await _event(tx, ("complete", "abort"))
+        tx.objectStore(KEYS_STORE).add(_ffi.js_object({"v": KEY_RECORD_VERSION, "key": created}), key_name)
+        event = await _ffi.first_event(tx, ("complete", "abort"))
         if event.type == "complete":
             return created
-        if _error_name(tx.error) == "ConstraintError":  # another caller stored one first: use it
+        if _ffi.error_info(tx.error).name == "ConstraintError":  # another caller stored one first: use it
             key = await self._read_key(key_name)
             if key is not None:
                 return key
@@ -441,11 +311,11 @@ class IndexedDbStorage:
         request = tx.objectStore(KEYS_STORE).get(key_name)
         await self._finish(tx, action)
         record = request.result
-        if _absent(record):
+        if _ffi.is_absent(record):
             return None
         version = getattr(record, "v", None)
         key = getattr(record, "key", None)
-        if version != KEY_RECORD_VERSION or _absent(key) or _absent(getattr(key, "algorithm", None)):
+        if version != KEY_RECORD_VERSION or _ffi.is_absent(key) or _ffi.is_absent(getattr(key, "algorithm", None)):
             raise StorageCorrupted(
                 f"the key record {key_name!r} in {self.database_name!r} is not a version-{KEY_RECORD_VERSION} "
                 "CryptoKey record; nothing was changed; restore a backup"
@@ -454,21 +324,20 @@ class IndexedDbStorage:
 
 
 def _abort(tx: Any) -> None:
-    from pyodide.ffi import JsException
-
     try:
         tx.abort()
-    except JsException:  # already finished or aborted
+    except _ffi.JsException:  # already finished or aborted
         pass
 
 
 def _value(value: Any, namespace: str) -> bytes:
-    if not hasattr(value, "to_bytes"):
+    try:
+        return _ffi.js_bytes(value)
+    except TypeError:
         raise StorageCorrupted(
             f"a record in {namespace!r} is not a byte array (found {type(value).__name__}); "
             "it was not written by ping_web; nothing was deleted"
-        )
-    return bytes(value.to_bytes())
+        ) from None
 
 
 def prefix_successor(prefix: bytes) -> bytes | None:
@@ -485,28 +354,27 @@ def prefix_successor(prefix: bytes) -> bytes | None:
 
 def _prefix_range(prefix: bytes) -> Any:
     """An IDBKeyRange of every key starting with ``prefix`` (None: the whole store)."""
-    import js
-
     if not prefix:
         return None
+    key_range = _ffi.host_global("IDBKeyRange")
+    if key_range is None:
+        raise StorageUnavailable("this JavaScript host has no IndexedDB (IDBKeyRange)")
     upper = prefix_successor(prefix)
     if upper is None:
-        return js.IDBKeyRange.lowerBound(_u8(prefix))
-    return js.IDBKeyRange.bound(_u8(prefix), _u8(upper), False, True)
+        return key_range.lowerBound(_u8(prefix))
+    return key_range.bound(_u8(prefix), _u8(upper), False, True)
 
 
 async def delete_database(name: str, *, indexed_db: Any = None) -> None:
     """Delete the device storage ``name`` for good. Explicit only: ping_web never calls it."""
-    import js
-
     db_name = database_name(name)
     if db_name in _open_names:
         raise DatabaseInUse(f"the device storage {db_name!r} is open in this process; close it first")
-    factory = indexed_db if indexed_db is not None else getattr(js, "indexedDB", None)
-    if _absent(factory):
+    factory = indexed_db if indexed_db is not None else _ffi.host_global("indexedDB")
+    if factory is None:
         raise StorageUnavailable("this JavaScript host has no IndexedDB")
     request = factory.deleteDatabase(db_name)
-    event = await _event(request, ("success", "error", "blocked"))
+    event = await _ffi.first_event(request, ("success", "error", "blocked"))
     if event.type == "blocked":
         raise StorageUnavailable(
             f"deleting {db_name!r} waits for another connection (another tab or worker) to close; "

@@ -4,53 +4,14 @@ Values live in one dict per namespace. Nothing survives the process, but a close
 :class:`MemoryStorage` can be reopened with :meth:`MemoryStorage.reopen` (same data, new
 owner), so cold-restart logic can be exercised without a browser. Imports no JavaScript:
 it runs on CPython as well as in Pyodide.
-
-:func:`validate_batch` and :func:`check_key` are shared by every backend, so all of them
-refuse the same inputs with the same :class:`~ping_web.errors.InvalidInput`.
 """
 
 from __future__ import annotations
 
-from ping_web.errors import DatabaseInUse, InvalidInput, StorageUnavailable
-from ping_web.storage.base import NAMESPACES, Batch
+from ping_web.errors import DatabaseInUse, StorageUnavailable
+from ping_web.storage.base import NAMESPACES, Batch, check_key, validate_batch
 
-__all__ = ["MemoryStorage", "check_key", "check_namespace", "validate_batch"]
-
-
-def check_namespace(namespace: object) -> str:
-    """``namespace`` if it is one of :data:`~ping_web.storage.NAMESPACES`, else InvalidInput."""
-    if not isinstance(namespace, str) or namespace not in NAMESPACES:
-        raise InvalidInput(f"unknown storage namespace {namespace!r}; use one of {', '.join(NAMESPACES)}")
-    return namespace
-
-
-def check_key(namespace: object, key: object, *, what: str = "key") -> bytes:
-    """``key`` if it is non-empty ``bytes``, else InvalidInput.
-
-    Empty keys are refused everywhere because IndexedDB implementations disagree on them
-    (the Node polyfill treats an empty binary key as a detached buffer).
-    """
-    check_namespace(namespace)
-    if not isinstance(key, bytes):
-        raise InvalidInput(f"storage {what} in {namespace!r} must be bytes, got {type(key).__name__}")
-    if what == "key" and not key:
-        raise InvalidInput(f"storage key in {namespace!r} must not be empty")
-    return key
-
-
-def validate_batch(batch: object) -> Batch:
-    """Check every entry of ``batch`` before anything is applied; InvalidInput names the first bad one."""
-    if not isinstance(batch, Batch):
-        raise InvalidInput(f"expected a storage Batch, got {type(batch).__name__}")
-    for namespace, prefix in batch.delete_prefixes:
-        check_key(namespace, prefix, what="prefix")
-    for namespace, key in batch.deletes:
-        check_key(namespace, key)
-    for namespace, key, value in batch.puts:
-        check_key(namespace, key)
-        if not isinstance(value, bytes):
-            raise InvalidInput(f"storage value in {namespace!r} must be bytes, got {type(value).__name__}")
-    return batch
+__all__ = ["MemoryStorage"]
 
 
 class _Data:

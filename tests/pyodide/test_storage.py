@@ -185,10 +185,11 @@ async def test_indexeddb_write_that_fails_midway_applies_nothing(selenium):
 @run_in_pyodide(packages=["ping_web"])
 async def test_dom_errors_map_to_storage_errors(selenium):
     import js
+    import pytest
+    from ping_web import _ffi
     from ping_web.errors import StorageQuotaExceeded, StorageUnavailable
     from ping_web.storage.indexeddb import prefix_successor, storage_error
     from pyodide.code import run_js
-    from pyodide.ffi import JsException
 
     def mapped(name):
         return storage_error(js.DOMException.new("detail", name), "write")
@@ -199,10 +200,12 @@ async def test_dom_errors_map_to_storage_errors(selenium):
         error = mapped(name)
         assert type(error) is StorageUnavailable and name in str(error), (name, error)
     assert type(storage_error(None, "write")) is StorageUnavailable
-    try:  # a DOM error thrown synchronously reaches Python as a JsException
-        run_js("throw new DOMException('full', 'QuotaExceededError')")
-    except JsException as exc:
-        assert isinstance(storage_error(exc, "write"), StorageQuotaExceeded)
+    # A DOM error thrown synchronously keeps its own name through the FFI's catching call.
+    thrower = run_js("({ write() { throw new DOMException('full', 'QuotaExceededError'); } })")
+    with pytest.raises(_ffi.JsCallFailed) as caught:
+        _ffi.call_catching(thrower, "write")
+    assert caught.value.info.name == "QuotaExceededError"
+    assert isinstance(storage_error(caught.value, "write"), StorageQuotaExceeded)
 
     assert prefix_successor(b"") is None and prefix_successor(b"\xff\xff") is None
     assert prefix_successor(b"a") == b"b" and prefix_successor(b"a\xff\xff") == b"b"
