@@ -6,7 +6,7 @@
 //! - change list: repeated `u32 key_len || key || u32 value_len || value`, where
 //!   `value_len = 0xFFFF_FFFF` (and no value bytes) marks a deleted key.
 
-use crate::error::{code, js_error, JsResult};
+use crate::error::{code, Error, Result};
 use crate::storage::Change;
 
 const DELETED: u32 = u32::MAX;
@@ -21,14 +21,14 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn u32(&mut self) -> JsResult<u32> {
+    fn u32(&mut self) -> Result<u32> {
         let bytes = self.take(4)?;
         Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
-    fn take(&mut self, n: usize) -> JsResult<&'a [u8]> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.data.len() < n {
-            return Err(js_error(code::INVALID_INPUT, format!("truncated {}", self.what)));
+            return Err(Error::new(code::INVALID_INPUT, format!("truncated {}", self.what)));
         }
         let (head, tail) = self.data.split_at(n);
         self.data = tail;
@@ -45,7 +45,7 @@ pub fn encode_byte_list<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
     out
 }
 
-pub fn decode_byte_list(data: &[u8]) -> JsResult<Vec<Vec<u8>>> {
+pub fn decode_byte_list(data: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut reader = Reader {
         data,
         what: "byte list",
@@ -74,7 +74,7 @@ pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
     out
 }
 
-pub fn decode_changes(data: &[u8]) -> JsResult<Vec<Change>> {
+pub fn decode_changes(data: &[u8]) -> Result<Vec<Change>> {
     let mut reader = Reader {
         data,
         what: "change list",

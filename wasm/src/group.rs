@@ -13,7 +13,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 use wasm_bindgen::prelude::*;
 
 use crate::bytes::{decode_byte_list, encode_byte_list};
-use crate::error::{code, js_error, mls_error, JsResult};
+use crate::error::{code, mls_error, Error, Result};
 use crate::identity::{Identity, CIPHERSUITE};
 use crate::provider::Provider;
 
@@ -56,10 +56,10 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-fn parse_key_package(provider: &Provider, bytes: &[u8]) -> JsResult<openmls::prelude::KeyPackage> {
+fn parse_key_package(provider: &Provider, bytes: &[u8]) -> Result<openmls::prelude::KeyPackage> {
     let key_package: KeyPackageIn = match parse_message(bytes)? {
         MlsMessageBodyIn::KeyPackage(kp) => kp,
-        _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a KeyPackage")),
+        _ => return Err(Error::new(code::WRONG_MESSAGE_TYPE, "expected a KeyPackage")),
     };
     key_package
         .validate(provider.crypto(), ProtocolVersion::Mls10)
@@ -72,26 +72,28 @@ fn parse_key_package(provider: &Provider, bytes: &[u8]) -> JsResult<openmls::pre
 /// The validated KeyPackage is remembered by the provider, so that an `addMembers` of the
 /// same bytes does not verify it again.
 #[wasm_bindgen(js_name = inspectKeyPackage)]
-pub fn inspect_key_package(provider: &Provider, key_package: &[u8]) -> JsResult<Vec<u8>> {
+pub fn inspect_key_package(provider: &Provider, key_package: &[u8]) -> Result<Vec<u8>> {
     let bytes = key_package;
     let key_package = parse_key_package(provider, bytes)?;
     let leaf = key_package.leaf_node();
     let identity = BasicCredential::try_from(leaf.credential().clone())
         .map(|c| c.identity().to_vec())
-        .map_err(|e| js_error(code::KEY_PACKAGE, format!("not a basic credential: {e}")))?;
+        .map_err(|e| Error::new(code::KEY_PACKAGE, format!("not a basic credential: {e}")))?;
     let out = encode_byte_list(&[identity, leaf.signature_key().as_slice().to_vec()]);
     provider.remember_validated(bytes, key_package);
     Ok(out)
 }
 
-fn parse_message(bytes: &[u8]) -> JsResult<MlsMessageBodyIn> {
+fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn> {
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
-        .map_err(|e| js_error(code::MALFORMED_MESSAGE, format!("not an MLS message: {e}")))?;
+        .map_err(|e| Error::new(code::MALFORMED_MESSAGE, format!("not an MLS message: {e}")))?;
     Ok(message.extract())
 }
 
-fn serialize(message: MlsMessageOut) -> JsResult<Vec<u8>> {
-    message.tls_serialize_detached().map_err(|e| js_error(code::LIBRARY, e))
+fn serialize(message: MlsMessageOut) -> Result<Vec<u8>> {
+    message
+        .tls_serialize_detached()
+        .map_err(|e| Error::new(code::LIBRARY, e))
 }
 
 /// A loaded MLS group of the provider it was opened with.
@@ -102,7 +104,7 @@ pub struct Group {
 
 impl Group {
     /// Run a mutating operation; on error undo its storage writes and reload the group.
-    fn guarded<T>(&mut self, provider: &Provider, op: impl FnOnce(&mut MlsGroup) -> JsResult<T>) -> JsResult<T> {
+    fn guarded<T>(&mut self, provider: &Provider, op: impl FnOnce(&mut MlsGroup) -> Result<T>) -> Result<T> {
         let result = provider.storage().atomically(|| op(&mut self.inner));
         if result.is_err() {
             if let Ok(Some(group)) = MlsGroup::load(provider.storage(), self.inner.group_id()) {
@@ -116,9 +118,9 @@ impl Group {
 #[wasm_bindgen]
 impl Group {
     /// Create a group with the given 16-byte id, `identity` its only member.
-    pub fn create(provider: &Provider, identity: &Identity, group_id: &[u8]) -> JsResult<Group> {
+    pub fn create(provider: &Provider, identity: &Identity, group_id: &[u8]) -> Result<Group> {
         if group_id.len() != GROUP_ID_LEN {
-            return Err(js_error(
+            return Err(Error::new(
                 code::INVALID_INPUT,
                 format!("group id must be {GROUP_ID_LEN} bytes, got {}", group_id.len()),
             ));
@@ -128,7 +130,7 @@ impl Group {
             .flatten()
             .is_some()
         {
-            return Err(js_error(code::INVALID_INPUT, "a group with this id already exists"));
+            return Err(Error::new(code::INVALID_INPUT, "a group with this id already exists"));
         }
         provider
             .storage()
@@ -146,10 +148,10 @@ impl Group {
     }
 
     /// Join from a Welcome (TLS-serialized `MlsMessage`) made for one of our KeyPackages.
-    pub fn join(provider: &Provider, welcome: &[u8]) -> JsResult<Group> {
+    pub fn join(provider: &Provider, welcome: &[u8]) -> Result<Group> {
         let welcome = match parse_message(welcome)? {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
-            _ => return Err(js_error(code::WRONG_MESSAGE_TYPE, "expected a Welcome")),
+            _ => return Err(Error::new(code::WRONG_MESSAGE_TYPE, "expected a Welcome")),
         };
         // Staging consumes the KeyPackage's private key: a failed join must put it back.
         provider
@@ -163,10 +165,10 @@ impl Group {
     }
 
     /// Load a group from the provider's working set; `undefined` if it has none.
-    pub fn load(provider: &Provider, group_id: &[u8]) -> JsResult<Option<Group>> {
+    pub fn load(provider: &Provider, group_id: &[u8]) -> Result<Option<Group>> {
         MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
             .map(|group| group.map(|inner| Group { inner }))
-            .map_err(|e| js_error(code::STORAGE, e))
+            .map_err(|e| Error::new(code::STORAGE, e))
     }
 
     /// Stage a commit adding the members whose KeyPackages are given (a byte list).
@@ -179,7 +181,7 @@ impl Group {
         identity: &Identity,
         key_packages: &[u8],
         aad: &[u8],
-    ) -> JsResult<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         // KeyPackages inspectKeyPackage just validated are not verified a second time.
         let validated = decode_byte_list(key_packages)?
             .iter()
@@ -187,9 +189,9 @@ impl Group {
                 Some(key_package) => Ok(key_package),
                 None => parse_key_package(provider, raw),
             })
-            .collect::<JsResult<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         if validated.is_empty() {
-            return Err(js_error(code::INVALID_INPUT, "no KeyPackages given"));
+            return Err(Error::new(code::INVALID_INPUT, "no KeyPackages given"));
         }
         self.guarded(provider, |group| {
             group.set_aad(aad.to_vec());
@@ -208,11 +210,11 @@ impl Group {
         identity: &Identity,
         leaf_indexes: &[u32],
         aad: &[u8],
-    ) -> JsResult<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         let members: Vec<LeafNodeIndex> = leaf_indexes.iter().map(|i| LeafNodeIndex::new(*i)).collect();
         for leaf in &members {
             if self.inner.member(*leaf).is_none() {
-                return Err(js_error(
+                return Err(Error::new(
                     code::INVALID_INPUT,
                     format!("no member at leaf {}", leaf.u32()),
                 ));
@@ -229,7 +231,7 @@ impl Group {
 
     /// Stage a commit that refreshes our own leaf (post-compromise security).
     #[wasm_bindgen(js_name = selfUpdate)]
-    pub fn self_update(&mut self, provider: &Provider, identity: &Identity, aad: &[u8]) -> JsResult<Vec<u8>> {
+    pub fn self_update(&mut self, provider: &Provider, identity: &Identity, aad: &[u8]) -> Result<Vec<u8>> {
         self.guarded(provider, |group| {
             group.set_aad(aad.to_vec());
             let bundle = group
@@ -241,9 +243,9 @@ impl Group {
 
     /// Apply our pending commit (the delivery service accepted it).
     #[wasm_bindgen(js_name = mergePendingCommit)]
-    pub fn merge_pending_commit(&mut self, provider: &Provider) -> JsResult<()> {
+    pub fn merge_pending_commit(&mut self, provider: &Provider) -> Result<()> {
         if self.inner.pending_commit().is_none() {
-            return Err(js_error(code::NO_PENDING_COMMIT, "no pending commit to merge"));
+            return Err(Error::new(code::NO_PENDING_COMMIT, "no pending commit to merge"));
         }
         self.guarded(provider, |group| {
             group
@@ -254,14 +256,14 @@ impl Group {
 
     /// Drop our pending commit (the delivery service took another one for this epoch).
     #[wasm_bindgen(js_name = clearPendingCommit)]
-    pub fn clear_pending_commit(&mut self, provider: &Provider) -> JsResult<()> {
+    pub fn clear_pending_commit(&mut self, provider: &Provider) -> Result<()> {
         if self.inner.pending_commit().is_none() {
-            return Err(js_error(code::NO_PENDING_COMMIT, "no pending commit to discard"));
+            return Err(Error::new(code::NO_PENDING_COMMIT, "no pending commit to discard"));
         }
         self.guarded(provider, |group| {
             group
                 .clear_pending_commit(provider.storage())
-                .map_err(|e| js_error(code::STORAGE, e))
+                .map_err(|e| Error::new(code::STORAGE, e))
         })
     }
 
@@ -278,7 +280,7 @@ impl Group {
         identity: &Identity,
         plaintext: &[u8],
         aad: &[u8],
-    ) -> JsResult<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         self.guarded(provider, |group| {
             group.set_aad(aad.to_vec());
             let message = group
@@ -305,12 +307,12 @@ impl Group {
         message: &[u8],
         expected_aad: &[u8],
         plaintext_sha256: &[u8],
-    ) -> JsResult<Vec<u8>> {
+    ) -> Result<Vec<u8>> {
         let protocol: ProtocolMessage = match parse_message(message)? {
             MlsMessageBodyIn::PrivateMessage(m) => m.into(),
             MlsMessageBodyIn::PublicMessage(m) => m.into(),
             _ => {
-                return Err(js_error(
+                return Err(Error::new(
                     code::WRONG_MESSAGE_TYPE,
                     "expected a group message (application, commit or proposal)",
                 ))
@@ -321,7 +323,7 @@ impl Group {
                 .process_message(provider, protocol)
                 .map_err(|e| mls_error(code::PROCESS, e))?;
             if !expected_aad.is_empty() && processed.aad() != expected_aad {
-                return Err(js_error(
+                return Err(Error::new(
                     code::AAD_MISMATCH,
                     "the envelope's header does not match the data its sender authenticated",
                 ));
@@ -337,9 +339,9 @@ impl Group {
                         let digest = provider
                             .crypto()
                             .hash(HashType::Sha2_256, &plaintext)
-                            .map_err(|e| js_error(code::LIBRARY, format!("{e:?}")))?;
+                            .map_err(|e| Error::new(code::LIBRARY, format!("{e:?}")))?;
                         if digest != plaintext_sha256 {
-                            return Err(js_error(
+                            return Err(Error::new(
                                 code::HASH_MISMATCH,
                                 "the decrypted plaintext does not match the envelope's content hash",
                             ));
@@ -356,11 +358,11 @@ impl Group {
                 ProcessedMessageContent::ProposalMessage(proposal) => {
                     group
                         .store_pending_proposal(provider.storage(), *proposal)
-                        .map_err(|e| js_error(code::STORAGE, e))?;
+                        .map_err(|e| Error::new(code::STORAGE, e))?;
                     (KIND_PROPOSAL, Vec::new())
                 }
                 ProcessedMessageContent::ExternalJoinProposalMessage(_) => (KIND_PROPOSAL, Vec::new()),
-                ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage { .. } => {
+                ProcessedMessageContent::OwnPendingCommit | ProcessedMessageContent::OwnPrivateMessage => {
                     (KIND_OWN, Vec::new())
                 }
             };
@@ -376,9 +378,9 @@ impl Group {
 
     /// RFC 9420 §8.5 exporter secret of the current epoch; `length` in 1..=1024.
     #[wasm_bindgen(js_name = exportSecret)]
-    pub fn export_secret(&self, provider: &Provider, label: &str, context: &[u8], length: usize) -> JsResult<Vec<u8>> {
+    pub fn export_secret(&self, provider: &Provider, label: &str, context: &[u8], length: usize) -> Result<Vec<u8>> {
         if length == 0 || length > MAX_EXPORT_LEN {
-            return Err(js_error(
+            return Err(Error::new(
                 code::INVALID_INPUT,
                 format!("export length must be 1..={MAX_EXPORT_LEN}, got {length}"),
             ));

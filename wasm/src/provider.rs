@@ -9,7 +9,7 @@ use openmls_traits::OpenMlsProvider;
 use wasm_bindgen::prelude::*;
 
 use crate::bytes::{decode_changes, encode_changes};
-use crate::error::JsResult;
+use crate::error::Result;
 use crate::storage::{group_prefix, WorkingSet};
 
 /// KeyPackages validated by `inspectKeyPackage` and not yet used, kept at most.
@@ -103,14 +103,14 @@ impl Provider {
 
     /// Load entries read back from storage (a change list); they are not reported by the
     /// next checkpoint.
-    pub fn restore(&self, changes: &[u8]) -> JsResult<()> {
+    pub fn restore(&self, changes: &[u8]) -> Result<()> {
         self.storage.restore(decode_changes(changes)?);
         Ok(())
     }
 
     /// Write entries (a change list) as new changes, e.g. a snapshot being imported.
     #[wasm_bindgen(js_name = importEntries)]
-    pub fn import_entries(&self, changes: &[u8]) -> JsResult<()> {
+    pub fn import_entries(&self, changes: &[u8]) -> Result<()> {
         self.storage.import(decode_changes(changes)?);
         Ok(())
     }

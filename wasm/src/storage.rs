@@ -93,23 +93,22 @@ fn global_key<K: Serialize + ?Sized>(label: &[u8], key: &K) -> Result<Vec<u8>, S
 /// One change since the last checkpoint: `None` means the key was deleted.
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
+/// Value each touched key had at some earlier point (`None`: absent), to put it back.
+type UndoLog = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The in-memory key/value state of one provider, with undo back to the last checkpoint.
 #[derive(Default)]
 pub struct WorkingSet {
     entries: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Value each touched key had at the last checkpoint (`None`: absent).
-    undo: RefCell<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    undo: RefCell<UndoLog>,
     /// While an operation runs: value each key had when the operation began.
-    journal: RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    journal: RefCell<Option<UndoLog>>,
     /// Open savepoints, innermost last: value each key had when each was taken.
-    savepoints: RefCell<Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    savepoints: RefCell<Vec<UndoLog>>,
 }
 
-fn record_first(
-    log: &RefCell<Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
-    key: &[u8],
-    current: &dyn Fn() -> Option<Vec<u8>>,
-) {
+fn record_first(log: &RefCell<Option<UndoLog>>, key: &[u8], current: &dyn Fn() -> Option<Vec<u8>>) {
     if let Some(log) = log.borrow_mut().as_mut() {
         if !log.contains_key(key) {
             log.insert(key.to_vec(), current());
@@ -133,7 +132,7 @@ impl WorkingSet {
         }
     }
 
-    fn put_back(&self, log: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    fn put_back(&self, log: UndoLog) {
         let mut entries = self.entries.borrow_mut();
         for (key, before) in log {
             match before {
@@ -774,5 +773,341 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
     fn delete_psk<I: traits::PskId<CURRENT_VERSION>>(&self, psk_id: &I) -> Result<(), Self::Error> {
         self.delete(&global_key(PSK, psk_id)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openmls::group::GroupId;
+    use openmls_traits::storage::{traits, Entity, Key, StorageProvider, CURRENT_VERSION};
+    use serde::{Deserialize, Serialize};
+
+    use super::{group_prefix, Change, WorkingSet};
+
+    // Stand-ins for OpenMLS's entities: the working set only serializes them.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Ref(u8);
+    impl Key<CURRENT_VERSION> for Ref {}
+    impl Entity<CURRENT_VERSION> for Ref {}
+    impl traits::ProposalRef<CURRENT_VERSION> for Ref {}
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Proposal(String);
+    impl Entity<CURRENT_VERSION> for Proposal {}
+    impl traits::QueuedProposal<CURRENT_VERSION> for Proposal {}
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Tree(String);
+    impl Entity<CURRENT_VERSION> for Tree {}
+    impl traits::TreeSync<CURRENT_VERSION> for Tree {}
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct PublicKey(Vec<u8>);
+    impl Key<CURRENT_VERSION> for PublicKey {}
+    impl traits::SignaturePublicKey<CURRENT_VERSION> for PublicKey {}
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct KeyPair(String);
+    impl Entity<CURRENT_VERSION> for KeyPair {}
+    impl traits::SignatureKeyPair<CURRENT_VERSION> for KeyPair {}
+
+    fn k(key: &str) -> Vec<u8> {
+        key.as_bytes().to_vec()
+    }
+
+    fn put(ws: &WorkingSet, key: &str, value: &str) {
+        ws.import(vec![(k(key), Some(k(value)))]);
+    }
+
+    fn del(ws: &WorkingSet, key: &str) {
+        ws.import(vec![(k(key), None)]);
+    }
+
+    fn get(ws: &WorkingSet, key: &str) -> Option<String> {
+        ws.get_raw(key.as_bytes()).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    fn set(changes: &[(&str, Option<&str>)]) -> Vec<Change> {
+        changes.iter().map(|(key, value)| (k(key), value.map(k))).collect()
+    }
+
+    fn restored(entries: &[(&str, &str)]) -> WorkingSet {
+        let ws = WorkingSet::default();
+        ws.restore(entries.iter().map(|(key, value)| (k(key), Some(k(value)))).collect());
+        ws
+    }
+
+    fn tree(ws: &WorkingSet, group: &GroupId) -> Option<Tree> {
+        ws.tree(group).unwrap()
+    }
+
+    #[test]
+    fn checkpoint_reports_each_changed_key_once_then_starts_afresh() {
+        let ws = restored(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        put(&ws, "a", "10");
+        put(&ws, "a", "11");
+        del(&ws, "b");
+        put(&ws, "c", "30");
+        put(&ws, "c", "3"); // back to its checkpointed value: not a change
+        put(&ws, "d", "4");
+        put(&ws, "e", "5");
+        del(&ws, "e"); // created and deleted again: not a change
+        del(&ws, "zz"); // deleting an absent key: not a change
+        assert!(ws.has_changes());
+        assert_eq!(
+            ws.checkpoint(),
+            set(&[("a", Some("11")), ("b", None), ("d", Some("4"))])
+        );
+        assert!(!ws.has_changes());
+        assert_eq!(ws.checkpoint(), vec![]);
+        put(&ws, "a", "12");
+        assert_eq!(ws.checkpoint(), set(&[("a", Some("12"))]));
+    }
+
+    #[test]
+    fn rollback_returns_to_the_last_checkpoint() {
+        let ws = restored(&[("a", "1"), ("b", "2")]);
+        put(&ws, "a", "10");
+        ws.checkpoint();
+        put(&ws, "a", "11");
+        del(&ws, "b");
+        put(&ws, "c", "3");
+        ws.rollback();
+        assert_eq!(get(&ws, "a").as_deref(), Some("10"));
+        assert_eq!(get(&ws, "b").as_deref(), Some("2"));
+        assert_eq!(get(&ws, "c"), None);
+        assert!(!ws.has_changes());
+        assert_eq!(ws.checkpoint(), vec![]);
+        assert_eq!(ws.len(), 2);
+    }
+
+    #[test]
+    fn nested_savepoints_roll_back_and_release_innermost_first() {
+        let ws = restored(&[("a", "1")]);
+        ws.begin_savepoint();
+        put(&ws, "a", "outer");
+        put(&ws, "b", "outer");
+        ws.begin_savepoint();
+        put(&ws, "a", "inner");
+        put(&ws, "c", "inner");
+        ws.rollback_savepoint(); // undoes the inner savepoint's writes only
+        assert_eq!(get(&ws, "a").as_deref(), Some("outer"));
+        assert_eq!(get(&ws, "b").as_deref(), Some("outer"));
+        assert_eq!(get(&ws, "c"), None);
+
+        ws.begin_savepoint();
+        put(&ws, "d", "kept by release");
+        ws.release_savepoint(); // the outer savepoint still covers "d"
+        assert_eq!(get(&ws, "d").as_deref(), Some("kept by release"));
+        ws.rollback_savepoint();
+        assert_eq!(get(&ws, "a").as_deref(), Some("1"));
+        assert_eq!(get(&ws, "b"), None);
+        assert_eq!(get(&ws, "d"), None);
+        // Undone changes are no changes: the checkpoint reports none of them.
+        assert_eq!(ws.checkpoint(), vec![]);
+    }
+
+    #[test]
+    fn a_released_savepoint_keeps_its_changes_for_the_checkpoint() {
+        let ws = restored(&[("a", "1")]);
+        ws.begin_savepoint();
+        put(&ws, "a", "2");
+        ws.release_savepoint();
+        assert_eq!(ws.checkpoint(), set(&[("a", Some("2"))]));
+        // Ending a savepoint that does not exist is harmless.
+        ws.release_savepoint();
+        ws.rollback_savepoint();
+        assert_eq!(get(&ws, "a").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn rollback_drops_open_savepoints() {
+        let ws = restored(&[("a", "1")]);
+        ws.begin_savepoint();
+        put(&ws, "a", "2");
+        ws.rollback();
+        assert_eq!(get(&ws, "a").as_deref(), Some("1"));
+        put(&ws, "a", "3");
+        ws.rollback_savepoint(); // no savepoint left: changes nothing
+        assert_eq!(get(&ws, "a").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn atomically_undoes_exactly_a_failed_operation() {
+        let ws = restored(&[("a", "1")]);
+        put(&ws, "before", "x");
+        let failed: Result<(), &str> = ws.atomically(|| {
+            put(&ws, "a", "2");
+            put(&ws, "new", "y");
+            del(&ws, "before");
+            Err("boom")
+        });
+        assert_eq!(failed, Err("boom"));
+        assert_eq!(get(&ws, "a").as_deref(), Some("1"));
+        assert_eq!(get(&ws, "new"), None);
+        assert_eq!(get(&ws, "before").as_deref(), Some("x"));
+        let ok: Result<u8, ()> = ws.atomically(|| {
+            put(&ws, "a", "3");
+            Ok(7)
+        });
+        assert_eq!(ok, Ok(7));
+        assert_eq!(ws.checkpoint(), set(&[("a", Some("3")), ("before", Some("x"))]));
+    }
+
+    #[test]
+    fn restore_loads_silently_import_records_changes() {
+        let ws = WorkingSet::default();
+        ws.restore(set(&[("a", Some("1")), ("b", Some("2"))]));
+        assert!(!ws.has_changes());
+        assert_eq!(ws.checkpoint(), vec![]);
+        ws.restore(set(&[("b", None)])); // a deletion read back from storage
+        assert_eq!(get(&ws, "b"), None);
+        assert_eq!(ws.checkpoint(), vec![]);
+        // A rollback never undoes what was restored.
+        ws.rollback();
+        assert_eq!(get(&ws, "a").as_deref(), Some("1"));
+
+        ws.import(set(&[("a", Some("10")), ("c", Some("3")), ("a", None)]));
+        assert!(ws.has_changes());
+        assert_eq!(ws.checkpoint(), set(&[("a", None), ("c", Some("3"))]));
+        ws.import(set(&[("c", Some("30"))]));
+        ws.rollback();
+        assert_eq!(get(&ws, "c").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn key_layout_is_scope_label_key_version() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[7, 8, 9]);
+        ws.write_tree(&group, &Tree("t".into())).unwrap();
+        ws.write_signature_key_pair(&PublicKey(vec![1, 2]), &KeyPair("kp".into()))
+            .unwrap();
+        let changes = ws.checkpoint();
+        let version = CURRENT_VERSION.to_be_bytes();
+
+        let group_json = serde_json::to_vec(&group).unwrap();
+        let mut group_key = vec![0x01];
+        group_key.extend_from_slice(&(group_json.len() as u16).to_be_bytes());
+        group_key.extend_from_slice(&group_json);
+        assert_eq!(group_prefix(&[7, 8, 9]), group_key);
+        group_key.extend_from_slice(b"Tree\x00");
+        group_key.extend_from_slice(b"null"); // json(()): one entry per group
+        group_key.extend_from_slice(&version);
+
+        let mut global_key = vec![0x02];
+        global_key.extend_from_slice(b"SignatureKeyPair\x00");
+        global_key.extend_from_slice(br#"[1,2]"#);
+        global_key.extend_from_slice(&version);
+
+        assert_eq!(
+            changes,
+            vec![
+                (group_key, Some(br#""t""#.to_vec())),
+                (global_key, Some(br#""kp""#.to_vec()))
+            ]
+        );
+        assert_eq!(CURRENT_VERSION, 1);
+        assert_eq!(tree(&ws, &group), Some(Tree("t".into())));
+        assert_eq!(
+            ws.signature_key_pair::<PublicKey, KeyPair>(&PublicKey(vec![1, 2]))
+                .unwrap(),
+            Some(KeyPair("kp".into()))
+        );
+    }
+
+    #[test]
+    fn group_entries_and_drop_group_are_prefix_scans_of_one_group() {
+        let ws = WorkingSet::default();
+        // Ids that are prefixes of one another still get disjoint key ranges.
+        let short = GroupId::from_slice(&[1, 2]);
+        let long = GroupId::from_slice(&[1, 2, 3]);
+        for group in [&short, &long] {
+            ws.write_tree(group, &Tree(format!("{:?}", group.as_slice()))).unwrap();
+            ws.queue_proposal(group, &Ref(1), &Proposal("p".into())).unwrap();
+        }
+        ws.write_signature_key_pair(&PublicKey(vec![9]), &KeyPair("kp".into()))
+            .unwrap();
+        ws.checkpoint();
+        assert_eq!(ws.len(), 7); // per group: tree, proposal, proposal refs; one global
+
+        let entries = ws.entries_with_prefix(&group_prefix(&[1, 2]));
+        assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|(key, _)| key.starts_with(&group_prefix(&[1, 2]))));
+        assert!(ws.entries_with_prefix(&group_prefix(&[1])).is_empty());
+
+        ws.delete_prefix(&group_prefix(&[1, 2]));
+        let changes = ws.checkpoint();
+        assert_eq!(changes.len(), 3);
+        assert!(changes.iter().all(|(_, value)| value.is_none()));
+        assert_eq!(tree(&ws, &short), None);
+        assert_eq!(tree(&ws, &long), Some(Tree("[1, 2, 3]".into())));
+        assert_eq!(ws.len(), 4);
+
+        // Re-importing a snapshot brings the group back, as changes.
+        ws.import(entries.into_iter().map(|(k, v)| (k, Some(v))).collect());
+        assert_eq!(tree(&ws, &short), Some(Tree("[1, 2]".into())));
+        assert_eq!(ws.checkpoint().len(), 3);
+    }
+
+    #[test]
+    fn clearing_a_proposal_queue_drops_its_proposals() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[5; 16]);
+        let other = GroupId::from_slice(&[6; 16]);
+        for n in 1..=3 {
+            ws.queue_proposal(&group, &Ref(n), &Proposal(format!("p{n}"))).unwrap();
+        }
+        ws.queue_proposal(&other, &Ref(1), &Proposal("other".into())).unwrap();
+        let queued: Vec<(Ref, Proposal)> = ws.queued_proposals(&group).unwrap();
+        assert_eq!(queued.iter().map(|(r, _)| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        ws.checkpoint();
+
+        StorageProvider::<CURRENT_VERSION>::clear_proposal_queue::<GroupId, Ref>(&ws, &group).unwrap();
+        assert!(ws
+            .queued_proposals::<GroupId, Ref, Proposal>(&group)
+            .unwrap()
+            .is_empty());
+        assert!(ws.queued_proposal_refs::<GroupId, Ref>(&group).unwrap().is_empty());
+        // Nothing of the queue is left behind, proposals included: 3 proposals + the refs.
+        assert!(ws.entries_with_prefix(&group_prefix(&[5; 16])).is_empty());
+        let changes = ws.checkpoint();
+        assert_eq!(changes.len(), 4);
+        assert!(changes.iter().all(|(_, value)| value.is_none()));
+        // Another group's queue is untouched.
+        assert_eq!(ws.queued_proposals::<GroupId, Ref, Proposal>(&other).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn removing_one_proposal_keeps_the_others() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[5; 16]);
+        ws.queue_proposal(&group, &Ref(1), &Proposal("p1".into())).unwrap();
+        ws.queue_proposal(&group, &Ref(2), &Proposal("p2".into())).unwrap();
+        ws.remove_proposal(&group, &Ref(1)).unwrap();
+        let queued: Vec<(Ref, Proposal)> = ws.queued_proposals(&group).unwrap();
+        assert_eq!(queued, vec![(Ref(2), Proposal("p2".into()))]);
+        ws.remove_proposal(&group, &Ref(2)).unwrap();
+        assert!(ws.entries_with_prefix(&group_prefix(&[5; 16])).is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_a_storage_error() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[1; 16]);
+        ws.write_tree(&group, &Tree("t".into())).unwrap();
+        let (key, _) = ws.checkpoint().remove(0);
+        ws.restore(vec![(key, Some(b"{not json".to_vec()))]);
+        let err = ws.tree::<GroupId, Tree>(&group).unwrap_err();
+        assert!(err.to_string().starts_with("storage: "), "{err}");
+        // A reference without its proposal is corrupt too.
+        ws.queue_proposal(&group, &Ref(1), &Proposal("p".into())).unwrap();
+        let proposal_key = ws
+            .entries_with_prefix(&group_prefix(&[1; 16]))
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| k.windows(15).any(|w| w == b"QueuedProposal\x00"))
+            .unwrap();
+        ws.restore(vec![(proposal_key, None)]);
+        assert!(ws.queued_proposals::<GroupId, Ref, Proposal>(&group).is_err());
     }
 }
