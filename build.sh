@@ -207,8 +207,27 @@ run_demo() {
   node demo/run.mjs
 }
 
+# Static checks and unit tests of the Rust crate, built for the host with rustup's toolchain
+# (its clippy and rustfmt) in wasm/target/host, so host and wasm32 builds never invalidate
+# each other. Incremental: cargo rebuilds only what changed (first run about a minute).
+HOST_TARGET_DIR="$ROOT/wasm/target/host"
+
+rust_checks() {
+  local cargo
+  cargo=$(command -v cargo) || die "no cargo on PATH: the Rust checks need rustup's toolchain"
+  "$cargo" clippy --version >/dev/null 2>&1 || die "$cargo has no clippy: rustup component add clippy"
+  "$cargo" fmt --version >/dev/null 2>&1 || die "$cargo has no rustfmt: rustup component add rustfmt"
+  step "Rust: cargo fmt --check (wasm/)"
+  (cd wasm && "$cargo" fmt --check)
+  step "Rust: cargo clippy --all-targets -- -D warnings (wasm/, host)"
+  (cd wasm && CARGO_TARGET_DIR="$HOST_TARGET_DIR" "$cargo" clippy --all-targets -- -D warnings)
+  step "Rust: cargo test (wasm/, host)"
+  (cd wasm && CARGO_TARGET_DIR="$HOST_TARGET_DIR" "$cargo" test)
+}
+
 run_tests() {
   mkdir -p test-output
+  rust_checks
   step "CPython tests (pure-Python modules)"
   "$PY" -m pytest tests/unit -q
   run_relay_tests
