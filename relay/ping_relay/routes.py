@@ -275,11 +275,11 @@ async def publish_key_packages(request: Request) -> JSONResponse:
             field="key_packages",
             limit=lim.max_key_packages_per_request,
         )
-    packages = [wire.b64d(item, "key_packages", lo=1, hi=lim.max_key_package_bytes) for item in items]
+    packages = [wire.sized(item, "key_packages", max_bytes=lim.max_key_package_bytes) for item in items]
     if len(set(packages)) != len(packages):
         raise bad_request("bad_field", "key_packages: duplicates", field="key_packages")
     last = body.get("last_resort")
-    last_resort = None if last is None else wire.b64d(last, "last_resort", lo=1, hi=lim.max_key_package_bytes)
+    last_resort = None if last is None else wire.sized(last, "last_resort", max_bytes=lim.max_key_package_bytes)
     if last_resort is not None and last_resort in packages:
         raise bad_request("bad_field", "last_resort: also in key_packages", field="last_resort")
     if not packages and last_resort is None:

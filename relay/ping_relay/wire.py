@@ -116,13 +116,19 @@ def id_list(value: object, what: str, *, size: int, most: int) -> list[bytes]:
     return ids
 
 
-def envelope(value: object, what: str, *, max_bytes: int) -> MessageEnvelope:
-    """An encoded MessageEnvelope (base64url), decoded and validated by ping_web's core."""
+def sized(value: object, what: str, *, max_bytes: int, code: str = "too_large") -> bytes:
+    """Base64url of 1..``max_bytes`` bytes; 413 ``code`` when larger."""
     if type(value) is str and len(value) > (max_bytes * 4 + 2) // 3:
-        raise refuse(413, "envelope_too_large", f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
+        raise refuse(413, code, f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
     data = b64d(value, what, lo=1)
     if len(data) > max_bytes:
-        raise refuse(413, "envelope_too_large", f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
+        raise refuse(413, code, f"{what}: over {max_bytes} bytes", field=what, limit=max_bytes)
+    return data
+
+
+def envelope(value: object, what: str, *, max_bytes: int) -> MessageEnvelope:
+    """An encoded MessageEnvelope (base64url), decoded and validated by ping_web's core."""
+    data = sized(value, what, max_bytes=max_bytes, code="envelope_too_large")
     try:
         return MessageEnvelope.decode(data)
     except Exception as exc:  # noqa: BLE001 - decode raises DecodeError only; any failure is a 400

@@ -96,9 +96,7 @@ class RelayProcess:
 
 BACKENDS = [
     "sqlite",
-    pytest.param(
-        "postgres", marks=pytest.mark.skipif(not PG_DSN, reason="PING_RELAY_TEST_POSTGRES is not set")
-    ),
+    pytest.param("postgres", marks=pytest.mark.skipif(not PG_DSN, reason="PING_RELAY_TEST_POSTGRES is not set")),
 ]
 
 

@@ -37,7 +37,9 @@ def signing_input(label: str, content: bytes) -> bytes:
     return b"ping-web/" + label.encode("ascii") + b"\x00" + content
 
 
-def roster_content(group: bytes, epoch: int, commit_hash: bytes, added: Iterable[bytes], removed: Iterable[bytes]) -> bytes:
+def roster_content(
+    group: bytes, epoch: int, commit_hash: bytes, added: Iterable[bytes], removed: Iterable[bytes]
+) -> bytes:
     out = group + epoch.to_bytes(8, "big") + commit_hash
     for ids in (sorted(added), sorted(removed)):
         out += len(ids).to_bytes(4, "big") + b"".join(ids)
@@ -139,8 +141,12 @@ class Device:
             text,
         )
 
-    def handshake(self, kind: MessageKind, group: bytes, epoch: int, seq: int, hlc: Hlc, payload: bytes) -> MessageEnvelope:
-        return MessageEnvelope.handshake(kind, ConversationId(group), epoch, DeviceId(self.device_id), seq, hlc, payload)
+    def handshake(
+        self, kind: MessageKind, group: bytes, epoch: int, seq: int, hlc: Hlc, payload: bytes
+    ) -> MessageEnvelope:
+        return MessageEnvelope.handshake(
+            kind, ConversationId(group), epoch, DeviceId(self.device_id), seq, hlc, payload
+        )
 
     def create_group(self, group: bytes | None = None) -> bytes:
         group = group or new_group_id()
@@ -183,8 +189,12 @@ class Device:
             },
         }
 
-    def commit(self, group: bytes, epoch: int, added: Iterable[bytes] = (), removed: Iterable[bytes] = ()) -> httpx.Response:
-        return self.call("POST", f"/v1/groups/{b64e(group)}/commits", self.commit_body(group, epoch, list(added), list(removed)))
+    def commit(
+        self, group: bytes, epoch: int, added: Iterable[bytes] = (), removed: Iterable[bytes] = ()
+    ) -> httpx.Response:
+        return self.call(
+            "POST", f"/v1/groups/{b64e(group)}/commits", self.commit_body(group, epoch, list(added), list(removed))
+        )
 
     def fetch(self, group: bytes, after: int = 0, limit: int | None = None) -> httpx.Response:
         params: dict[str, Any] = {"after": after}
