@@ -21,7 +21,7 @@ def test_two_concurrent_commits_for_one_epoch(spawn, databases) -> None:
         replies: dict[Device, object] = {}
 
         def commit(d: Device) -> None:
-            barrier.wait()
+            barrier.wait()  # noqa: B023
             replies[d] = d.call("POST", f"/v1/groups/{b64e(group)}/commits", bodies[d])  # noqa: B023
 
         threads = [threading.Thread(target=commit, args=(d,)) for d in (alice, bob)]
