@@ -425,3 +425,312 @@ impl Group {
         encode_byte_list(&items)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Whole flows through the exported API, natively: what JavaScript would see, codes
+    //! included (the conversion to a JS `Error` is the only step left out).
+
+    use super::*;
+    use crate::bytes::decode_changes;
+    use crate::error::Error;
+    use crate::storage::group_prefix;
+
+    const GROUP: [u8; 16] = [7; 16];
+
+    struct Device {
+        provider: Provider,
+        identity: Identity,
+    }
+
+    fn device(name: &[u8]) -> Device {
+        let provider = Provider::default();
+        let identity = Identity::create(&provider, name).unwrap();
+        Device { provider, identity }
+    }
+
+    fn key_package(d: &Device) -> Vec<u8> {
+        d.identity.key_package(&d.provider).unwrap()
+    }
+
+    fn sha256(data: &[u8]) -> Vec<u8> {
+        Provider::default().crypto().hash(HashType::Sha2_256, data).unwrap()
+    }
+
+    fn code<T>(result: Result<T>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(Error { code, .. }) => code,
+        }
+    }
+
+    /// Processed result: (kind, active, sender leaf, epoch, plaintext).
+    fn parse(out: &[u8]) -> (u8, bool, u32, u64, Vec<u8>) {
+        (
+            out[0],
+            out[1] & FLAG_ACTIVE != 0,
+            u32::from_be_bytes(out[2..6].try_into().unwrap()),
+            u64::from_be_bytes(out[6..14].try_into().unwrap()),
+            out[14..].to_vec(),
+        )
+    }
+
+    /// Alice creates the group and adds Bob; both are at epoch 1.
+    fn alice_and_bob() -> (Device, Group, Device, Group) {
+        let alice = device(b"alice");
+        let bob = device(b"bob");
+        let mut group = Group::create(&alice.provider, &alice.identity, &GROUP).unwrap();
+        let out = group
+            .add_members(
+                &alice.provider,
+                &alice.identity,
+                &encode_byte_list(&[key_package(&bob)]),
+                b"",
+            )
+            .unwrap();
+        let [_commit, welcome]: [Vec<u8>; 2] = decode_byte_list(&out).unwrap().try_into().unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+        let bob_group = Group::join(&bob.provider, &welcome).unwrap();
+        assert_eq!((group.epoch(), bob_group.epoch()), (1, 1));
+        (alice, group, bob, bob_group)
+    }
+
+    #[test]
+    fn messages_round_trip_with_header_and_hash_checks() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        let message = group
+            .create_message(&alice.provider, &alice.identity, b"hello", b"header")
+            .unwrap();
+        bob.provider.checkpoint();
+
+        // A wrong expected header or plaintext hash rejects the message and undoes its ratchet
+        // step, so that it still decrypts afterwards.
+        // The sender's own message, echoed back, is reported as such.
+        let own = group.process_message(&alice.provider, &message, b"", b"").unwrap();
+        assert_eq!(own[0], KIND_OWN);
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &message, b"other", b"")),
+            code::AAD_MISMATCH
+        );
+        assert!(!bob.provider.has_changes());
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &message, b"", &sha256(b"hullo"))),
+            code::HASH_MISMATCH
+        );
+        assert!(!bob.provider.has_changes());
+
+        let out = bob_group
+            .process_message(&bob.provider, &message, b"header", &sha256(b"hello"))
+            .unwrap();
+        assert_eq!(parse(&out), (KIND_APPLICATION, true, 0, 1, b"hello".to_vec()));
+        // The same message again: its key is used up.
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &message, b"", b"")),
+            code::PROCESS
+        );
+    }
+
+    #[test]
+    fn bad_bytes_are_refused_before_openmls_sees_them() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, b"\x00\x01junk", b"", b"")),
+            code::MALFORMED_MESSAGE
+        );
+        let key_package = key_package(&bob);
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &key_package, b"", b"")),
+            code::WRONG_MESSAGE_TYPE
+        );
+        assert_eq!(code(Group::join(&bob.provider, &key_package)), code::WRONG_MESSAGE_TYPE);
+        let message = group
+            .create_message(&alice.provider, &alice.identity, b"m", b"")
+            .unwrap();
+        assert_eq!(
+            code(inspect_key_package(&bob.provider, &message)),
+            code::WRONG_MESSAGE_TYPE
+        );
+        assert_eq!(
+            code(group.add_members(&alice.provider, &alice.identity, b"", b"")),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(group.add_members(&alice.provider, &alice.identity, b"\x00\x00\x00\x09ab", b"")),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(group.remove_members(&alice.provider, &alice.identity, &[5], b"")),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(group.export_secret(&alice.provider, "l", b"", 0)),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(group.export_secret(&alice.provider, "l", b"", 1025)),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(Group::create(&alice.provider, &alice.identity, &[1; 15])),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            code(Group::create(&alice.provider, &alice.identity, &GROUP)),
+            code::INVALID_INPUT
+        );
+        assert_eq!(
+            group.export_secret(&alice.provider, "l", b"c", 32).unwrap(),
+            bob_group.export_secret(&bob.provider, "l", b"c", 32).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_pending_commit_blocks_other_commits_until_merged_or_cleared() {
+        let (alice, mut group, _bob, _bob_group) = alice_and_bob();
+        let carol = device(b"carol");
+        group.self_update(&alice.provider, &alice.identity, b"").unwrap();
+        assert!(group.has_pending_commit());
+        let kp = encode_byte_list(&[key_package(&carol)]);
+        assert_eq!(
+            code(group.add_members(&alice.provider, &alice.identity, &kp, b"")),
+            code::PENDING_COMMIT
+        );
+        assert_eq!(
+            code(group.remove_members(&alice.provider, &alice.identity, &[1], b"")),
+            code::PENDING_COMMIT
+        );
+        assert_eq!(
+            code(group.self_update(&alice.provider, &alice.identity, b"")),
+            code::PENDING_COMMIT
+        );
+        // Sending is still allowed: the pending commit is not applied yet.
+        group
+            .create_message(&alice.provider, &alice.identity, b"m", b"")
+            .unwrap();
+
+        group.clear_pending_commit(&alice.provider).unwrap();
+        assert_eq!(
+            code(group.clear_pending_commit(&alice.provider)),
+            code::NO_PENDING_COMMIT
+        );
+        assert_eq!(
+            code(group.merge_pending_commit(&alice.provider)),
+            code::NO_PENDING_COMMIT
+        );
+        assert_eq!(group.epoch(), 1);
+        group.add_members(&alice.provider, &alice.identity, &kp, b"").unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+        assert_eq!(group.epoch(), 2);
+    }
+
+    #[test]
+    fn commits_out_of_order_are_wrong_epoch() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        let first = group.self_update(&alice.provider, &alice.identity, b"").unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+        let second = group.self_update(&alice.provider, &alice.identity, b"").unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &second, b"", b"")),
+            code::WRONG_EPOCH
+        );
+        let out = bob_group.process_message(&bob.provider, &first, b"", b"").unwrap();
+        assert_eq!(parse(&out), (KIND_COMMIT, true, 0, 2, vec![]));
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &first, b"", b"")),
+            code::WRONG_EPOCH
+        );
+        bob_group.process_message(&bob.provider, &second, b"", b"").unwrap();
+        assert_eq!(bob_group.epoch(), 3);
+    }
+
+    #[test]
+    fn a_removed_member_is_not_a_member() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        let commit = group
+            .remove_members(&alice.provider, &alice.identity, &[1], b"")
+            .unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+        let out = bob_group.process_message(&bob.provider, &commit, b"", b"").unwrap();
+        assert_eq!(parse(&out), (KIND_COMMIT, false, 0, 2, vec![]));
+        assert!(!bob_group.is_active());
+        assert_eq!(
+            code(bob_group.create_message(&bob.provider, &bob.identity, b"m", b"")),
+            code::NOT_MEMBER
+        );
+        assert_eq!(
+            code(bob_group.self_update(&bob.provider, &bob.identity, b"")),
+            code::NOT_MEMBER
+        );
+        let later = group
+            .create_message(&alice.provider, &alice.identity, b"m", b"")
+            .unwrap();
+        assert_eq!(
+            code(bob_group.process_message(&bob.provider, &later, b"", b"")),
+            code::NOT_MEMBER
+        );
+    }
+
+    #[test]
+    fn a_commit_clears_the_proposal_queue_proposals_included() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        let (proposal, _) = bob_group
+            .inner
+            .propose_self_update(&bob.provider, &bob.identity.signer, LeafNodeParameters::default())
+            .unwrap();
+        let proposal = serialize(proposal).unwrap();
+        let out = group.process_message(&alice.provider, &proposal, b"", b"").unwrap();
+        assert_eq!(parse(&out).0, KIND_PROPOSAL);
+
+        let is_queue_key = |key: &[u8]| {
+            key.starts_with(&group_prefix(&GROUP))
+                && (key.windows(15).any(|w| w == b"QueuedProposal\x00")
+                    || key.windows(18).any(|w| w == b"ProposalQueueRefs\x00"))
+        };
+        let queue_keys = |provider: &Provider| {
+            let entries = provider.storage().entries_with_prefix(&group_prefix(&GROUP));
+            entries.iter().filter(|(key, _)| is_queue_key(key)).count()
+        };
+        assert_eq!(queue_keys(&alice.provider), 2); // the proposal and the list of references
+        alice.provider.checkpoint();
+
+        let commit = group.self_update(&alice.provider, &alice.identity, b"").unwrap();
+        group.merge_pending_commit(&alice.provider).unwrap();
+        assert_eq!(queue_keys(&alice.provider), 0);
+        let changes = decode_changes(&alice.provider.checkpoint()).unwrap();
+        let deleted: Vec<_> = changes
+            .iter()
+            .filter(|(key, value)| value.is_none() && is_queue_key(key))
+            .collect();
+        assert_eq!(deleted.len(), 2);
+
+        bob_group.process_message(&bob.provider, &commit, b"", b"").unwrap();
+        assert_eq!(bob_group.epoch(), 2);
+    }
+
+    #[test]
+    fn a_group_survives_a_restore_into_a_fresh_provider() {
+        let (alice, mut group, bob, _bob_group) = alice_and_bob();
+        let snapshot = bob.provider.group_entries(&GROUP);
+        let fresh = Provider::default();
+        fresh.restore(&bob.provider.checkpoint()).unwrap();
+        fresh.restore(&snapshot).unwrap();
+        assert!(!fresh.has_changes());
+        let mut restored = Group::load(&fresh, &GROUP).unwrap().unwrap();
+        let members = decode_byte_list(&restored.members()).unwrap();
+        assert_eq!(members.len(), 6); // two (leaf, identity, signature key) triples
+        assert_eq!(
+            (members[1].as_slice(), members[4].as_slice()),
+            (b"alice".as_slice(), b"bob".as_slice())
+        );
+        let message = group
+            .create_message(&alice.provider, &alice.identity, b"again", b"")
+            .unwrap();
+        let out = restored.process_message(&fresh, &message, b"", b"").unwrap();
+        assert_eq!(parse(&out).4, b"again");
+        assert!(Group::load(&fresh, &[9; 16]).unwrap().is_none());
+        fresh.drop_group(&GROUP);
+        assert!(Group::load(&fresh, &GROUP).unwrap().is_none());
+    }
+}
