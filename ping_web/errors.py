@@ -87,3 +87,15 @@ class NotAMember(StateConflict):
 
 class UnknownConversation(StateConflict):
     """No conversation with that id is known to this client."""
+
+
+class UnknownOwnEnvelope(InvalidInput):
+    """An envelope names this device as its sender, but this device never sent it (a relay
+    that forged or replayed one, or another copy of this device restored from the same
+    backup). It was refused unapplied; nothing in it was trusted."""
+
+
+class RejoinRequired(StateConflict):
+    """This device's copy of the conversation was restored from a backup that is no longer
+    current: it cannot prove that it alone holds its epoch's sending keys, so it no longer
+    sends there. Rejoin the conversation (another member adds this device again)."""

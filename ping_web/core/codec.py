@@ -23,7 +23,7 @@ The checkers below (:func:`uint`, :func:`byte_string`, ...) raise
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any, Final, NoReturn
 
 import cbor2
@@ -222,6 +222,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
 class record:  # noqa: N801 - used like the function it replaces: ``with codec.record(...) as m``
     """Decode a versioned map with exactly ``keys``; failures in the block become DecodeError.
 
+    ``keys`` is one key set, or a key set per version when versions differ in their fields.
     Use as ``with codec.record(data, "Thing", keys=..., versions=(1,)) as m: return Thing(...)``
     so a constructor's InvalidInput on a bad field is reported as undecodable bytes.
     (A class rather than a ``@contextmanager`` generator: it is on every decode's path.)
@@ -234,7 +235,7 @@ class record:  # noqa: N801 - used like the function it replaces: ``with codec.r
         data: bytes,
         what: str,
         *,
-        keys: frozenset[str],
+        keys: frozenset[str] | Mapping[int, frozenset[str]],
         versions: Collection[int],
         max_size: int = DEFAULT_MAX_SIZE,
     ) -> None:
@@ -245,11 +246,12 @@ class record:  # noqa: N801 - used like the function it replaces: ``with codec.r
             value = decode(self._data, max_size=self._max_size)
             if not isinstance(value, dict):
                 raise InvalidInput(f"expected a map, got {type(value).__name__}")
-            if value.keys() != self._keys:
-                raise InvalidInput(f"expected keys {sorted(self._keys)}, got {sorted(map(repr, value))}")
-            version = uint(value["v"], "v")
+            version = uint(value.get("v"), "v")
             if version not in self._versions:
                 raise InvalidInput(f"unsupported version {version}; this build reads {sorted(self._versions)}")
+            keys = self._keys if isinstance(self._keys, frozenset) else self._keys[version]
+            if value.keys() != keys:
+                raise InvalidInput(f"expected keys {sorted(keys)}, got {sorted(map(repr, value))}")
         except InvalidInput as exc:  # DecodeError included: prefix where it happened
             raise DecodeError(f"{self._what}: {exc}") from None
         return value

@@ -10,10 +10,11 @@ A failed operation changes nothing: every engine call is atomic by itself, and w
 step after an MLS call fails, this class undoes the call through an engine savepoint and
 reloads the group.
 
-Semantics follow the seed's ``ping_core/conversation.rs`` with DESIGN.md §9's fixes:
-own commits stay pending until confirmed or discarded; late application messages of a
-past epoch are delivered; envelopes from a future epoch are held until their commit;
-a commit from another device for the epoch of our pending commit wins, ours is dropped.
+Semantics (``docs/design.md``): own commits stay pending until confirmed or discarded;
+late application messages of a past epoch are delivered; envelopes from a future epoch
+are held until their commit; a commit from another device for the epoch of our pending
+commit wins, ours is dropped; an envelope naming this device as its sender is accepted
+only as the echo of what this device sent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ from ping_web.core.state import MAX_HELD, ConversationState, PendingCommitInfo
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.engine import Member, MlsEngine, MlsGroup, Processed, ProcessedKind
 from ping_web.core.envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
-from ping_web.errors import InvalidInput, NoPendingCommit, NotAMember, PendingCommit, PingError, StateConflict, WrongEpoch
+from ping_web.errors import (
+    InvalidInput,
+    NoPendingCommit,
+    NotAMember,
+    PendingCommit,
+    PingError,
+    RejoinRequired,
+    StateConflict,
+    UnknownOwnEnvelope,
+    WrongEpoch,
+)
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import (
@@ -76,6 +87,7 @@ class Conversation:
         cursor: SyncCursor,
         device_leaves: dict[DeviceId, int],
         state: ConversationState,
+        held: Sequence[MessageEnvelope] = (),
     ) -> None:
         self._engine = engine
         self._device = device_id
@@ -84,6 +96,9 @@ class Conversation:
         self._cursor = cursor
         self._leaves = device_leaves
         self._state = state
+        self._held: dict[tuple[DeviceId, int], MessageEnvelope] = {_held_key(e): e for e in held}
+        self._held_written: set[tuple[DeviceId, int]] = set(self._held)  # as held_changes() last reported
+        self._held_gone: dict[tuple[DeviceId, int], MessageEnvelope] = {}  # released since then
         self._members: list[Member] | None = None  # cache, valid for the current epoch
         self._users_by_leaf: dict[int, UserId] | None = None
         self._persisted_meta: ConversationMeta | None = None  # what records() last encoded
@@ -164,12 +179,18 @@ class Conversation:
         cursor: SyncCursor,
         device_leaves: dict[DeviceId, int],
         state: ConversationState,
+        held: Sequence[MessageEnvelope] = (),
+        held_stored: bool = True,
     ) -> Conversation | None:
-        """Rehydrate from persisted records; ``None`` if the provider has no such group."""
+        """Rehydrate from persisted records; ``None`` if the engine has no such group.
+
+        ``held_stored`` is false when ``held`` came from a version-1 state record rather
+        than from records of their own: the next :meth:`held_changes` reports them all.
+        """
         group = engine.load_group(meta.id.raw)
         if group is None:
             return None
-        return cls(
+        conversation = cls(
             engine=engine,
             device_id=device_id,
             group=group,
@@ -177,7 +198,11 @@ class Conversation:
             cursor=cursor,
             device_leaves=dict(device_leaves),
             state=state,
+            held=held,
         )
+        if not held_stored:
+            conversation._held_written.clear()
+        return conversation
 
     @classmethod
     def restore_snapshot(
@@ -190,13 +215,16 @@ class Conversation:
         cursor: SyncCursor,
         device_leaves: dict[DeviceId, int],
         state: ConversationState,
+        held: Sequence[MessageEnvelope] = (),
     ) -> Conversation:
-        """Restore this device's conversation from its own backup (CR-7).
+        """Restore this device's conversation from its own backup.
 
         The restored copy may have sent more in the snapshot's epoch than the snapshot
         knows, so it must not send there again: it is flagged to commit a self-update
-        first, and its seq skips ahead by RESTORE_SEQ_SKIP. (Linking a new device never
-        uses this: a new device is a new member.)
+        first, and its seq skips ahead by RESTORE_SEQ_SKIP. If that self-update is
+        refused, the conversation needs a rejoin (:class:`~ping_web.errors.RejoinRequired`):
+        it never falls back to sending in an epoch another copy may have used. (Linking a
+        new device never uses this: a new device is a new member.)
         """
         decoded = GroupStateSnapshot.decode(snapshot)
         if decoded.group_id != meta.id:
@@ -214,8 +242,7 @@ class Conversation:
                 raise InvalidInput("the snapshot does not hold a complete group")
         seq = max(state.seq, cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
         restored = dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True)
-        restored.held = list(state.held)
-        return cls(
+        conversation = cls(
             engine=engine,
             device_id=device_id,
             group=group,
@@ -223,7 +250,10 @@ class Conversation:
             cursor=cursor,
             device_leaves=dict(device_leaves),
             state=restored,
+            held=held,
         )
+        conversation._held_written.clear()  # none of them is stored on this device yet
+        return conversation
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -245,7 +275,7 @@ class Conversation:
 
     @property
     def device_leaves(self) -> dict[DeviceId, int]:
-        """Known device -> leaf index map (CR-2): own leaf, devices we added, senders seen."""
+        """Known device -> leaf index map: own leaf, devices we added, senders seen."""
         return dict(self._leaves)
 
     @property
@@ -290,6 +320,24 @@ class Conversation:
         """Held envelopes that failed once their epoch arrived, with why."""
         rejected, self._rejected = self._rejected, []
         return rejected
+
+    @property
+    def held(self) -> list[MessageEnvelope]:
+        """Envelopes of a future epoch waiting for their commit, in arrival order."""
+        return list(self._held.values())
+
+    def held_changes(self) -> tuple[list[MessageEnvelope], list[MessageEnvelope]]:
+        """Held envelopes added and removed since the last call: what to write and delete.
+
+        Each held envelope is a record of its own, so a batch writes only these.
+        """
+        current = set(self._held)
+        added = [self._held[key] for key in current - self._held_written]
+        removed_keys = self._held_written - current
+        removed = [self._held_gone.pop(key) for key in removed_keys if key in self._held_gone]
+        self._held_written = current
+        self._held_gone.clear()
+        return added, removed
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -345,7 +393,7 @@ class Conversation:
                 MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, commit),
                 MessageEnvelope.handshake(MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome),
             )
-        self._stage(PendingCommitInfo("add", seq, source_epoch, tuple(added)), hlc)
+        self._stage(PendingCommitInfo("add", seq, source_epoch, tuple(added), (), outcome.commit.content_hash), hlc)
         return outcome
 
     def remove_members(self, leaf_indexes: Sequence[int], now_ms: int) -> MessageEnvelope:
@@ -386,8 +434,7 @@ class Conversation:
         if pending is None:
             raise NoPendingCommit("no own commit is pending")
         self._group.clear_pending_commit()
-        self._state.pending = None
-        self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+        self._drop_pending(pending)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -430,7 +477,7 @@ class Conversation:
         return self._group.export_secret(label, bytes(context), length)
 
     def export_state_snapshot(self, now_ms: int) -> bytes:
-        """Versioned CBOR of every MLS entry of this group, for backup (CR-7; hard-capped)."""
+        """Versioned CBOR of every MLS entry of this group, for backup (hard-capped)."""
         return GroupStateSnapshot(
             self.id,
             OPENMLS_STORAGE_VERSION,
@@ -443,6 +490,12 @@ class Conversation:
     def _require_sender(self) -> None:
         if self._state.removed or not self._group.is_active:
             raise NotAMember("this device was removed from the conversation")
+        if self._state.rejoin_required:
+            raise RejoinRequired(
+                "this copy of the conversation was restored from a backup that is no longer current: "
+                "another copy of this device moved its epoch on, so it no longer sends; ask a member to "
+                "add this device again"
+            )
 
     def _require_no_pending(self) -> None:
         self._require_sender()
@@ -458,8 +511,16 @@ class Conversation:
         with self._undo_on_error():
             payload = make(authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc))
             envelope = MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload)
-        self._stage(PendingCommitInfo(kind, seq, source_epoch, (), removed), hlc)
+        self._stage(PendingCommitInfo(kind, seq, source_epoch, (), removed, envelope.content_hash), hlc)
         return envelope
+
+    def _drop_pending(self, pending: PendingCommitInfo) -> None:
+        """Our pending commit lost its epoch. If it was the self-update a restored copy
+        must make before it sends, this copy cannot prove it owns its epoch: never send."""
+        self._state.pending = None
+        self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+        if self._state.needs_self_update:
+            self._state.rejoin_required = True
 
     def _stage(self, pending: PendingCommitInfo, hlc: Hlc) -> None:
         self._state.pending = pending
@@ -499,25 +560,38 @@ class Conversation:
         self._leaves = {device: leaf for device, leaf in self._leaves.items() if leaf in live}
 
     def _own_echo(self, envelope: MessageEnvelope) -> None:
-        """An envelope this device sent, fanned back by the delivery service."""
+        """An envelope naming this device as its sender, not yet marked seen.
+
+        What this device sent is marked seen when it is sent (applications) or merged
+        (commits), so the only own envelope still new is the echo of the pending commit:
+        the ordered log holds it, so it was accepted. It must be that very commit (same
+        seq, same payload hash). Anything else was not sent by this copy of the device; it
+        is refused and nothing in its header is trusted.
+        """
         pending = self._state.pending
-        if envelope.kind is MessageKind.COMMIT and pending is not None and envelope.seq == pending.seq:
-            self.confirm_commit()  # the ordered log holds our commit: it was accepted
+        if (
+            envelope.kind is MessageKind.COMMIT
+            and pending is not None
+            and envelope.seq == pending.seq
+            and envelope.epoch == pending.epoch
+            and (pending.content_hash is None or envelope.content_hash == pending.content_hash)
+        ):
+            self.confirm_commit()
             return None
-        # Sent before a restore from backup: account for the seq so it is never reused.
-        self._cursor.mark_seen(self._device, envelope.seq, envelope.hlc)
-        self._state.seq = max(self._state.seq, envelope.seq)
-        return None
+        raise UnknownOwnEnvelope(
+            f"a {envelope.kind.name} envelope (seq {envelope.seq}, epoch {envelope.epoch}) names this device "
+            "as its sender, but this device did not send it; refused"
+        )
 
     def _hold(self, envelope: MessageEnvelope, epoch: int) -> None:
         if envelope.epoch > epoch + MAX_HOLD_AHEAD:
             raise WrongEpoch(f"envelope of epoch {envelope.epoch} is too far ahead of epoch {epoch}")
-        held = self._state.held
-        if any(h.sender_device == envelope.sender_device and h.seq == envelope.seq for h in held):
+        key = _held_key(envelope)
+        if key in self._held:
             return
-        if len(held) >= MAX_HELD:
+        if len(self._held) >= MAX_HELD:
             raise WrongEpoch(f"{MAX_HELD} envelopes already wait for a future epoch; sync the missing commits")
-        held.append(envelope)
+        self._held[key] = envelope
 
     def _apply(self, envelope: MessageEnvelope, now_ms: int) -> IncomingMessage | None:
         pending = self._state.pending
@@ -533,8 +607,7 @@ class Conversation:
             processed = self._group.process_message(envelope.payload, header, expected)
         if lost:
             assert pending is not None
-            self._state.pending = None
-            self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+            self._drop_pending(pending)
         self._state.hlc = self._state.hlc.merge(envelope.hlc, now_ms)
         message: IncomingMessage | None = None
         if processed.kind is ProcessedKind.APPLICATION:
@@ -559,12 +632,14 @@ class Conversation:
         """Apply held envelopes whose epoch has arrived, commits of an epoch first."""
         while True:
             epoch = self.epoch()
-            ready = [h for h in self._state.held if h.epoch <= epoch]
+            ready = [h for h in self._held.values() if h.epoch <= epoch]
             if not ready:
                 return
             ready.sort(key=lambda h: (h.epoch, h.kind is not MessageKind.COMMIT, h.hlc, h.seq))
             envelope = ready[0]
-            self._state.held.remove(envelope)
+            key = _held_key(envelope)
+            del self._held[key]
+            self._held_gone[key] = envelope
             try:
                 message = self.process(envelope, envelope.hlc.wall_ms)
             except PingError as error:
@@ -572,6 +647,11 @@ class Conversation:
                 continue
             if message is not None:
                 self._released.append(message)
+
+
+def _held_key(envelope: MessageEnvelope) -> tuple[DeviceId, int]:
+    """A held envelope's identity: one per (sender, seq), whatever epoch it claims."""
+    return envelope.sender_device, envelope.seq
 
 
 def _tick(hlc: Hlc, now_ms: int) -> Hlc:

@@ -6,7 +6,7 @@ seq applied and a WINDOW-bit int whose bit ``i`` says seq ``high - i`` was appli
 delivers one sender's envelopes arriving out of order (within WINDOW) exactly once, and
 rejects replays. A seq more than WINDOW below the highest is treated as already seen.
 
-Rules (DESIGN §5, §9.3):
+Rules (``docs/design.md``, ordering and dedupe):
 
 * application: new iff ``(device, seq)`` is unseen and ``epoch >= min_epoch``. Not
   filtered by the current epoch: a late message from the previous epoch is still

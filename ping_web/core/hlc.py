@@ -13,9 +13,12 @@ Only a wall time past 2**64-1 raises :class:`InvalidInput`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from ping_web.core import codec
+
+MAX_AHEAD_MS: Final = 24 * 60 * 60 * 1000
+"""How far ahead of the local wall clock a received stamp may be and still be merged."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -38,8 +41,15 @@ class Hlc:
         return _after(self.wall_ms, self.counter)
 
     def merge(self, remote: Hlc, now_ms: int) -> Hlc:
-        """The stamp for receiving ``remote`` at ``now_ms``: after both clocks."""
+        """The stamp for receiving ``remote`` at ``now_ms``: after both clocks.
+
+        A remote stamp more than :data:`MAX_AHEAD_MS` ahead of ``now_ms`` is not merged
+        (the clock only ticks): a sender's broken clock, or a forged header, cannot push
+        this clock toward the end of its range.
+        """
         codec.uint(now_ms, "now_ms")
+        if remote.wall_ms > now_ms + MAX_AHEAD_MS:
+            return self.tick(now_ms)
         wall = max(self.wall_ms, remote.wall_ms, now_ms)
         if wall == self.wall_ms == remote.wall_ms:
             return _after(wall, max(self.counter, remote.counter))

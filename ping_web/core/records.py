@@ -194,7 +194,7 @@ def _snapshot_entry(entry: Any) -> tuple[bytes, bytes]:
     return codec.byte_string(key, "entry key", lo=1), codec.byte_string(value, "entry value")
 
 
-# -- device -> leaf map ([CR-2]: which leaf to remove when a device is revoked) ------------
+# -- device -> leaf map (which leaf to remove when a device is revoked) ---------------------
 
 
 def encode_device_leaves(leaves: Mapping[DeviceId, int]) -> bytes:

@@ -169,23 +169,29 @@ def test_future_epoch_messages_are_held_then_delivered(selenium):
     # carol gets alice's epoch-2 messages before bob's commit: held, not failed, not lost.
     for env in early:
         assert c.run(lambda env=env: cc.process(over_the_wire(env), 10)) is None
-    assert len(cc.state.held) == 3 and cc.epoch() == 1
+    assert len(cc.held) == 3 and cc.epoch() == 1
 
-    # A restart while they wait: the hold is part of the persisted state.
+    # A restart while they wait: each held envelope is a persisted record of its own.
     from ping_web.core.conversation import Conversation
-    from ping_web.core.state import ConversationState
+    from ping_web.core.state import ConversationState, decode_held
 
     records = cc.records()
+    added, released = cc.held_changes()
+    assert len(added) == 3 and released == []
+    assert cc.held_changes() == ([], [])  # reported once: a later batch writes none of them again
     c2 = c.restarted()
     cc2 = Conversation.load(
         c2.engine, c2.device_id, meta=cc.meta, cursor=cc.cursor.copy(),
         device_leaves=cc.device_leaves, state=ConversationState.decode(records["state"]),
+        held=[decode_held(e.encode()) for e in added],
     )  # fmt: skip
-    assert len(cc2.state.held) == 3
+    assert len(cc2.held) == 3
     assert c2.run(lambda: cc2.process(over_the_wire(commit), 11)) is None
     released = cc2.take_released()
     assert [m.plaintext for m in released] == [b"epoch 2 #0", b"epoch 2 #1", b"epoch 2 #2"]
-    assert cc2.state.held == [] and cc2.epoch() == 2 and cc2.take_rejected() == []
+    assert cc2.held == [] and cc2.epoch() == 2 and cc2.take_rejected() == []
+    now_added, now_released = cc2.held_changes()  # the batch deletes exactly the three records
+    assert now_added == [] and sorted(e.seq for e in now_released) == sorted(e.seq for e in added)
 
 
 @run_in_pyodide(packages=["ping_web"])

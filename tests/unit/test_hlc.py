@@ -9,7 +9,7 @@ from strategies import hlcs, u64
 
 from ping_web.core.codec import U32_MAX, U64_MAX
 from ping_web.errors import InvalidInput
-from ping_web.core.hlc import Hlc
+from ping_web.core.hlc import MAX_AHEAD_MS, Hlc
 
 clock_times = st.integers(0, 2**48)
 
@@ -24,9 +24,24 @@ def test_tick_moves_forward_and_keeps_up_with_wall_time(hlc: Hlc, now: int) -> N
 @given(hlcs.filter(lambda h: h.wall_ms < U64_MAX), hlcs.filter(lambda h: h.wall_ms < U64_MAX), u64)
 def test_merge_is_after_both_clocks(local: Hlc, remote: Hlc, now: int) -> None:
     merged = local.merge(remote, now)
-    assert merged > local and merged > remote
+    assert merged > local
     assert merged.wall_ms >= now
     assert merged == local.merge(remote, now)
+    if remote.wall_ms <= now + MAX_AHEAD_MS:
+        assert merged > remote
+    else:  # a stamp too far ahead is not merged: the clock only ticks
+        assert merged == local.tick(now)
+
+
+def test_a_far_future_stamp_cannot_push_the_clock_to_the_end_of_its_range() -> None:
+    now = 1_700_000_000_000
+    forged = Hlc(U64_MAX, U32_MAX)
+    clock = Hlc(now, 0).merge(forged, now)
+    assert clock == Hlc(now, 1)
+    for _ in range(3):  # and it keeps working
+        clock = clock.tick(now)
+    assert clock == Hlc(now, 4)
+    assert Hlc(now, 0).merge(Hlc(now + MAX_AHEAD_MS, 0), now) == Hlc(now + MAX_AHEAD_MS, 1)
 
 
 @given(st.lists(st.tuples(st.booleans(), clock_times, st.builds(Hlc, clock_times, st.integers(0, 3))), max_size=50))

@@ -1,0 +1,141 @@
+"""Conversation operations: create, join, send, and membership changes (add, remove, update).
+
+Each is one protocol step on a :class:`~ping_web.core.conversation.Conversation`, captured
+as one batch. With a delivery service bound, an envelope is posted once it is durable, and
+an own commit is settled (``client.outbox``): merged if the delivery service accepted it,
+discarded if another member's commit took the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ping_web.client import keys
+from ping_web.client.base import ClientBase
+from ping_web.client.device import DEVICE_GROUP_NAME, device_group_id
+from ping_web.client.outbox import OutboxWelcome
+from ping_web.core.conversation import Conversation
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.ids import ConversationId, DeviceId
+from ping_web.core.records import AddOutcome, ConversationMeta
+from ping_web.errors import InvalidInput, StateConflict
+
+
+def as_envelope(item: MessageEnvelope | bytes) -> MessageEnvelope:
+    """An envelope, decoded and validated if it arrives as bytes."""
+    if isinstance(item, MessageEnvelope):
+        return item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return MessageEnvelope.decode(bytes(item))
+    raise InvalidInput(f"expected a MessageEnvelope or its bytes, got {type(item).__name__}")
+
+
+class Conversations(ClientBase):
+    """Creating, joining, sending to and changing the members of conversations."""
+
+    async def create_conversation(self, name: str | None = None) -> ConversationMeta:
+        await self._ready()
+        conversation = Conversation.create(self._engine, self.device_id, self._clock(), name=name)
+        self._adopt(conversation)
+        await self._writer.submit(self._capture([conversation]))
+        return conversation.meta
+
+    async def join(self, welcome: MessageEnvelope | bytes, *, name: str | None = None) -> ConversationMeta:
+        """Join from a Welcome envelope made for one of this device's KeyPackages."""
+        await self._ready()
+        envelope = as_envelope(welcome)
+        if envelope.conversation_id in self._metas:
+            await self._get(envelope.conversation_id)
+        conversation = self._run(lambda: self._join_now(envelope, name))
+        if conversation is None:
+            raise StateConflict("this device is already in that conversation")
+        await self._writer.submit(self._capture([conversation]))
+        return conversation.meta
+
+    def _join_now(self, envelope: MessageEnvelope, name: str | None = None) -> Conversation | None:
+        """Join from a Welcome, synchronously; ``None`` if already a member. A conversation
+        this device was removed from is joined afresh (its history stays)."""
+        if envelope.kind is not MessageKind.WELCOME:
+            raise InvalidInput("join needs a WELCOME envelope")
+        conversation_id = envelope.conversation_id
+        is_device_group = conversation_id == device_group_id(self.user_id)
+        if is_device_group:
+            name = DEVICE_GROUP_NAME
+        existing = self._loaded.get(conversation_id)
+        if conversation_id in self._metas and (existing is None or not existing.state.removed):
+            return None
+        engine = self._engine
+        with engine.savepoint():
+            if existing is not None:
+                engine.drop_group(conversation_id.raw)
+                name = name or existing.meta.name
+            conversation = Conversation.join(
+                engine, self.device_id, envelope, self._clock(), name=name, is_device_group=is_device_group
+            )
+        if existing is not None:  # same device, same conversation: never reuse a seq
+            conversation.state.seq = max(existing.state.seq, existing.cursor.highest_seq(self.device_id))
+        self._adopt(conversation)
+        return conversation
+
+    async def send(self, conversation_id: ConversationId, plaintext: bytes) -> MessageEnvelope:
+        """Encrypt and store ``plaintext``; returns the envelope once it is durable.
+
+        With a delivery service bound, the envelope is also posted (and leaves the outbox).
+        A conversation restored from backup first commits a self-update; if that is
+        refused, it raises :class:`~ping_web.errors.RejoinRequired` and sends nothing.
+        """
+        await self._ready()
+        conversation = await self._get(conversation_id)
+        if self._delivery is not None and conversation.state.pending is not None:
+            await self.sync()  # a commit left unsettled by a crash is settled first
+        if conversation.state.needs_self_update and self._delivery is not None:
+            await self.self_update(conversation_id)
+        now = self._clock()
+        envelope = self._run(lambda: conversation.send_application(plaintext, now))
+        own = IncomingMessage.from_envelope(envelope, bytes(plaintext), self.user_id)
+        await self._writer.submit(self._capture([conversation], history=[own], outbox=self._to_post(envelope)))
+        if self._delivery is not None:
+            await self._post(envelope)
+        return envelope
+
+    async def add_members(
+        self, conversation_id: ConversationId, entries: Sequence[tuple[DeviceId, bytes]]
+    ) -> AddOutcome:
+        """Stage a commit adding ``(device id, KeyPackage)`` pairs.
+
+        Without a delivery service the commit stays pending until :meth:`confirm_commit` /
+        :meth:`discard_commit`. With one, it is posted: accepted -> merged and the Welcome
+        sent to the new devices; refused -> discarded, the winner applied, and
+        :class:`~ping_web.errors.StateConflict` raised so the caller can retry.
+        """
+        conversation = await self._prepare(conversation_id)
+        outcome = self._run(lambda: conversation.add_members(list(entries), self._clock()))
+        batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
+        if self._delivery is not None:  # without one, the caller delivers the Welcome itself
+            welcome = OutboxWelcome(outcome.welcome, [device for device, _ in entries])
+            batch.put(keys.OUTBOX, keys.outbox_key_of(outcome.welcome), welcome.encode())
+        await self._writer.submit(batch)
+        if self._delivery is not None:
+            await self._settle(conversation, outcome.commit)
+        return outcome
+
+    async def remove_members(self, conversation_id: ConversationId, leaf_indexes: Sequence[int]) -> MessageEnvelope:
+        conversation = await self._prepare(conversation_id)
+        commit = self._run(lambda: conversation.remove_members(list(leaf_indexes), self._clock()))
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
+        if self._delivery is not None:
+            await self._settle(conversation, commit)
+        return commit
+
+    async def self_update(self, conversation_id: ConversationId) -> MessageEnvelope:
+        conversation = await self._prepare(conversation_id)
+        commit = self._run(lambda: conversation.self_update(self._clock()))
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
+        if self._delivery is not None:
+            await self._settle(conversation, commit)
+        return commit
+
+    def _to_post(self, envelope: MessageEnvelope) -> list[MessageEnvelope]:
+        """Outbox entries for an envelope: only a bound delivery service ever drains the
+        outbox; without one the caller delivers what it is returned."""
+        return [envelope] if self._delivery is not None else []

@@ -1,0 +1,86 @@
+"""The storage key layout: the only module that spells a storage namespace or key.
+
+Every record the client keeps lives under one of these keys (``docs/storage.md`` has the
+table). Integers are big-endian and fixed-width, so bytewise key order is numeric order: a
+conversation's history scans in clock order, its outbox in seq order, and everything of
+one conversation is a prefix scan on its id.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.ids import ConversationId
+
+DEVICE: Final = "device"
+"""The device's identity record."""
+MLS: Final = "mls"
+"""OpenMLS working-set entries, under the keys the wasm module gives them."""
+CONVERSATIONS: Final = "conversations"
+"""Per-conversation records, and the envelopes each holds for a future epoch."""
+HISTORY: Final = "history"
+"""Decrypted messages, received and own."""
+OUTBOX: Final = "outbox"
+"""Envelopes stored but not yet handed to the delivery service."""
+
+DEVICE_RECORD: Final = b"identity"
+GLOBAL_MLS_PREFIX: Final = b"\x02"
+"""Working-set entries not scoped to a group (signature keys, KeyPackages): loaded at open."""
+SIGNATURE_KEY_PREFIX: Final = b"\x02SignatureKeyPair\x00"
+"""The device's signing key pair among the global entries (what a backup carries)."""
+
+RECORD_NAMES: Final = ("meta", "cursor", "leaves", "state")
+"""The records every conversation has: ``<conversation id> / <name>``."""
+_HELD: Final = b"/held/"
+_HELD_SUFFIX: Final = struct.Struct(">Q16sQ")  # epoch, sender device, seq
+_HISTORY: Final = struct.Struct(">16sQI16sQ")  # conversation, hlc wall, hlc counter, sender, seq
+_OUTBOX: Final = struct.Struct(">16sQB")  # conversation, seq, kind
+
+
+def conversation_prefix(conversation_id: ConversationId) -> bytes:
+    """Every record of one conversation (``CONVERSATIONS``), held envelopes included."""
+    return conversation_id.raw + b"/"
+
+
+def record_key(conversation_id: ConversationId, name: str) -> bytes:
+    return conversation_id.raw + b"/" + name.encode()
+
+
+def is_record_key(key: bytes, name: str) -> bool:
+    """Whether ``key`` is the ``name`` record of some conversation."""
+    return len(key) == 17 + len(name) and key[16:] == b"/" + name.encode()
+
+
+def held_prefix(conversation_id: ConversationId) -> bytes:
+    return conversation_id.raw + _HELD
+
+
+def held_key(envelope: MessageEnvelope) -> bytes:
+    """One held envelope: ordered by epoch, then sender and seq."""
+    return envelope.conversation_id.raw + _HELD + _HELD_SUFFIX.pack(envelope.epoch, envelope.sender_device.raw, envelope.seq)
+
+
+def history_prefix(conversation_id: ConversationId) -> bytes:
+    return conversation_id.raw
+
+
+def history_key(message: IncomingMessage) -> bytes:
+    """History is ordered by HLC, then sender and seq: the order a reader expects."""
+    return _HISTORY.pack(
+        message.conversation_id.raw, message.hlc.wall_ms, message.hlc.counter, message.sender_device.raw, message.seq
+    )
+
+
+def outbox_key(conversation_id: ConversationId, seq: int, kind: MessageKind) -> bytes:
+    return _OUTBOX.pack(conversation_id.raw, seq, int(kind))
+
+
+def outbox_key_of(envelope: MessageEnvelope) -> bytes:
+    return outbox_key(envelope.conversation_id, envelope.seq, envelope.kind)
+
+
+def outbox_kind(key: bytes) -> MessageKind:
+    """The kind of envelope an outbox key holds (a Welcome entry is a different record)."""
+    return MessageKind(_OUTBOX.unpack(key)[2])

@@ -1,0 +1,102 @@
+"""Receiving: envelopes in, decrypted messages stored and reported; sync with a delivery service.
+
+:meth:`Sync.receive_batch` applies many envelopes with one storage write (a catch-up):
+nothing is awaited between the first protocol step and the capture, so the batch is one
+consistent state. Bad envelopes are reported and change nothing; the rest are applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ping_web.client.base import BatchOutcome, ClientBase
+from ping_web.client.conversations import as_envelope
+from ping_web.core.conversation import Conversation
+from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.ids import ConversationId
+from ping_web.errors import PingError, UnknownConversation, WasmTrap
+
+
+class Sync(ClientBase):
+    """Applying received envelopes, and pulling them from the delivery service."""
+
+    async def receive(self, envelope: MessageEnvelope | bytes) -> list[IncomingMessage]:
+        """Apply one envelope; returns the messages it made readable (stored first)."""
+        outcome = await self.receive_batch([envelope])
+        if outcome.rejected:
+            raise outcome.rejected[0][1]
+        return outcome.messages
+
+    async def receive_batch(self, envelopes: Iterable[MessageEnvelope | bytes]) -> BatchOutcome:
+        """Apply many envelopes with one storage write (catch-up). Bad ones are reported in
+        ``rejected`` and change nothing; the rest are applied and stored."""
+        await self._ready()
+        outcome = BatchOutcome()
+        decoded: list[MessageEnvelope] = []
+        for item in envelopes:
+            try:
+                decoded.append(as_envelope(item))
+            except PingError as exc:
+                outcome.rejected.append((item, exc))
+        for conversation_id in {e.conversation_id for e in decoded}:
+            if conversation_id in self._metas:
+                await self._get(conversation_id)
+        # From here to the capture, nothing is awaited.
+        touched: dict[ConversationId, Conversation] = {}
+        for envelope in decoded:
+            try:
+                self._apply(envelope, outcome, touched)
+            except WasmTrap as exc:
+                self._mark_stale(exc)
+                raise
+            except PingError as exc:
+                outcome.rejected.append((envelope, exc))
+        if touched or self._engine.provider.has_changes:
+            await self._writer.submit(self._capture(touched.values(), history=outcome.messages))
+        return outcome
+
+    def _apply(
+        self, envelope: MessageEnvelope, outcome: BatchOutcome, touched: dict[ConversationId, Conversation]
+    ) -> None:
+        if envelope.kind is MessageKind.WELCOME:
+            joined = self._join_now(envelope)
+            if joined is not None:
+                touched[joined.id] = joined
+            return
+        conversation = self._loaded.get(envelope.conversation_id)
+        if conversation is None:
+            raise UnknownConversation(f"no conversation {envelope.conversation_id.hex} on this device")
+        message = conversation.process(envelope, self._clock())
+        touched[conversation.id] = conversation
+        if message is not None:
+            outcome.messages.append(message)
+        outcome.messages.extend(conversation.take_released())
+        outcome.rejected.extend(conversation.take_rejected())
+
+    async def sync(self) -> BatchOutcome:
+        """Pull Welcomes and every conversation's new envelopes from the delivery service,
+        apply them in one batch, then hand over anything still in the outbox (after a
+        crash or a failed post)."""
+        self._require_delivery()
+        await self._ready()
+        outcome = await self._pull()
+        await self._flush_outbox()
+        return outcome
+
+    async def _pull(self) -> BatchOutcome:
+        """Receive new Welcomes, then every conversation's new log entries."""
+        delivery = self._require_delivery()
+        welcomes = await delivery.fetch_welcomes(self.device_id)
+        outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
+        pages = []
+        for conversation_id in list(self._metas):
+            page = await delivery.fetch(conversation_id, self._log_positions.get(conversation_id, 0))
+            pages.append((conversation_id, page))
+        envelopes = [raw for _, page in pages for raw in page.envelopes]
+        if envelopes:
+            more = await self.receive_batch(envelopes)
+            outcome.messages.extend(more.messages)
+            outcome.rejected.extend(more.rejected)
+        for conversation_id, page in pages:
+            self._log_positions[conversation_id] = page.next_position
+        return outcome
