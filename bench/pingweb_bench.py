@@ -19,9 +19,8 @@ import time
 
 from ping_web.client import MessagingClient
 from ping_web.core.ids import DeviceId
-from ping_web.storage import MemoryStorage
 from ping_web.mls.openmls import MlsRuntime
-from ping_web.storage import NAMESPACES
+from ping_web.storage import NAMESPACES, MemoryStorage
 
 PLAINTEXT = bytes(i % 256 for i in range(200))
 _db_names = itertools.count(1)
@@ -71,9 +70,7 @@ async def pair(storage_kind: str):
 def other_key_packages(count: int) -> list[tuple[DeviceId, bytes]]:
     """KeyPackages of ``count`` distinct other devices (one wasm instance makes them all)."""
     provider = MlsRuntime.load().provider()
-    return [
-        (DeviceId.new(), provider.create_identity(f"other-{i}".encode()).key_package()) for i in range(count)
-    ]
+    return [(DeviceId.new(), provider.create_identity(f"other-{i}".encode()).key_package()) for i in range(count)]
 
 
 async def _prepare(kind: str, params: dict) -> None:

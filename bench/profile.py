@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import itertools
 import json
 import time
 
-from ping_web import client as client_mod
-from ping_web.mls import openmls as mls
-from ping_web.core import codec, envelope
 from ping_web.client import MessagingClient
+from ping_web.core import codec, envelope
+from ping_web.mls import openmls as mls
 from ping_web.storage import MemoryStorage
 
 MESSAGES = 300
@@ -87,7 +87,7 @@ class Timers:
 TIMERS = Timers()
 
 
-def install(storage_classes) -> None:  # noqa: C901
+def install(storage_classes) -> None:
     """Wrap the functions that define each category (before any client is made)."""
     t = TIMERS
     mls.MlsRuntime.call = t.wrap("wasm (export + FFI call)", mls.MlsRuntime.call)
@@ -252,6 +252,7 @@ async def micro_measurements(alice, bob, cid) -> list[tuple[str, float]]:
     env = await alice.send(cid, PLAINTEXT)
     wire = env.encode()
     records = conversation.records()
+
     def encode_uncached():
         object.__setattr__(env, "_wire", None)  # envelopes keep their encoding once made
         return env.encode()
@@ -259,7 +260,9 @@ async def micro_measurements(alice, bob, cid) -> list[tuple[str, float]]:
     out.append(micro("MessageEnvelope.encode (application, 200 B, not cached)", encode_uncached))
     out.append(micro("MessageEnvelope.decode + validate", lambda: envelope.MessageEnvelope.decode(wire)))
     out.append(micro("records(): meta+cursor+leaves+state CBOR", conversation.records))
-    out.append(micro("cbor2.dumps(meta) alone", lambda: __import__("cbor2").dumps({"v": 1, "c": b"x" * 16}, canonical=True)))
+    out.append(
+        micro("cbor2.dumps(meta) alone", lambda: __import__("cbor2").dumps({"v": 1, "c": b"x" * 16}, canonical=True))
+    )
     out.append(micro("codec.decode(cursor record)", lambda: codec.decode(records["cursor"])))
     out.append(micro("hashlib.sha256(200 B)", lambda: hashlib.sha256(PLAINTEXT).digest()))
     out.append(micro("to_js(bytes 200 B)", lambda: to_js(PLAINTEXT)))
@@ -300,9 +303,10 @@ async def main(with_indexeddb: bool) -> str:
     if with_indexeddb:
         from ping_web.storage.indexeddb import IndexedDbStorage
 
-        async def idb(name, counter=[0]):
-            counter[0] += 1
-            return await IndexedDbStorage.open(f"profile-{name}-{counter[0]}")
+        opened = itertools.count(1)
+
+        async def idb(name):
+            return await IndexedDbStorage.open(f"profile-{name}-{next(opened)}")
 
         results.append(await profile_storage("IndexedDbStorage (fake-indexeddb)", idb))
     alice, bob, cid = results[0].pop("clients")
@@ -324,8 +328,17 @@ async def main(with_indexeddb: bool) -> str:
     text.write("\n---- by cumulative time, ping_web functions only ----\n")
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats("ping_web/", 30)
     catchup = await profile_catchup()
-    return json.dumps({"breakdown": results, "micro": micro_rows, "cprofile": text.getvalue(),
-                       "messages": MESSAGES, "rounds": ROUNDS, "ffi": split, "catchup": catchup})
+    return json.dumps(
+        {
+            "breakdown": results,
+            "micro": micro_rows,
+            "cprofile": text.getvalue(),
+            "messages": MESSAGES,
+            "rounds": ROUNDS,
+            "ffi": split,
+            "catchup": catchup,
+        }
+    )
 
 
 CATCHUP = 2000

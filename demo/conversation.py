@@ -6,8 +6,8 @@ share a LocalDeliveryService. Midway, Bob's client is closed and reopened from s
 
 from ping_web.client import MessagingClient
 from ping_web.delivery import LocalDeliveryService
-from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.mls.loader import wasm_size
+from ping_web.storage.encrypted import EncryptedStorage
 
 
 def show(who: str, text: str) -> None:
@@ -27,16 +27,24 @@ show("alice", f"created conversation {chat.name!r} at epoch {chat.epoch}")
 await alice.add_members(chat.id, [(bob.device_id, await delivery.claim_key_package(bob.device_id))])
 await bob.sync()
 members = sorted(m.user_id.raw.decode() for m in (await bob.conversation(chat.id)).members())
-show("bob", f"joined {chat.name!r} through a Welcome: members {members}, epoch {(await bob.conversation(chat.id)).epoch()}")
+show(
+    "bob",
+    f"joined {chat.name!r} through a Welcome: members {members}, epoch {(await bob.conversation(chat.id)).epoch()}",
+)
 
 
 async def say(sender: MessagingClient, receiver: MessagingClient, text: str) -> None:
     envelope = await sender.send(chat.id, text.encode())
     got = (await receiver.sync()).messages
     name = sender.user_id.raw.decode()
-    show(name, f"sent {text!r} ({len(envelope.payload)}-byte MLS ciphertext, epoch {envelope.epoch}, seq {envelope.seq})")
+    show(
+        name, f"sent {text!r} ({len(envelope.payload)}-byte MLS ciphertext, epoch {envelope.epoch}, seq {envelope.seq})"
+    )
     for message in got:
-        show(receiver.user_id.raw.decode(), f"decrypted {message.plaintext.decode()!r} from {message.sender_user.raw.decode()}")
+        show(
+            receiver.user_id.raw.decode(),
+            f"decrypted {message.plaintext.decode()!r} from {message.sender_user.raw.decode()}",
+        )
 
 
 await say(alice, bob, "Lunch at noon?")

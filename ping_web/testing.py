@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import MessageEnvelope
-from ping_web.errors import StorageUnavailable
 from ping_web.core.ids import DeviceId
+from ping_web.errors import StorageUnavailable
 from ping_web.mls.engine import OpenMlsEngine
 from ping_web.mls.openmls import MlsRuntime
 from ping_web.storage.base import Batch, Storage
@@ -82,12 +82,13 @@ class LocalDevice:
         return clone
 
 
-def deliver(
-    envelope: MessageEnvelope, receivers: list[tuple[LocalDevice, Conversation]], now_ms: int
-) -> list[object]:
+def deliver(envelope: MessageEnvelope, receivers: list[tuple[LocalDevice, Conversation]], now_ms: int) -> list[object]:
     """Send ``envelope`` over the wire to each ``(device, conversation)``; returns each result."""
     wire = over_the_wire(envelope)
-    return [device.run(lambda conversation=conversation: conversation.process(wire, now_ms)) for device, conversation in receivers]
+    return [
+        device.run(lambda conversation=conversation: conversation.process(wire, now_ms))
+        for device, conversation in receivers
+    ]
 
 
 class SimulatedCrash(BaseException):

@@ -88,8 +88,10 @@ def main() -> int:
         packages[normalize(entry["name"])] = entry
     lock = {"info": upstream["info"], "packages": dict(sorted(packages.items()))}
     (args.out / "pyodide-lock.json").write_text(json.dumps(lock, indent=1) + "\n")
-    print(f"dist/pyodide: Pyodide {upstream['info']['python']} runtime + {len(packages)} wheels: "
-          + ", ".join(sorted(packages)))
+    print(
+        f"dist/pyodide: Pyodide {upstream['info']['python']} runtime + {len(packages)} wheels: "
+        + ", ".join(sorted(packages))
+    )
     return 0
 
 

@@ -20,7 +20,6 @@ from ping_web.delivery.port import _raw, _raw_list
 from ping_web.errors import InvalidInput, PingError, StorageError
 from ping_web.storage import Batch, BatchWriter, Storage
 
-
 # -- a local service that survives a restart ----------------------------------------------------
 
 JOURNAL_VERSION: Final = 1

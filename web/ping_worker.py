@@ -24,18 +24,17 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from journaled_delivery import JournaledDelivery
+
 from ping_web.client import MessagingClient
+from ping_web.core.envelope import IncomingMessage
+from ping_web.core.ids import ConversationId, DeviceId
 from ping_web.delivery import LocalDeliveryService
 from ping_web.delivery.port import DeliveryServer, Notice, PortDelivery, error_record
-
-from journaled_delivery import JournaledDelivery
-from ping_web.storage.encrypted import EncryptedStorage
-from ping_web.core.envelope import IncomingMessage
 from ping_web.errors import DatabaseInUse, InvalidInput, PingError, StateConflict
-from ping_web.core.ids import ConversationId, DeviceId
+from ping_web.storage import MemoryStorage, Storage
+from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.storage.indexeddb import IndexedDbStorage
-from ping_web.storage import MemoryStorage
-from ping_web.storage import Storage
 
 PROTOCOL_VERSION = 1
 HISTORY_LIMIT = 200
@@ -215,6 +214,7 @@ class WorkerHost:
         if name is None:
             storage: Storage = MemoryStorage()
         else:
+
             async def opener() -> Storage:
                 return await (EncryptedStorage.open_indexeddb(name) if encrypt else IndexedDbStorage.open(name))
 

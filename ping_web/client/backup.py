@@ -97,7 +97,11 @@ def _conversation(value: Any, version: int) -> ConversationBackup:
         raise InvalidInput(f"a conversation entry has the keys {sorted(expected)}")
     meta = ConversationMeta.decode(codec.byte_string(value["m"], "meta"))
     state, legacy_held = ConversationState.decode_with_legacy_held(codec.byte_string(value["t"], "state"))
-    held = legacy_held if version == 1 else [decode_held(codec.byte_string(raw, "held")) for raw in _array(value["h"], "held")]
+    held = (
+        legacy_held
+        if version == 1
+        else [decode_held(codec.byte_string(raw, "held")) for raw in _array(value["h"], "held")]
+    )
     history = [] if version == 1 else [IncomingMessage.decode(codec.byte_string(raw, "message"))
                                        for raw in _array(value["y"], "history")]  # fmt: skip
     if any(e.conversation_id != meta.id for e in held) or any(m.conversation_id != meta.id for m in history):

@@ -59,7 +59,11 @@ def held_prefix(conversation_id: ConversationId) -> bytes:
 
 def held_key(envelope: MessageEnvelope) -> bytes:
     """One held envelope: ordered by epoch, then sender and seq."""
-    return envelope.conversation_id.raw + _HELD + _HELD_SUFFIX.pack(envelope.epoch, envelope.sender_device.raw, envelope.seq)
+    return (
+        envelope.conversation_id.raw
+        + _HELD
+        + _HELD_SUFFIX.pack(envelope.epoch, envelope.sender_device.raw, envelope.seq)
+    )
 
 
 def history_prefix(conversation_id: ConversationId) -> bytes:

@@ -118,7 +118,7 @@ def _canonical(value: Any, depth: int) -> Any:
         changed = _canonical_items(values, depth + 1)
         if not changed and order == keys:
             return value
-        return dict(zip(order, values))
+        return dict(zip(order, values, strict=True))
     if kind is list or kind is tuple:
         values = list(value)
         return values if _canonical_items(values, depth + 1) else value
@@ -206,7 +206,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
             strict_hashable_types=True,
             semantic_decoders=_NO_TAGS,
         )
-    except Exception as exc:  # cbor2 is a C extension; its failure types are not all documented
+    except Exception as exc:  # noqa: BLE001 - cbor2 is a C extension; its failure types are not all documented
         raise DecodeError(f"malformed CBOR: {exc}") from None
     try:
         canonical = _dumps(value)

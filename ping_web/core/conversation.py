@@ -25,10 +25,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from ping_web.core.state import MAX_HELD, ConversationState, PendingCommitInfo
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.engine import Member, MlsEngine, MlsGroup, Processed, ProcessedKind
 from ping_web.core.envelope import MAX_PLAINTEXT, IncomingMessage, MessageEnvelope, MessageKind, validate
+from ping_web.core.hlc import Hlc
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import (
+    AddOutcome,
+    ConversationMeta,
+    GroupStateSnapshot,
+    MemberInfo,
+    encode_device_leaves,
+)
+from ping_web.core.state import MAX_HELD, ConversationState, PendingCommitInfo
 from ping_web.errors import (
     InvalidInput,
     NoPendingCommit,
@@ -39,15 +48,6 @@ from ping_web.errors import (
     StateConflict,
     UnknownOwnEnvelope,
     WrongEpoch,
-)
-from ping_web.core.hlc import Hlc
-from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.core.records import (
-    AddOutcome,
-    ConversationMeta,
-    GroupStateSnapshot,
-    MemberInfo,
-    encode_device_leaves,
 )
 
 _HEADER = struct.Struct(">B16sQQQI")
@@ -61,6 +61,7 @@ def authenticated_header(kind: MessageKind, device: DeviceId, epoch: int, seq: i
     rewrite seq, sender or epoch to make a later genuine message look like a replay.
     """
     return _HEADER.pack(int(kind), device.raw, epoch, seq, hlc.wall_ms, hlc.counter)
+
 
 OPENMLS_STORAGE_VERSION: Final = 1
 MAX_HOLD_AHEAD: Final = 16
@@ -391,7 +392,9 @@ class Conversation:
             commit, welcome = self._group.add_members(key_packages, aad)
             outcome = AddOutcome(
                 MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, commit),
-                MessageEnvelope.handshake(MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome),
+                MessageEnvelope.handshake(
+                    MessageKind.WELCOME, self.id, source_epoch + 1, self._device, seq, hlc, welcome
+                ),
             )
         self._stage(PendingCommitInfo("add", seq, source_epoch, tuple(added), (), outcome.commit.content_hash), hlc)
         return outcome
@@ -510,7 +513,9 @@ class Conversation:
         seq = self._state.seq + 1
         with self._undo_on_error():
             payload = make(authenticated_header(MessageKind.COMMIT, self._device, source_epoch, seq, hlc))
-            envelope = MessageEnvelope.handshake(MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload)
+            envelope = MessageEnvelope.handshake(
+                MessageKind.COMMIT, self.id, source_epoch, self._device, seq, hlc, payload
+            )
         self._stage(PendingCommitInfo(kind, seq, source_epoch, (), removed, envelope.content_hash), hlc)
         return envelope
 

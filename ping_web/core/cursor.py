@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Final
 
 from ping_web.core import codec
 from ping_web.core.envelope import MessageKind
-from ping_web.errors import InvalidInput
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import DeviceId
+from ping_web.errors import InvalidInput
 
 WINDOW: Final = 256
 """How many seqs below a device's highest are tracked one by one."""

@@ -22,9 +22,9 @@ from enum import IntEnum
 from typing import Any, ClassVar, Final, Self
 
 from ping_web.core import codec
-from ping_web.errors import DecodeError, InvalidInput
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.errors import DecodeError, InvalidInput
 
 HASH_SIZE: Final = 32
 MAX_PAYLOAD: Final = 1 << 20

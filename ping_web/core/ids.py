@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-
 from ping_web.core import codec
 from ping_web.errors import InvalidInput
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Final, Self
 
 from ping_web.core import codec
 from ping_web.core.envelope import ENVELOPE_MAX_SIZE, MessageEnvelope, MessageKind
-from ping_web.errors import InvalidInput
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.errors import InvalidInput
 
 MAX_NAME_BYTES: Final = 256
 MAX_SIGNATURE_KEY: Final = 256

@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Final, Self
 from ping_web.core import codec
 from ping_web.core.envelope import ENVELOPE_MAX_SIZE, HASH_SIZE, MessageEnvelope, MessageKind
 from ping_web.core.hlc import Hlc
-from ping_web.errors import InvalidInput
 from ping_web.core.ids import DeviceId
 from ping_web.core.records import MAX_SIGNATURE_KEY
+from ping_web.errors import InvalidInput
 
 MAX_HELD: Final = 1024
 """Future-epoch envelopes kept at most, waiting for their commit."""

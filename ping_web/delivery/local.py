@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
-from ping_web.errors import InvalidInput, StateConflict
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.delivery.base import LogPage
+from ping_web.errors import InvalidInput, StateConflict
 
 
 class LocalDeliveryService:

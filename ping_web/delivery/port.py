@@ -31,19 +31,14 @@ Everything here needs Pyodide (through :mod:`ping_web._ffi`).
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ping_web import _ffi, errors
-from ping_web.core import codec
-from ping_web.delivery.base import Delivery, LogPage
-from ping_web.delivery.local import LocalDeliveryService
-from ping_web.errors import InvalidInput, PingError, StorageError
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.storage.base import Batch, Storage
-from ping_web.storage.writer import BatchWriter
+from ping_web.delivery.base import Delivery, LogPage
+from ping_web.errors import InvalidInput, PingError
 
 __all__ = [
     "METHODS",

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from ping_web import _ffi, errors
 from ping_web.core.engine import Member, Processed, ProcessedKind
-from ping_web.mls.loader import instantiate
 from ping_web.errors import PingError
+from ping_web.mls.loader import instantiate
 
 T = TypeVar("T")
 
@@ -329,13 +329,9 @@ class Group:
 
     def members(self) -> list[Member]:
         items = decode_byte_list(self._call(self.js.members).to_bytes())
-        return [
-            Member(_U32.unpack(items[i])[0], items[i + 1], items[i + 2]) for i in range(0, len(items), 3)
-        ]
+        return [Member(_U32.unpack(items[i])[0], items[i + 1], items[i + 2]) for i in range(0, len(items), 3)]
 
-    def add_members(
-        self, identity: Identity, key_packages: Sequence[bytes], aad: bytes = b""
-    ) -> tuple[bytes, bytes]:
+    def add_members(self, identity: Identity, key_packages: Sequence[bytes], aad: bytes = b"") -> tuple[bytes, bytes]:
         """Stage a commit adding these KeyPackages; returns ``(commit, welcome)``.
 
         ``aad`` (here and below) is authenticated data bound into the MLS message.
@@ -375,7 +371,10 @@ class Group:
         (:class:`~ping_web.errors.ContentHashMismatch`). A rejected message changes nothing.
         """
         raw = self._call(
-            self._process_message, self.provider.js, self._u8(message), self._u8(expected_aad),
+            self._process_message,
+            self.provider.js,
+            self._u8(message),
+            self._u8(expected_aad),
             self._u8(plaintext_sha256),
         ).to_bytes()
         kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)

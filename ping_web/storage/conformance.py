@@ -139,7 +139,9 @@ async def check_batches(storage: Storage) -> None:
         for ns, k, _ in good:
             _expect(await storage.get(ns, k) is None, f"a refused batch ({what}) applied a put")
         _expect(await storage.get("conversations", b"p1") == b"second", f"a refused batch ({what}) applied a delete")
-        _expect(await storage.get("conversations", b"q") == b"new q", f"a refused batch ({what}) applied a prefix delete")
+        _expect(
+            await storage.get("conversations", b"q") == b"new q", f"a refused batch ({what}) applied a prefix delete"
+        )
     await _expect_raises(InvalidInput, storage.commit([("mls", b"k", b"v")]), "commit of a non-Batch")  # type: ignore[arg-type]
     await _expect_raises(InvalidInput, storage.get("nope", b"k"), "get in an unknown namespace")
     await _expect_raises(InvalidInput, storage.get("mls", "k"), "get with a str key")  # type: ignore[arg-type]
@@ -250,7 +252,7 @@ async def check_encryption(storage: Any) -> None:
     swap.put("outbox", b"slot-b", raw_b)  # moved to another namespace, same key
     swap.put("device", b"slot-b", raw_b[:-1] + bytes([raw_b[-1] ^ 1]))  # altered
     swap.put("mls", b"slot-b", b"\x02" + raw_b[1:])  # unknown format version
-    swap.put("conversations", b"slot-b", raw_b[:OVERHEAD - 1])  # truncated
+    swap.put("conversations", b"slot-b", raw_b[: OVERHEAD - 1])  # truncated
     await inner.commit(swap)
     for namespace, key in [("history", b"slot-a"), ("outbox", b"slot-b"), ("device", b"slot-b"), ("mls", b"slot-b"),
                            ("conversations", b"slot-b")]:  # fmt: skip

@@ -18,7 +18,6 @@ has no Web Locks, as in Node). Opening never deletes or resets anything, whateve
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, Final
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from journaled_delivery import JournaledDelivery
-from ping_web.delivery.port import error_from_record, error_record
+
 from ping_web.core.envelope import MessageEnvelope, MessageKind
-from ping_web.errors import DatabaseInUse, MlsError, PingError, StateConflict, StorageError
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.storage import MemoryStorage
-from ping_web.storage import Batch
+from ping_web.delivery.port import error_from_record, error_record
+from ping_web.errors import DatabaseInUse, MlsError, PingError, StateConflict, StorageError
+from ping_web.storage import Batch, MemoryStorage
 
 CONVERSATION = ConversationId.new()
 ALICE, BOB = DeviceId.new(), DeviceId.new()

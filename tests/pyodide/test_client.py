@@ -67,8 +67,7 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
     import random
 
     from ping_web.client import MessagingClient
-    from ping_web.storage import MemoryStorage
-    from ping_web.storage import Batch
+    from ping_web.storage import Batch, MemoryStorage
 
     class JitteryStorage(MemoryStorage):
         """Each commit takes a random time: a writer that overlaps writes lands them out of order."""
@@ -130,6 +129,7 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
 @run_in_pyodide(packages=["ping_web"])
 async def test_revoked_device_is_removed_everywhere_and_a_second_opener_is_refused(selenium):
     import pytest
+
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
     from ping_web.errors import DatabaseInUse, PingError
@@ -163,7 +163,7 @@ async def test_revoked_device_is_removed_everywhere_and_a_second_opener_is_refus
         assert c.leaf_index_of(mallory.device_id) is None
         assert mallory.user_id not in {m.user_id for m in c.members()}
     await bob.sync()
-    outcome = await mallory.sync()
+    await mallory.sync()
     for conv in convs[:2]:
         assert (await mallory.conversation(conv)).state.removed
     env = await alice.send(convs[0], b"mallory cannot read this")
@@ -212,9 +212,10 @@ async def test_linked_second_device_reads_and_sends_everywhere(selenium):
 @run_in_pyodide(packages=["ping_web"])
 async def test_device_restored_from_backup_never_reuses_a_ratchet_generation(selenium):
     import pytest
+
     from ping_web.client import MessagingClient
-    from ping_web.delivery import LocalDeliveryService
     from ping_web.core.envelope import MessageKind
+    from ping_web.delivery import LocalDeliveryService
     from ping_web.errors import StateConflict
     from ping_web.storage import MemoryStorage
 
@@ -259,9 +260,10 @@ async def test_device_restored_from_backup_never_reuses_a_ratchet_generation(sel
 @run_in_pyodide(packages=["ping_web"])
 async def test_bad_input_changes_nothing(selenium):
     import pytest
+
     from ping_web.client import MessagingClient
-    from ping_web.errors import InvalidInput, PingError, UnknownConversation
     from ping_web.core.ids import ConversationId
+    from ping_web.errors import InvalidInput, PingError, UnknownConversation
     from ping_web.storage import MemoryStorage
 
     store = MemoryStorage()
@@ -289,6 +291,7 @@ async def test_bad_input_changes_nothing(selenium):
 @run_in_pyodide(packages=["ping_web"])
 async def test_a_wasm_trap_fails_the_operation_and_the_client_recovers_from_storage(selenium):
     import pytest
+
     from ping_web.client import MessagingClient
     from ping_web.errors import WasmTrap
     from ping_web.storage import MemoryStorage

@@ -17,12 +17,13 @@ async def test_cold_restart_on_indexeddb(selenium, encrypted):
     import os
 
     import pytest
+
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.storage.encrypted import EncryptedStorage
     from ping_web.errors import DatabaseInUse
-    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import NAMESPACES
+    from ping_web.storage.encrypted import EncryptedStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
 
     run = os.urandom(4).hex()
 
@@ -69,7 +70,7 @@ async def test_cold_restart_on_indexeddb(selenium, encrypted):
         assert sorted(m.plaintext for m in await clients[n].history(one)) == sorted(sent)
         assert {m.id for m in clients[n].conversations()} >= {one}
     assert [m.plaintext for m in await clients["carol"].history(two)] == [f"{marker} bob in two".encode()]
-    env = await clients["carol"].send(one, b"after restart")
+    await clients["carol"].send(one, b"after restart")
     for n in ("alice", "bob"):
         got = (await clients[n].sync()).messages
         assert [m.plaintext for m in got] == [b"after restart"]
@@ -86,12 +87,12 @@ async def test_cold_restart_on_indexeddb(selenium, encrypted):
         alice_store = clients["alice"]._storage
         inner = alice_store._inner if hasattr(alice_store, "_inner") else alice_store.inner
         private_keys = []
-        for key, value in await alice_store.scan("mls", b"\x02SignatureKeyPair\x00"):
+        for _, value in await alice_store.scan("mls", b"\x02SignatureKeyPair\x00"):
             pair = json.loads(value)
             private_keys.append(bytes(pair["private"]["vec"] if isinstance(pair["private"], dict) else pair["private"]))
         assert private_keys and all(len(k) >= 32 for k in private_keys)
         for namespace in NAMESPACES:
-            for key, value in await inner.scan(namespace):
+            for _, value in await inner.scan(namespace):
                 assert marker.encode() not in value and b"after restart" not in value
                 assert b'"private"' not in value and b"SignatureKeyPair" not in value
                 assert all(k not in value for k in private_keys)

@@ -8,8 +8,8 @@ from pytest_pyodide import run_in_pyodide
 @run_in_pyodide(packages=["ping_web"])
 async def test_fault_at_every_write(selenium, mode):
     from ping_web.client import MessagingClient
+    from ping_web.core.envelope import MessageEnvelope
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.core.envelope import MessageEnvelope, MessageKind
     from ping_web.errors import PingError
     from ping_web.storage import MemoryStorage
     from ping_web.testing import FaultyStorage, SimulatedCrash

@@ -77,8 +77,9 @@ async def run_snippet(selenium, source):
     import io
 
     import js
-    from ping_web.storage.indexeddb import delete_database
     from pyodide.code import eval_code_async
+
+    from ping_web.storage.indexeddb import delete_database
 
     for info in await js.indexedDB.databases():
         if str(info.name).startswith("ping_web:guide-"):

@@ -14,7 +14,7 @@ def test_two_parties_join_through_welcome_and_talk_both_ways(selenium):
     group_id = bytes(range(16))
 
     a = alice_p.create_group(alice, group_id)
-    commit, welcome = a.add_members(alice, [bob.key_package()])
+    _commit, welcome = a.add_members(alice, [bob.key_package()])
     assert a.has_pending_commit and a.epoch == 0
     a.merge_pending_commit()
     b = bob_p.join_group(welcome)
@@ -33,11 +33,12 @@ def test_two_parties_join_through_welcome_and_talk_both_ways(selenium):
 @run_in_pyodide(packages=["ping_web"])
 def test_added_then_removed_member_can_no_longer_decrypt(selenium):
     import pytest
+
     from ping_web.errors import PingError
     from ping_web.mls.openmls import MlsRuntime, ProcessedKind
 
     providers = [MlsRuntime.load().provider() for _ in range(3)]
-    ids = [p.create_identity(name) for p, name in zip(providers, [b"alice", b"bob", b"carol"])]
+    ids = [p.create_identity(name) for p, name in zip(providers, [b"alice", b"bob", b"carol"], strict=True)]
     a = providers[0].create_group(ids[0], b"G" * 16)
     _, welcome = a.add_members(ids[0], [ids[1].key_package()])
     a.merge_pending_commit()
@@ -67,6 +68,7 @@ def test_added_then_removed_member_can_no_longer_decrypt(selenium):
 @run_in_pyodide(packages=["ping_web"])
 def test_export_secret_agrees_across_members_and_changes_with_epoch(selenium):
     import pytest
+
     from ping_web.errors import InvalidInput
     from ping_web.mls.openmls import MlsRuntime
 
@@ -140,6 +142,7 @@ def test_malformed_bytes_give_ping_errors_and_change_nothing(selenium):
     import random
 
     import pytest
+
     from ping_web.errors import PingError
     from ping_web.mls.openmls import MlsRuntime
 
@@ -200,6 +203,7 @@ def test_malformed_bytes_give_ping_errors_and_change_nothing(selenium):
 @run_in_pyodide(packages=["ping_web"])
 def test_pending_commit_blocks_other_commits_until_merged_or_discarded(selenium):
     import pytest
+
     from ping_web.errors import NoPendingCommit, PendingCommit
     from ping_web.mls.openmls import MlsRuntime
 
@@ -232,6 +236,7 @@ def test_pending_commit_blocks_other_commits_until_merged_or_discarded(selenium)
 @run_in_pyodide(packages=["ping_web"])
 def test_bad_arguments_are_invalid_input(selenium):
     import pytest
+
     from ping_web.errors import InvalidInput, MlsError
     from ping_web.mls.openmls import MlsRuntime
 

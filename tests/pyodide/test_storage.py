@@ -21,17 +21,17 @@ async def test_memory_storage_conforms(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_indexeddb_storage_conforms(selenium):
-    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage.conformance import check_storage
+    from ping_web.storage.indexeddb import IndexedDbStorage
 
     await check_storage(lambda: IndexedDbStorage.open("conformance-plain"))
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
-    from ping_web.storage.encrypted import EncryptedStorage
     from ping_web.storage import MemoryStorage
     from ping_web.storage.conformance import check_encryption, check_storage
+    from ping_web.storage.encrypted import EncryptedStorage
 
     key = await EncryptedStorage.generate_key()
     handles = []
@@ -49,8 +49,8 @@ async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_indexeddb_conforms_and_hides_plaintext(selenium):
-    from ping_web.storage.encrypted import EncryptedStorage
     from ping_web.storage.conformance import check_encryption, check_storage
+    from ping_web.storage.encrypted import EncryptedStorage
 
     await check_storage(lambda: EncryptedStorage.open_indexeddb("conformance-sealed"))
     storage = await EncryptedStorage.open_indexeddb("conformance-sealed")
@@ -64,12 +64,12 @@ async def test_encrypted_over_indexeddb_conforms_and_hides_plaintext(selenium):
 async def test_stored_key_is_non_extractable_and_survives_reopen(selenium):
     import js
     import pytest
-    from ping_web.storage.encrypted import EncryptedStorage
-    from ping_web.errors import InvalidInput, StorageCorrupted
-    from ping_web.storage.indexeddb import IndexedDbStorage
-    from ping_web.storage import MemoryStorage
-    from ping_web.storage import Batch
     from pyodide.ffi import to_js
+
+    from ping_web.errors import InvalidInput, StorageCorrupted
+    from ping_web.storage import Batch, MemoryStorage
+    from ping_web.storage.encrypted import EncryptedStorage
+    from ping_web.storage.indexeddb import IndexedDbStorage
 
     storage = await EncryptedStorage.open_indexeddb("key-persistence")
     batch = Batch()
@@ -104,9 +104,10 @@ async def test_stored_key_is_non_extractable_and_survives_reopen(selenium):
 async def test_single_owner_across_tabs_and_in_process(selenium):
     import js
     import pytest
+    from pyodide.ffi import JsNull, create_once_callable, to_js
+
     from ping_web.errors import DatabaseInUse
     from ping_web.storage.indexeddb import IndexedDbStorage, delete_database
-    from pyodide.ffi import JsNull, create_once_callable, to_js
 
     storage = await IndexedDbStorage.open("owner")
     with pytest.raises(DatabaseInUse, match="already open in this process"):
@@ -116,7 +117,9 @@ async def test_single_owner_across_tabs_and_in_process(selenium):
     locks = getattr(getattr(js, "navigator", None), "locks", None)
     if locks is not None:  # a browser: another tab or worker asking for the lock is refused
         options = to_js({"ifAvailable": True}, dict_converter=js.Object.fromEntries)
-        got = await locks.request("ping_web:owner", options, create_once_callable(lambda lock: not isinstance(lock, JsNull)))
+        got = await locks.request(
+            "ping_web:owner", options, create_once_callable(lambda lock: not isinstance(lock, JsNull))
+        )
         assert got is False
         held = await locks.query()
         assert "ping_web:owner" in [lock.name for lock in held.held]
@@ -145,10 +148,11 @@ async def test_single_owner_across_tabs_and_in_process(selenium):
 @run_in_pyodide(packages=["ping_web"])
 async def test_indexeddb_write_that_fails_midway_applies_nothing(selenium):
     import pytest
-    from ping_web.storage import indexeddb as indexeddb_storage
+
     from ping_web.errors import StorageUnavailable
-    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import Batch
+    from ping_web.storage import indexeddb as indexeddb_storage
+    from ping_web.storage.indexeddb import IndexedDbStorage
 
     storage = await IndexedDbStorage.open("midway")
     batch = Batch()
@@ -186,10 +190,11 @@ async def test_indexeddb_write_that_fails_midway_applies_nothing(selenium):
 async def test_dom_errors_map_to_storage_errors(selenium):
     import js
     import pytest
+    from pyodide.code import run_js
+
     from ping_web import _ffi
     from ping_web.errors import StorageQuotaExceeded, StorageUnavailable
     from ping_web.storage.indexeddb import prefix_successor, storage_error
-    from pyodide.code import run_js
 
     def mapped(name):
         return storage_error(js.DOMException.new("detail", name), "write")
@@ -216,6 +221,7 @@ async def test_dom_errors_map_to_storage_errors(selenium):
 async def test_versionchange_closes_connection_and_newer_database_is_refused(selenium):
     import js
     import pytest
+
     from ping_web.errors import StorageUnavailable
     from ping_web.storage.indexeddb import DB_VERSION, IndexedDbStorage
 
@@ -242,10 +248,11 @@ async def test_versionchange_closes_connection_and_newer_database_is_refused(sel
 async def test_blocked_upgrade_is_reported_and_changes_nothing(selenium):
     import js
     import pytest
-    from ping_web.storage import indexeddb as indexeddb_storage
+
     from ping_web.errors import StorageUnavailable
-    from ping_web.storage.indexeddb import IndexedDbStorage
     from ping_web.storage import Batch
+    from ping_web.storage import indexeddb as indexeddb_storage
+    from ping_web.storage.indexeddb import IndexedDbStorage
 
     storage = await IndexedDbStorage.open("blocked")
     batch = Batch()

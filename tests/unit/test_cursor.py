@@ -11,9 +11,9 @@ from strategies import device_ids, hlcs
 from ping_web.core import codec
 from ping_web.core.cursor import WINDOW, SyncCursor
 from ping_web.core.envelope import MessageKind
-from ping_web.errors import DecodeError, InvalidInput
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import DeviceId
+from ping_web.errors import DecodeError, InvalidInput
 
 APP, COMMIT, WELCOME, PROPOSAL = MessageKind.APPLICATION, MessageKind.COMMIT, MessageKind.WELCOME, MessageKind.PROPOSAL
 ALICE = DeviceId(b"\xaa" * 16)

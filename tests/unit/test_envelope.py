@@ -21,9 +21,9 @@ from ping_web.core.envelope import (
     content_hash,
     validate,
 )
-from ping_web.errors import DecodeError, InvalidInput
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.errors import DecodeError, InvalidInput
 
 CID = ConversationId(bytes(range(16)))
 DEV = DeviceId(bytes(range(16, 32)))

@@ -13,7 +13,6 @@ from strategies import cbor_values
 
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
-from ping_web.errors import DecodeError
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import (
@@ -24,6 +23,7 @@ from ping_web.core.records import (
     decode_device_leaves,
     encode_device_leaves,
 )
+from ping_web.errors import DecodeError
 
 CID = ConversationId(bytes(range(16)))
 DEV = DeviceId(bytes(range(16, 32)))

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from strategies import hlcs, u64
 
 from ping_web.core.codec import U32_MAX, U64_MAX
-from ping_web.errors import InvalidInput
 from ping_web.core.hlc import MAX_AHEAD_MS, Hlc
+from ping_web.errors import InvalidInput
 
 clock_times = st.integers(0, 2**48)
 

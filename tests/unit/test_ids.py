@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from ping_web.errors import InvalidInput
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.errors import InvalidInput
 
 
 @pytest.mark.parametrize("cls", [ConversationId, DeviceId])

@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from ping_web.errors import DatabaseInUse, InvalidInput
-from ping_web.storage import MemoryStorage
-from ping_web.storage import Batch, Storage
+from ping_web.storage import Batch, MemoryStorage, Storage
 from ping_web.storage.conformance import check_storage
 
 

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from strategies import conversation_ids, device_ids, u32, u64, user_ids
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
-from ping_web.errors import DecodeError, InvalidInput
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import (
@@ -21,6 +20,7 @@ from ping_web.core.records import (
     decode_device_leaves,
     encode_device_leaves,
 )
+from ping_web.errors import DecodeError, InvalidInput
 
 CID = ConversationId(bytes(range(16)))
 DEV = DeviceId(bytes(range(16, 32)))
