@@ -20,9 +20,9 @@ from typing import Any, Final
 from ping_web.errors import PingError
 
 try:  # Pyodide
-    import js  # type: ignore[import-not-found]
-    from pyodide.code import run_js  # type: ignore[import-not-found]
-    from pyodide.ffi import (  # type: ignore[import-not-found]
+    import js
+    from pyodide.code import run_js
+    from pyodide.ffi import (
         JsException,
         create_once_callable,
         create_proxy,

@@ -9,6 +9,7 @@ backend; so a test can "restart" a device from what was stored.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -85,10 +86,7 @@ class LocalDevice:
 def deliver(envelope: MessageEnvelope, receivers: list[tuple[LocalDevice, Conversation]], now_ms: int) -> list[object]:
     """Send ``envelope`` over the wire to each ``(device, conversation)``; returns each result."""
     wire = over_the_wire(envelope)
-    return [
-        device.run(lambda conversation=conversation: conversation.process(wire, now_ms))
-        for device, conversation in receivers
-    ]
+    return [device.run(functools.partial(conversation.process, wire, now_ms)) for device, conversation in receivers]
 
 
 class SimulatedCrash(BaseException):

@@ -108,6 +108,7 @@ def _canonical(value: Any, depth: int) -> Any:
         for k in keys:
             if type(k) is not first:
                 raise _Outside("map keys must be all text or all byte strings")
+        order: tuple[Any, ...]
         if first is str:
             order = _text_order(keys)
         elif first is bytes:

@@ -458,7 +458,8 @@ class Conversation:
         if not self._cursor.is_new(envelope.kind, envelope.epoch, envelope.sender_device, envelope.seq):
             return None
         if envelope.sender_device == self._device:
-            return self._own_echo(envelope)
+            self._own_echo(envelope)
+            return None
         epoch = self.epoch()
         if envelope.epoch > epoch:
             self._hold(envelope, epoch)

@@ -225,7 +225,9 @@ class Provider:
         self.runtime.call(self.js.dropGroup, self.runtime.u8(group_id))
 
     def group_prefix(self, group_id: bytes) -> bytes:
-        return self.runtime.call(self.runtime._exports.Provider.groupPrefix, self.runtime.u8(group_id)).to_bytes()
+        return bytes(
+            self.runtime.call(self.runtime._exports.Provider.groupPrefix, self.runtime.u8(group_id)).to_bytes()
+        )
 
     @property
     def entry_count(self) -> int:
@@ -292,7 +294,7 @@ class Identity:
 
     def key_package(self) -> bytes:
         """A fresh KeyPackage (TLS-serialized MlsMessage) whose private keys stay here."""
-        return self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes()
+        return bytes(self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes())
 
 
 class Group:
@@ -309,7 +311,7 @@ class Group:
 
     @property
     def group_id(self) -> bytes:
-        return self.js.groupId.to_bytes()
+        return bytes(self.js.groupId.to_bytes())
 
     @property
     def epoch(self) -> int:
@@ -345,11 +347,11 @@ class Group:
     def remove_members(self, identity: Identity, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
         """Stage a commit removing the members at these leaves; returns the commit."""
         leaves = _ffi.uint32_array(leaf_indexes)
-        return self._call(self.js.removeMembers, self.provider.js, identity.js, leaves, self._u8(aad)).to_bytes()
+        return bytes(self._call(self.js.removeMembers, self.provider.js, identity.js, leaves, self._u8(aad)).to_bytes())
 
     def self_update(self, identity: Identity, aad: bytes = b"") -> bytes:
         """Stage a commit refreshing our own leaf; returns the commit."""
-        return self._call(self.js.selfUpdate, self.provider.js, identity.js, self._u8(aad)).to_bytes()
+        return bytes(self._call(self.js.selfUpdate, self.provider.js, identity.js, self._u8(aad)).to_bytes())
 
     def merge_pending_commit(self) -> None:
         self._call(self.js.mergePendingCommit, self.provider.js)
@@ -358,9 +360,11 @@ class Group:
         self._call(self.js.clearPendingCommit, self.provider.js)
 
     def create_message(self, identity: Identity, plaintext: bytes, aad: bytes = b"") -> bytes:
-        return self._call(
-            self._create_message, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
-        ).to_bytes()
+        return bytes(
+            self._call(
+                self._create_message, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
+            ).to_bytes()
+        )
 
     def process_message(self, message: bytes, expected_aad: bytes = b"", plaintext_sha256: bytes = b"") -> Processed:
         """Process one inbound message; commits are merged.
@@ -389,4 +393,4 @@ class Group:
     def export_secret(self, label: str, context: bytes, length: int) -> bytes:
         if not isinstance(length, int) or not 1 <= length <= 1024:
             raise errors.InvalidInput(f"export_secret length must be 1..1024, got {length!r}")
-        return self._call(self.js.exportSecret, self.provider.js, label, self._u8(context), length).to_bytes()
+        return bytes(self._call(self.js.exportSecret, self.provider.js, label, self._u8(context), length).to_bytes())
