@@ -102,5 +102,6 @@ def create_app(config: Config) -> Starlette:
         exception_handlers={RelayError: relay_error, HTTPException: http_error, 500: internal_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a wrong path is a 404, never a redirect
     app.state.relay = relay
     return app

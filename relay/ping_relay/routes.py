@@ -474,7 +474,7 @@ async def ack_welcomes(request: Request) -> JSONResponse:
 
 
 def check_query(request: Request, allowed: set[str]) -> None:
-    keys = list(request.query_params.keys())
+    keys = [key for key, _ in request.query_params.multi_items()]
     if len(keys) != len(set(keys)) or not set(keys) <= allowed:
         raise bad_request("bad_query", f"query parameters: at most one each of {', '.join(sorted(allowed))}")
 

@@ -390,7 +390,7 @@ def fuzz_stream(rng: random.Random, alice: Device, group: bytes, other_group: by
         lambda: "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(0, 80))),
         lambda: json.dumps(rng.choice([[], 1, "x", None, {"type": rng.choice(["pong", "entry", "", 5, None])}])),
         lambda: json.dumps({**valid, "zz": 1}),
-        lambda: json.dumps({"type": "subscribe", "groups": rng.choice(BAD_VALUES[:-3] + [[]])}),
+        lambda: json.dumps({"type": "subscribe", "groups": rng.choice([*BAD_VALUES[:-3], []])}),
         lambda: json.dumps({"type": "subscribe", "groups": [{"group_id": rng.choice(BAD_VALUES), "after": 0}]}),
         lambda: json.dumps(
             {
