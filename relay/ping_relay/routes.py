@@ -197,7 +197,8 @@ async def register(request: Request) -> JSONResponse:
         raise unauthorized("invalid_signature", "the signature does not verify with this key")
     device = Device(device_id, user_id, public_key, now_ms())
     created = await relay.store.register_device(device)
-    return ok({"created": created, **device_json(device)})
+    stored = device if created else await relay.store.get_device(device_id)
+    return ok({"created": created, **device_json(stored or device)})
 
 
 async def challenge(request: Request) -> JSONResponse:
