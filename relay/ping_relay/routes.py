@@ -177,6 +177,7 @@ async def info(request: Request) -> JSONResponse:
                 "ws_queue_frames": lim.ws_queue_frames,
                 "ws_send_timeout_ms": int(lim.ws_send_timeout * 1000),
                 "ws_max_subscriptions": lim.ws_max_subscriptions,
+                "ws_ping_interval_ms": int(lim.ws_ping_interval * 1000),
             },
         }
     )

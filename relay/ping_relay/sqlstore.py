@@ -537,6 +537,7 @@ class SqlStore:
             if not rows:
                 return 0
             t.run(f"DELETE FROM mailbox WHERE {where}", device_id, *ids)
+            t.notify(device_key(device_id))  # the stream sends at most a page: room for the next ones
             for group_id, commit_seq in {(_bytes(r[0]), _int(r[1])) for r in rows}:
                 t.run(
                     "DELETE FROM welcomes WHERE group_id = ? AND commit_seq = ? AND NOT EXISTS"
