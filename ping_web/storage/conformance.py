@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from ping_web.errors import DatabaseInUse, InvalidInput, StorageCorrupted, StorageUnavailable
 from ping_web.storage.base import NAMESPACES, Batch, Storage
@@ -207,20 +207,38 @@ async def check_reopen(open_storage: Opener) -> None:
     finally:
         await second.close()
     third = await open_storage()  # the lock was released by close
-    await third.close()
+    try:
+        _expect(await third.get("device", b"identity") == b"persisted", "a later owner sees the data")
+    finally:
+        await third.close()
 
 
-async def check_storage(open_storage: Opener) -> None:
-    """Every protocol check, against the fresh database ``open_storage()`` opens (and reopens)."""
+STORAGE_CHECKS: Final = ("reads_and_scans", "batches", "delete_prefix", "commit_order", "reopen")
+"""What :func:`check_storage` runs, in order; it returns the names of those that passed."""
+
+
+async def check_storage(open_storage: Opener) -> list[str]:
+    """Every protocol check, against the fresh database ``open_storage()`` opens (and reopens).
+
+    Returns the names of the checks that ran and passed (all of :data:`STORAGE_CHECKS`, or
+    an ``AssertionError`` says which failed), so a caller can assert that they all ran.
+    """
+    passed: list[str] = []
     storage = await open_storage()
     try:
-        await check_reads_and_scans(storage)
-        await check_batches(storage)
-        await check_delete_prefix(storage)
-        await check_commit_order(storage)
+        for name, check in (
+            ("reads_and_scans", check_reads_and_scans),
+            ("batches", check_batches),
+            ("delete_prefix", check_delete_prefix),
+            ("commit_order", check_commit_order),
+        ):
+            await check(storage)
+            passed.append(name)
     finally:
         await storage.close()
     await check_reopen(open_storage)
+    passed.append("reopen")
+    return passed
 
 
 async def check_encryption(storage: Any) -> None:

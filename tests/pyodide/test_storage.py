@@ -7,7 +7,7 @@ from pytest_pyodide import run_in_pyodide
 @run_in_pyodide(packages=["ping_web"])
 async def test_memory_storage_conforms(selenium):
     from ping_web.storage import MemoryStorage
-    from ping_web.storage.conformance import check_storage
+    from ping_web.storage.conformance import STORAGE_CHECKS, check_storage
 
     handles = []
 
@@ -16,21 +16,25 @@ async def test_memory_storage_conforms(selenium):
         handles.append(storage)
         return storage
 
-    await check_storage(open_storage)
+    assert await check_storage(open_storage) == list(STORAGE_CHECKS)
+    assert len(handles) == 4  # the checks opened, reopened (refused while open) and reopened again
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_indexeddb_storage_conforms(selenium):
-    from ping_web.storage.conformance import check_storage
+    from ping_web.storage.conformance import STORAGE_CHECKS, check_storage
     from ping_web.storage.indexeddb import IndexedDbStorage
 
-    await check_storage(lambda: IndexedDbStorage.open("conformance-plain"))
+    assert await check_storage(lambda: IndexedDbStorage.open("conformance-plain")) == list(STORAGE_CHECKS)
+    storage = await IndexedDbStorage.open("conformance-plain")  # what the checks left is really stored
+    assert await storage.get("device", b"identity") == b"persisted"
+    await storage.close()
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
     from ping_web.storage import MemoryStorage
-    from ping_web.storage.conformance import check_encryption, check_storage
+    from ping_web.storage.conformance import STORAGE_CHECKS, check_encryption, check_storage
     from ping_web.storage.encrypted import EncryptedStorage
 
     key = await EncryptedStorage.generate_key()
@@ -41,18 +45,20 @@ async def test_encrypted_over_memory_conforms_and_hides_plaintext(selenium):
         handles.append(inner)
         return EncryptedStorage(inner, key)
 
-    await check_storage(open_storage)
+    assert await check_storage(open_storage) == list(STORAGE_CHECKS)
     storage = await open_storage()
     await check_encryption(storage)
     await storage.close()
+    assert all(b"persisted" not in value for _, value in await handles[-1].reopen().scan("device"))
 
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_encrypted_over_indexeddb_conforms_and_hides_plaintext(selenium):
-    from ping_web.storage.conformance import check_encryption, check_storage
+    from ping_web.storage.conformance import STORAGE_CHECKS, check_encryption, check_storage
     from ping_web.storage.encrypted import EncryptedStorage
 
-    await check_storage(lambda: EncryptedStorage.open_indexeddb("conformance-sealed"))
+    checks = await check_storage(lambda: EncryptedStorage.open_indexeddb("conformance-sealed"))
+    assert checks == list(STORAGE_CHECKS)
     storage = await EncryptedStorage.open_indexeddb("conformance-sealed")
     try:
         await check_encryption(storage)

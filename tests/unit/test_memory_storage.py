@@ -8,7 +8,7 @@ import pytest
 
 from ping_web.errors import DatabaseInUse, InvalidInput
 from ping_web.storage import Batch, MemoryStorage, Storage
-from ping_web.storage.conformance import check_storage
+from ping_web.storage.conformance import STORAGE_CHECKS, check_storage
 
 
 def test_memory_storage_conforms() -> None:
@@ -19,8 +19,9 @@ def test_memory_storage_conforms() -> None:
         handles.append(storage)
         return storage
 
-    asyncio.run(check_storage(open_storage))
+    assert asyncio.run(check_storage(open_storage)) == list(STORAGE_CHECKS)
     assert isinstance(handles[0], Storage)
+    assert len(handles) == 4  # opened, reopened (refused while open), reopened twice more
 
 
 def test_reopen_needs_the_first_handle_closed_and_sees_its_data() -> None:
