@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed
 
-from conftest import dump
 from relay_client import Device, b64e, recv_json
+from relay_db import dump
 
 
 def expect_401(r, code: str) -> None:

@@ -6,8 +6,8 @@ import os
 
 from ping_web.core.envelope import Hlc, MessageKind
 
-from conftest import dump
 from relay_client import b64d, b64e, new_group_id, roster_content
+from relay_db import dump
 
 
 def refused(r, status: int, code: str) -> dict:

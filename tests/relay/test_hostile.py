@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from ping_web.core.envelope import MessageEnvelope
 
-from conftest import dump
 from relay_client import Device, b64d, b64e, recv_json
+from relay_db import dump
 
 SEED = int(os.environ.get("PING_RELAY_FUZZ_SEED", "20261202"))
 HTTP_REQUESTS = 8_400

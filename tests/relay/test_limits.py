@@ -7,8 +7,8 @@ import time
 
 from ping_web.core.envelope import Hlc, MessageEnvelope, MessageKind
 
-from conftest import dump
 from relay_client import Device, b64e
+from relay_db import dump
 
 
 def test_payload_too_large(spawn) -> None:
