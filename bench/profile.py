@@ -98,7 +98,7 @@ def install(storage_classes) -> None:
     ):
         for name in names:
             setattr(cls, name, t.wrap("FFI glue (mls.py)", getattr(cls, name)))
-    for name in ("epoch", "is_active", "own_leaf_index", "group_id"):
+    for name in ("epoch", "is_active"):  # group_id and own_leaf_index are read once, at load
         prop = getattr(mls.Group, name)
         setattr(mls.Group, name, property(t.wrap("FFI glue (mls.py)", prop.fget)))
     codec.encode = t.wrap("CBOR (codec)", codec.encode)
@@ -180,9 +180,9 @@ def ffi_split(rounds: int = 8, n: int = 100) -> dict:
     pa, pb = runtime.provider(), runtime.provider()
     ia, ib = pa.create_identity(b"alice"), pb.create_identity(b"bob")
     ga = pa.create_group(ia, bytes(range(16)))
-    _, welcome = ga.add_members(ia, [ib.key_package()])
+    _, welcome = ga.add_members([ib.key_package()])
     ga.merge_pending_commit()
-    gb = pb.join_group(welcome)
+    gb = pb.join_group(ib, welcome)
     pa.checkpoint()
     pb.checkpoint()
     aad, sha = bytes(45), hashlib.sha256(PLAINTEXT).digest()
@@ -209,7 +209,7 @@ def ffi_split(rounds: int = 8, n: int = 100) -> dict:
     def wrapped() -> float:
         start = _now()
         for _ in range(n):
-            c = ga.create_message(ia, PLAINTEXT, aad)
+            c = ga.create_message(PLAINTEXT, aad)
             pa.checkpoint()
             gb.process_message(c, aad, sha)
             pb.checkpoint()

@@ -24,10 +24,9 @@ from ping_web.client.base import ClientBase
 from ping_web.client.device import DeviceRecord
 from ping_web.client.opening import wall_clock_ms
 from ping_web.core import codec
-from ping_web.core.conversation import Conversation
+from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.cursor import SyncCursor
-from ping_web.core.envelope import IncomingMessage, MessageEnvelope
-from ping_web.core.ids import DeviceId
+from ping_web.core.envelope import IncomingMessage
 from ping_web.core.records import ConversationMeta, decode_device_leaves
 from ping_web.core.state import ConversationState, decode_held
 from ping_web.delivery.base import Delivery
@@ -47,11 +46,7 @@ class ConversationBackup:
     """One conversation as a backup carries it, decoded and checked."""
 
     snapshot: bytes
-    meta: ConversationMeta
-    cursor: SyncCursor
-    device_leaves: dict[DeviceId, int]
-    state: ConversationState
-    held: list[MessageEnvelope]
+    records: ConversationRecords
     history: list[IncomingMessage]
 
 
@@ -74,7 +69,7 @@ class DeviceBackup:
             record = DeviceRecord.decode(codec.byte_string(m["d"], "device record"))
             signing = [_entry(item) for item in _array(m["k"], "signing keys")]
             conversations = [_conversation(item, version) for item in _array(m["c"], "conversations")]
-        ids = [c.meta.id for c in conversations]
+        ids = [c.records.meta.id for c in conversations]
         if len(set(ids)) != len(ids):
             raise InvalidInput("Backup: a conversation appears twice")
         return cls(record, signing, conversations)
@@ -106,15 +101,10 @@ def _conversation(value: Any, version: int) -> ConversationBackup:
                                        for raw in _array(value["y"], "history")]  # fmt: skip
     if any(e.conversation_id != meta.id for e in held) or any(m.conversation_id != meta.id for m in history):
         raise InvalidInput("a held envelope or a history message belongs to another conversation")
-    return ConversationBackup(
-        snapshot=codec.byte_string(value["x"], "snapshot"),
-        meta=meta,
-        cursor=SyncCursor.decode(codec.byte_string(value["c"], "cursor")),
-        device_leaves=decode_device_leaves(codec.byte_string(value["l"], "leaves")),
-        state=state,
-        held=held,
-        history=history,
-    )
+    cursor = SyncCursor.decode(codec.byte_string(value["c"], "cursor"))
+    leaves = decode_device_leaves(codec.byte_string(value["l"], "leaves"))
+    records = ConversationRecords(meta, cursor, leaves, state, held)
+    return ConversationBackup(codec.byte_string(value["x"], "snapshot"), records, history)
 
 
 class Backup(ClientBase):
@@ -171,10 +161,7 @@ class Backup(ClientBase):
         restored: list[Conversation] = []
         history: list[IncomingMessage] = []
         for item in decoded.conversations:
-            conversation = Conversation.restore_snapshot(
-                client._engine, record.device_id, item.snapshot, meta=item.meta, cursor=item.cursor,
-                device_leaves=item.device_leaves, state=item.state, held=item.held,
-            )  # fmt: skip
+            conversation = Conversation.restore_snapshot(client._engine, record.device_id, item.snapshot, item.records)
             client._adopt(conversation)
             restored.append(conversation)
             history.extend(item.history)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from ping_web.client import keys
 from ping_web.client.device import DeviceRecord, device_group_id
-from ping_web.core.conversation import Conversation
+from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
@@ -216,10 +216,8 @@ class ClientBase:
         except (KeyError, PingError) as exc:
             raise StorageCorrupted(f"records of conversation {conversation_id.hex} are unreadable: {exc!r}") from None
         self._engine.provider.restore(entries)
-        conversation = Conversation.load(
-            self._engine, self.device_id, meta=meta, cursor=cursor, device_leaves=leaves, state=state,
-            held=held + legacy_held, held_stored=not legacy_held,
-        )  # fmt: skip
+        records = ConversationRecords(meta, cursor, leaves, state, held + legacy_held)
+        conversation = Conversation.load(self._engine, self.device_id, records, held_stored=not legacy_held)
         if conversation is None:
             raise StorageCorrupted(f"the MLS state of conversation {conversation_id.hex} is missing")
         return conversation

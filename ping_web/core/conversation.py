@@ -23,6 +23,7 @@ import dataclasses
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final
 
 from ping_web.core.cursor import SyncCursor
@@ -75,29 +76,30 @@ _PLAINTEXT_LIMIT: Final = MAX_PLAINTEXT - 4096
 """Largest plaintext sent: its ciphertext and framing must still fit an envelope."""
 
 
+@dataclass(slots=True)
+class ConversationRecords:
+    """What a conversation persists besides its MLS entries, as read back from storage."""
+
+    meta: ConversationMeta
+    cursor: SyncCursor
+    device_leaves: dict[DeviceId, int]
+    state: ConversationState
+    held: Sequence[MessageEnvelope] = ()
+    """Envelopes waiting for a future epoch (each stored as a record of its own)."""
+
+
 class Conversation:
     """One conversation of this device: an MLS group, its cursor, meta and sending state."""
 
-    def __init__(
-        self,
-        *,
-        engine: MlsEngine,
-        device_id: DeviceId,
-        group: MlsGroup,
-        meta: ConversationMeta,
-        cursor: SyncCursor,
-        device_leaves: dict[DeviceId, int],
-        state: ConversationState,
-        held: Sequence[MessageEnvelope] = (),
-    ) -> None:
+    def __init__(self, engine: MlsEngine, device_id: DeviceId, group: MlsGroup, records: ConversationRecords) -> None:
         self._engine = engine
         self._device = device_id
         self._group = group
-        self._meta = meta
-        self._cursor = cursor
-        self._leaves = device_leaves
-        self._state = state
-        self._held: dict[tuple[DeviceId, int], MessageEnvelope] = {_held_key(e): e for e in held}
+        self._meta = records.meta
+        self._cursor = cursor = records.cursor
+        self._leaves = dict(records.device_leaves)
+        self._state = records.state
+        self._held: dict[tuple[DeviceId, int], MessageEnvelope] = {_held_key(e): e for e in records.held}
         self._held_written: set[tuple[DeviceId, int]] = set(self._held)  # as held_changes() last reported
         self._held_gone: dict[tuple[DeviceId, int], MessageEnvelope] = {}  # released since then
         self._members: list[Member] | None = None  # cache, valid for the current epoch
@@ -125,14 +127,9 @@ class Conversation:
         conversation_id = conversation_id or ConversationId.new()
         meta = ConversationMeta(conversation_id, name, 0, 1, is_device_group, now_ms)  # validates first
         group = engine.create_group(conversation_id.raw)
+        state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms))
         return cls(
-            engine=engine,
-            device_id=device_id,
-            group=group,
-            meta=meta,
-            cursor=SyncCursor(0),
-            device_leaves={device_id: group.own_leaf_index},
-            state=ConversationState(hlc=_tick(Hlc.ZERO, now_ms)),
+            engine, device_id, group, ConversationRecords(meta, SyncCursor(0), {device_id: group.own_leaf_index}, state)
         )
 
     @classmethod
@@ -160,63 +157,29 @@ class Conversation:
         members = group.members()
         meta = ConversationMeta(welcome.conversation_id, name, group.epoch, len(members), is_device_group, now_ms)
         state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms).merge(welcome.hlc, now_ms))
-        return cls(
-            engine=engine,
-            device_id=device_id,
-            group=group,
-            meta=meta,
-            cursor=SyncCursor(group.epoch),
-            device_leaves={device_id: group.own_leaf_index},
-            state=state,
-        )
+        leaves = {device_id: group.own_leaf_index}
+        return cls(engine, device_id, group, ConversationRecords(meta, SyncCursor(group.epoch), leaves, state))
 
     @classmethod
     def load(
-        cls,
-        engine: MlsEngine,
-        device_id: DeviceId,
-        *,
-        meta: ConversationMeta,
-        cursor: SyncCursor,
-        device_leaves: dict[DeviceId, int],
-        state: ConversationState,
-        held: Sequence[MessageEnvelope] = (),
-        held_stored: bool = True,
+        cls, engine: MlsEngine, device_id: DeviceId, records: ConversationRecords, *, held_stored: bool = True
     ) -> Conversation | None:
         """Rehydrate from persisted records; ``None`` if the engine has no such group.
 
-        ``held_stored`` is false when ``held`` came from a version-1 state record rather
-        than from records of their own: the next :meth:`held_changes` reports them all.
+        ``held_stored`` is false when the held envelopes came from a version-1 state record
+        rather than from records of their own: the next :meth:`held_changes` reports them all.
         """
-        group = engine.load_group(meta.id.raw)
+        group = engine.load_group(records.meta.id.raw)
         if group is None:
             return None
-        conversation = cls(
-            engine=engine,
-            device_id=device_id,
-            group=group,
-            meta=meta,
-            cursor=cursor,
-            device_leaves=dict(device_leaves),
-            state=state,
-            held=held,
-        )
+        conversation = cls(engine, device_id, group, records)
         if not held_stored:
             conversation._held_written.clear()
         return conversation
 
     @classmethod
     def restore_snapshot(
-        cls,
-        engine: MlsEngine,
-        device_id: DeviceId,
-        snapshot: bytes,
-        *,
-        meta: ConversationMeta,
-        cursor: SyncCursor,
-        device_leaves: dict[DeviceId, int],
-        state: ConversationState,
-        held: Sequence[MessageEnvelope] = (),
+        cls, engine: MlsEngine, device_id: DeviceId, snapshot: bytes, records: ConversationRecords
     ) -> Conversation:
         """Restore this device's conversation from its own backup.
 
@@ -228,6 +191,7 @@ class Conversation:
         new device never uses this: a new device is a new member.)
         """
         decoded = GroupStateSnapshot.decode(snapshot)
+        meta, state = records.meta, records.state
         if decoded.group_id != meta.id:
             raise InvalidInput("the snapshot is of another conversation")
         if decoded.openmls_storage_version != OPENMLS_STORAGE_VERSION:
@@ -241,18 +205,13 @@ class Conversation:
             group = engine.load_group(meta.id.raw)
             if group is None:
                 raise InvalidInput("the snapshot does not hold a complete group")
-        seq = max(state.seq, cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
-        restored = dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True)
-        conversation = cls(
-            engine=engine,
-            device_id=device_id,
-            group=group,
+        seq = max(state.seq, records.cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
+        restored = dataclasses.replace(
+            records,
             meta=dataclasses.replace(meta, epoch=group.epoch),
-            cursor=cursor,
-            device_leaves=dict(device_leaves),
-            state=restored,
-            held=held,
+            state=dataclasses.replace(state, seq=seq, pending=None, needs_self_update=True),
         )
+        conversation = cls(engine, device_id, group, restored)
         conversation._held_written.clear()  # none of them is stored on this device yet
         return conversation
 

@@ -246,11 +246,12 @@ class Provider:
 
     def create_group(self, identity: Identity, group_id: bytes) -> Group:
         js = self.runtime.call(self.runtime._exports.Group.create, self.js, identity.js, self.runtime.u8(group_id))
-        return Group(self, js)
+        return Group(self, js, identity)
 
-    def join_group(self, welcome: bytes) -> Group:
+    def join_group(self, identity: Identity, welcome: bytes) -> Group:
+        """Join through ``welcome``, made for a KeyPackage of ``identity``'s."""
         js = self.runtime.call(self.runtime._exports.Group.join, self.js, self.runtime.u8(welcome))
-        return Group(self, js)
+        return Group(self, js, identity)
 
     def inspect_key_package(self, key_package: bytes) -> tuple[bytes, bytes]:
         """Validate a KeyPackage; returns ``(credential identity, signature key)``."""
@@ -258,9 +259,9 @@ class Provider:
         identity, signature_key = decode_byte_list(raw.to_bytes())
         return identity, signature_key
 
-    def load_group(self, group_id: bytes) -> Group | None:
+    def load_group(self, identity: Identity, group_id: bytes) -> Group | None:
         js = self.runtime.call(self.runtime._exports.Group.load, self.js, self.runtime.u8(group_id))
-        return None if js is None else Group(self, js)
+        return None if js is None else Group(self, js, identity)
 
 
 class Savepoint:
@@ -298,28 +299,28 @@ class Identity:
 
 
 class Group:
-    """One MLS group. A failed call leaves the group and the working set unchanged."""
+    """One MLS group, as a member whose ``identity`` signs what it sends.
 
-    def __init__(self, provider: Provider, js: Any) -> None:
+    A :class:`~ping_web.core.engine.MlsGroup`. A failed call leaves the group and the
+    working set unchanged.
+    """
+
+    def __init__(self, provider: Provider, js: Any, identity: Identity) -> None:
         self.provider = provider
         self.js = js
+        self.identity = identity
         self._call = provider.runtime.call
         self._u8 = provider.runtime.u8
         # The per-message exports, bound once (a JsProxy attribute lookup is a crossing).
         self._create_message = js.createMessage
         self._process_message = js.processMessage
-
-    @property
-    def group_id(self) -> bytes:
-        return bytes(self.js.groupId.to_bytes())
+        # Fixed for the group's life: read once.
+        self.group_id: bytes = bytes(js.groupId.to_bytes())
+        self.own_leaf_index: int = int(js.ownLeafIndex)
 
     @property
     def epoch(self) -> int:
         return int(self.js.epoch)
-
-    @property
-    def own_leaf_index(self) -> int:
-        return int(self.js.ownLeafIndex)
 
     @property
     def is_active(self) -> bool:
@@ -333,25 +334,31 @@ class Group:
         items = decode_byte_list(self._call(self.js.members).to_bytes())
         return [Member(_U32.unpack(items[i])[0], items[i + 1], items[i + 2]) for i in range(0, len(items), 3)]
 
-    def add_members(self, identity: Identity, key_packages: Sequence[bytes], aad: bytes = b"") -> tuple[bytes, bytes]:
+    def add_members(self, key_packages: Sequence[bytes], aad: bytes = b"") -> tuple[bytes, bytes]:
         """Stage a commit adding these KeyPackages; returns ``(commit, welcome)``.
 
         ``aad`` (here and below) is authenticated data bound into the MLS message.
         """
         raw = self._call(
-            self.js.addMembers, self.provider.js, identity.js, self._u8(encode_byte_list(key_packages)), self._u8(aad)
+            self.js.addMembers,
+            self.provider.js,
+            self.identity.js,
+            self._u8(encode_byte_list(key_packages)),
+            self._u8(aad),
         )
         commit, welcome = decode_byte_list(raw.to_bytes())
         return commit, welcome
 
-    def remove_members(self, identity: Identity, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
+    def remove_members(self, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
         """Stage a commit removing the members at these leaves; returns the commit."""
         leaves = _ffi.uint32_array(leaf_indexes)
-        return bytes(self._call(self.js.removeMembers, self.provider.js, identity.js, leaves, self._u8(aad)).to_bytes())
+        return bytes(
+            self._call(self.js.removeMembers, self.provider.js, self.identity.js, leaves, self._u8(aad)).to_bytes()
+        )
 
-    def self_update(self, identity: Identity, aad: bytes = b"") -> bytes:
+    def self_update(self, aad: bytes = b"") -> bytes:
         """Stage a commit refreshing our own leaf; returns the commit."""
-        return bytes(self._call(self.js.selfUpdate, self.provider.js, identity.js, self._u8(aad)).to_bytes())
+        return bytes(self._call(self.js.selfUpdate, self.provider.js, self.identity.js, self._u8(aad)).to_bytes())
 
     def merge_pending_commit(self) -> None:
         self._call(self.js.mergePendingCommit, self.provider.js)
@@ -359,12 +366,9 @@ class Group:
     def clear_pending_commit(self) -> None:
         self._call(self.js.clearPendingCommit, self.provider.js)
 
-    def create_message(self, identity: Identity, plaintext: bytes, aad: bytes = b"") -> bytes:
-        return bytes(
-            self._call(
-                self._create_message, self.provider.js, identity.js, self._u8(plaintext), self._u8(aad)
-            ).to_bytes()
-        )
+    def create_message(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        call = self._call(self._create_message, self.provider.js, self.identity.js, self._u8(plaintext), self._u8(aad))
+        return bytes(call.to_bytes())
 
     def process_message(self, message: bytes, expected_aad: bytes = b"", plaintext_sha256: bytes = b"") -> Processed:
         """Process one inbound message; commits are merged.

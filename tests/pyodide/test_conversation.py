@@ -174,7 +174,7 @@ def test_future_epoch_messages_are_held_then_delivered(selenium):
     assert len(cc.held) == 3 and cc.epoch() == 1
 
     # A restart while they wait: each held envelope is a persisted record of its own.
-    from ping_web.core.conversation import Conversation
+    from ping_web.core.conversation import Conversation, ConversationRecords
     from ping_web.core.state import ConversationState, decode_held
 
     records = cc.records()
@@ -182,11 +182,14 @@ def test_future_epoch_messages_are_held_then_delivered(selenium):
     assert len(added) == 3 and released == []
     assert cc.held_changes() == ([], [])  # reported once: a later batch writes none of them again
     c2 = c.restarted()
-    cc2 = Conversation.load(
-        c2.engine, c2.device_id, meta=cc.meta, cursor=cc.cursor.copy(),
-        device_leaves=cc.device_leaves, state=ConversationState.decode(records["state"]),
-        held=[decode_held(e.encode()) for e in added],
-    )  # fmt: skip
+    stored = ConversationRecords(
+        cc.meta,
+        cc.cursor.copy(),
+        cc.device_leaves,
+        ConversationState.decode(records["state"]),
+        [decode_held(e.encode()) for e in added],
+    )
+    cc2 = Conversation.load(c2.engine, c2.device_id, stored)  # fmt: skip
     assert len(cc2.held) == 3
     assert c2.run(lambda: cc2.process(over_the_wire(commit), 11)) is None
     released = cc2.take_released()
@@ -254,7 +257,7 @@ def test_discarded_commit_keeps_its_seq_and_changes_no_epoch(selenium):
 def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
     import pytest
 
-    from ping_web.core.conversation import Conversation
+    from ping_web.core.conversation import Conversation, ConversationRecords
     from ping_web.errors import StateConflict
     from ping_web.testing import LocalDevice, deliver, over_the_wire
 
@@ -282,10 +285,8 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
     fresh.provider.restore(identity_entries)
     fresh.identity = fresh.provider.load_identity(b"bob", b.identity.public_key)
     fresh.device_id, fresh.stored = b.device_id, {}
-    restored = fresh.run(lambda: Conversation.restore_snapshot(
-        fresh.engine, fresh.device_id, snapshot, meta=records["meta"],
-        cursor=records["cursor"], device_leaves=records["leaves"], state=records["state"],
-    ))  # fmt: skip
+    backed_up = ConversationRecords(records["meta"], records["cursor"], records["leaves"], records["state"])
+    restored = fresh.run(lambda: Conversation.restore_snapshot(fresh.engine, fresh.device_id, snapshot, backed_up))
     assert restored.epoch() == cb.epoch()
 
     # It decrypts what follows...
@@ -309,7 +310,7 @@ def test_snapshot_restore_decrypts_on_and_self_updates_before_sending(selenium):
 
 @run_in_pyodide(packages=["ping_web"])
 def test_seq_is_restored_from_the_cursor_after_a_restart(selenium):
-    from ping_web.core.conversation import Conversation
+    from ping_web.core.conversation import Conversation, ConversationRecords
     from ping_web.core.state import ConversationState
     from ping_web.testing import LocalDevice, over_the_wire
 
@@ -322,8 +323,8 @@ def test_seq_is_restored_from_the_cursor_after_a_restart(selenium):
     state = ConversationState.decode(ca.records()["state"])
     state.seq = 0  # even without the stored counter, the cursor knows our own seqs
     a2 = a.restarted()
-    ca2 = Conversation.load(a2.engine, a2.device_id, meta=ca.meta, cursor=ca.cursor.copy(),
-                            device_leaves=ca.device_leaves, state=state)  # fmt: skip
+    ca2 = Conversation.load(a2.engine, a2.device_id,
+                            ConversationRecords(ca.meta, ca.cursor.copy(), ca.device_leaves, state))  # fmt: skip
     env = a2.run(lambda: ca2.send_application(b"after restart", 5))
     assert env.seq == sent[-1].seq + 1
     for e in [*sent, env]:
