@@ -1,6 +1,6 @@
 """The signed statements a device makes to the relay, and tokens.
 
-Every signature is Ed25519 (RFC 8032, pure) by the device's MLS signature key over
+Every signature is pure Ed25519 by the device's MLS signature key over
 
     b"ping-web/" + label + b"\\x00" + content
 
