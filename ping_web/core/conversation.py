@@ -223,14 +223,17 @@ class Conversation:
 
     @property
     def meta(self) -> ConversationMeta:
+        """Name, epoch and member count: a new value after every membership change."""
         return self._meta
 
     @property
     def cursor(self) -> SyncCursor:
+        """What was applied (dedupe); mutated in place by every envelope."""
         return self._cursor
 
     @property
     def state(self) -> ConversationState:
+        """The sending side: last seq, clock, pending commit, restore and removal flags."""
         return self._state
 
     @property

@@ -45,30 +45,22 @@ _WELCOME: Final = MessageKind.WELCOME
 class SyncCursor:
     """Current epoch, per-device applied seqs, and the highest HLC seen."""
 
-    __slots__ = ("_epoch", "_hlc", "_min_epoch", "_seen")
+    __slots__ = ("_seen", "epoch", "hlc", "min_epoch")
     __hash__ = None  # type: ignore[assignment]  # mutable
     VERSION: ClassVar[int] = 1
 
     def __init__(self, epoch: int = 0, *, min_epoch: int | None = None) -> None:
-        """A cursor for a device that created (epoch 0) or joined the group at ``epoch``."""
-        self._epoch = codec.uint(epoch, "epoch")
-        self._min_epoch = codec.uint(epoch if min_epoch is None else min_epoch, "min_epoch", hi=epoch)
-        self._hlc = Hlc.ZERO
-        self._seen: dict[bytes, tuple[int, int]] = {}  # device bytes -> (highest seq, window bits)
+        """A cursor for a device that created (epoch 0) or joined the group at ``epoch``.
 
-    @property
-    def epoch(self) -> int:
+        ``epoch``, ``min_epoch`` and ``hlc`` are read by callers, changed only by the cursor.
+        """
+        self.epoch: int = codec.uint(epoch, "epoch")
         """The group epoch the applied messages have brought this device to."""
-        return self._epoch
-
-    @property
-    def min_epoch(self) -> int:
-        return self._min_epoch
-
-    @property
-    def hlc(self) -> Hlc:
+        self.min_epoch: int = codec.uint(epoch if min_epoch is None else min_epoch, "min_epoch", hi=epoch)
+        """The epoch this device's membership began: nothing older was encrypted for it."""
+        self.hlc: Hlc = Hlc.ZERO
         """The highest HLC among applied envelopes."""
-        return self._hlc
+        self._seen: dict[bytes, tuple[int, int]] = {}  # device bytes -> (highest seq, window bits)
 
     def highest_seq(self, device: DeviceId) -> int:
         """The highest seq applied from ``device`` (0 if none): restores a send counter."""
@@ -78,12 +70,12 @@ class SyncCursor:
     def is_new(self, kind: MessageKind, epoch: int, device: DeviceId, seq: int) -> bool:
         """Whether an envelope still needs applying (False: drop it, it is done or stale)."""
         if kind is _APPLICATION:
-            if epoch < self._min_epoch:
+            if epoch < self.min_epoch:
                 return False
         elif kind is _WELCOME:
-            if epoch <= self._epoch:
+            if epoch <= self.epoch:
                 return False
-        elif epoch < self._epoch:
+        elif epoch < self.epoch:
             return False
         state = self._seen.get(device.raw)
         if state is None:
@@ -110,8 +102,8 @@ class SyncCursor:
         elif high - seq < WINDOW:
             bits |= 1 << (high - seq)
         self._seen[key] = (high, bits)
-        if hlc > self._hlc:
-            self._hlc = hlc
+        if hlc > self.hlc:
+            self.hlc = hlc
 
     def advance(self, kind: MessageKind, epoch: int, device: DeviceId, seq: int, hlc: Hlc) -> None:
         """Record an applied envelope (received, or an own one once merged).
@@ -121,13 +113,13 @@ class SyncCursor:
         """
         self.mark_seen(device, seq, hlc)
         if kind is _COMMIT:
-            self._epoch = max(self._epoch, codec.uint(epoch, "epoch", hi=codec.U64_MAX - 1) + 1)
+            self.epoch = max(self.epoch, codec.uint(epoch, "epoch", hi=codec.U64_MAX - 1) + 1)
         elif kind is _WELCOME:
-            self._epoch = max(self._epoch, codec.uint(epoch, "epoch"))
+            self.epoch = max(self.epoch, codec.uint(epoch, "epoch"))
 
     def copy(self) -> SyncCursor:
         clone = SyncCursor.__new__(SyncCursor)
-        clone._epoch, clone._min_epoch, clone._hlc = self._epoch, self._min_epoch, self._hlc
+        clone.epoch, clone.min_epoch, clone.hlc = self.epoch, self.min_epoch, self.hlc
         clone._seen = dict(self._seen)
         return clone
 
@@ -138,25 +130,25 @@ class SyncCursor:
 
     def __repr__(self) -> str:
         return (
-            f"SyncCursor(epoch={self._epoch}, min_epoch={self._min_epoch}, hlc={self._hlc}, devices={len(self._seen)})"
+            f"SyncCursor(epoch={self.epoch}, min_epoch={self.min_epoch}, hlc={self.hlc}, devices={len(self._seen)})"
         )
 
     def _state(self) -> tuple[int, int, Hlc, dict[bytes, tuple[int, int]]]:
-        return self._epoch, self._min_epoch, self._hlc, self._seen
+        return self.epoch, self.min_epoch, self.hlc, self._seen
 
     def encode(self) -> bytes:
         devices = {
             key: [high, bits.to_bytes((bits.bit_length() + 7) // 8, "big")] for key, (high, bits) in self._seen.items()
         }
         return codec.encode(
-            {"v": self.VERSION, "e": self._epoch, "m": self._min_epoch, "t": self._hlc.to_cbor(), "d": devices}
+            {"v": self.VERSION, "e": self.epoch, "m": self.min_epoch, "t": self.hlc.to_cbor(), "d": devices}
         )
 
     @classmethod
     def decode(cls, data: bytes) -> SyncCursor:
         with codec.record(data, "SyncCursor", keys=_KEYS, versions=(cls.VERSION,), max_size=CURSOR_MAX_SIZE) as m:
             cursor = cls(m["e"], min_epoch=codec.uint(m["m"], "min_epoch"))  # None would mean "= epoch"
-            cursor._hlc = Hlc.from_cbor(m["t"])
+            cursor.hlc = Hlc.from_cbor(m["t"])
             for key, entry in codec.bytes_map(m["d"], "devices").items():
                 device = DeviceId(key)
                 cursor._seen[device.raw] = _window_from_cbor(entry, f"devices[{device.hex}]")

@@ -141,15 +141,9 @@ class MessageEnvelope:
 
     @classmethod
     def application(
-        cls,
-        conversation_id: ConversationId,
-        epoch: int,
-        sender_device: DeviceId,
-        seq: int,
-        hlc: Hlc,
-        payload: bytes,
-        plaintext: bytes,
-    ) -> Self:
+        cls, conversation_id: ConversationId, epoch: int, sender_device: DeviceId, seq: int, hlc: Hlc,
+        payload: bytes, plaintext: bytes,
+    ) -> Self:  # fmt: skip
         """A v=2 application envelope; ``content_hash`` is SHA-256 of ``plaintext``."""
         codec.byte_string(plaintext, "plaintext", hi=MAX_PLAINTEXT)
         digest = content_hash(plaintext)

@@ -11,7 +11,7 @@ call raises :class:`~ping_web.errors.WasmTrap`: a trapped instance is never used
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ping_web import _ffi, errors
@@ -70,16 +70,22 @@ def encode_byte_list(items: Iterable[bytes]) -> bytes:
     return b"".join(_U32.pack(len(item)) + item for item in items)
 
 
-def decode_byte_list(data: bytes) -> list[bytes]:
-    items: list[bytes] = []
+def _fields(data: bytes) -> Iterator[bytes | None]:
+    """The length-prefixed fields of ``data`` in order; the DELETED length stands for ``None``."""
     view = memoryview(data)
     pos = 0
     while pos < len(view):
         (size,) = _U32.unpack_from(view, pos)
         pos += 4
-        items.append(bytes(view[pos : pos + size]))
-        pos += size
-    return items
+        if size == _DELETED:
+            yield None
+        else:
+            yield bytes(view[pos : pos + size])
+            pos += size
+
+
+def decode_byte_list(data: bytes) -> list[bytes]:
+    return [item or b"" for item in _fields(data)]
 
 
 def encode_changes(changes: Iterable[Change]) -> bytes:
@@ -91,21 +97,8 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
 
 
 def decode_changes(data: bytes) -> list[Change]:
-    changes: list[Change] = []
-    view = memoryview(data)
-    pos = 0
-    while pos < len(view):
-        (key_len,) = _U32.unpack_from(view, pos)
-        key = bytes(view[pos + 4 : pos + 4 + key_len])
-        pos += 4 + key_len
-        (value_len,) = _U32.unpack_from(view, pos)
-        pos += 4
-        if value_len == _DELETED:
-            changes.append((key, None))
-        else:
-            changes.append((key, bytes(view[pos : pos + value_len])))
-            pos += value_len
-    return changes
+    fields = _fields(data)
+    return [(key or b"", value) for key, value in zip(fields, fields, strict=True)]
 
 
 # -- the runtime -----------------------------------------------------------------------------
