@@ -225,10 +225,24 @@ rust_checks() {
   (cd wasm && CARGO_TARGET_DIR="$HOST_TARGET_DIR" "$cargo" test)
 }
 
+# Static checks of the Python (config in pyproject.toml and relay/pyproject.toml): lint and
+# format, mypy --strict, and the import contracts between the tiers (docs/design.md).
+python_checks() {
+  step "ruff check and ruff format --check"
+  "$PY" -m ruff check .
+  "$PY" -m ruff format --check .
+  step "mypy --strict (ping_web, and the relay)"
+  "$PY" -m mypy
+  (cd relay && "$PY" -m mypy ping_relay)
+  step "import-linter: the tiers import only downwards; only _ffi imports js/pyodide"
+  "$VENV/bin/lint-imports" --no-cache
+}
+
 run_tests() {
   mkdir -p test-output
   rust_checks
-  step "CPython tests (pure-Python modules)"
+  python_checks
+  step "CPython tests (the pure core and its property tests)"
   "$PY" -m pytest tests/unit -q
   run_relay_tests
   step "Pyodide tests (Node runtime, real OpenMLS wasm from dist/)"
