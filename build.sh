@@ -337,7 +337,7 @@ run_serve() {
   exec "$PY" tools/serve.py --port "$SERVE_PORT"
 }
 
-# Benchmarks side by side with core-crypto and ts-mls (bench/, issue 6): one markdown
+# Benchmarks side by side with core-crypto and ts-mls: one markdown
 # table on stdout, also written to bench/RESULTS.md. PING_BENCH_QUICK=1 for a smoke run.
 run_bench() {
   step "Benchmarks: ping-web (Pyodide), its wasm from JS, core-crypto, ts-mls (Node)"
@@ -346,7 +346,7 @@ run_bench() {
   PING_BENCH_COMMAND="$command" node bench/run.mjs
 }
 
-# JupyterLite (issue 5): ./build.sh lite builds dist/lite/, a static site, offline. The
+# JupyterLite: ./build.sh lite builds dist/lite/, a static site, offline. The
 # builder (jupyterlite-core, jupyterlite-pyodide-kernel: requirements-lite.txt) lives in
 # .cache/lite-venv. The site gets its own Pyodide (static/pyodide/: the npm runtime plus
 # the wheels the kernel loads at start, requirements-lite-pyodide.txt, in its lock file)

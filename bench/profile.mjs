@@ -1,4 +1,4 @@
-// Profile of ping-web's round trip in Pyodide (item 3 of issue 6): where the time goes.
+// Profile of ping-web's round trip in Pyodide: where the time goes.
 //   node bench/profile.mjs            prints markdown tables (used in bench/PROFILE.md)
 // A round trip = alice.send() of 200 bytes + bob.receive() of its envelope, both through
 // MessagingClient with the state persisted after every message.

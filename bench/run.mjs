@@ -1,4 +1,4 @@
-// ping-web benchmarks, side by side with core-crypto and ts-mls (issue 6).
+// ping-web benchmarks, side by side with core-crypto and ts-mls.
 //
 //   ./build.sh bench                       build what is missing, then this
 //   node bench/run.mjs                     the full run (about 10 minutes on 2 cores)
@@ -346,7 +346,7 @@ sizeRow("written to storage per message (sender + receiver) ⁵", "writtenPerMes
 const header = `| case | ${PEERS.map((p) => p.label).join(" | ")} |\n| --- | ${PEERS.map(() => "---:").join(" | ")} |`;
 const table = `${header}\n${rows.join("\n")}`;
 
-// -- targets (issue 6, item 3) ---------------------------------------------------------------
+// -- targets ---------------------------------------------------------------
 
 const targets = [];
 const target = (name, ratio, goal, better, detail = "") => {
@@ -431,7 +431,7 @@ ${table}
 
 ${notes.filter(Boolean).map((n) => `- ${n}`).join("\n")}
 
-## Targets (issue 6)
+## Targets
 
 Ratios are medians of per-run ratios, each pairing runs made back to back in this invocation.
 

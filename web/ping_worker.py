@@ -174,7 +174,7 @@ class WorkerHost:
     async def _serial(self, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Run one device operation. No lock: MessagingClient captures each operation's
         state synchronously and orders its writes itself, so requests and background syncs
-        may interleave freely (a lock held across an await is what DESIGN.md forbids)."""
+        may interleave freely (docs/design.md: never hold a lock across an await)."""
         return await operation()
 
     def _require_client(self) -> MessagingClient:

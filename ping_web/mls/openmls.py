@@ -28,7 +28,7 @@ _U32 = struct.Struct(">I")
 _PROCESSED_HEADER = struct.Struct(">BBIQ")
 _DELETED = 0xFFFF_FFFF
 
-# Bytes passed into wasm go through reusable Uint8Arrays (TOOLCHAIN.md: writing into an
+# Bytes passed into wasm go through reusable Uint8Arrays (measured in Pyodide: writing into an
 # existing array with .assign() costs a fraction of a to_js() copy). wasm-bindgen copies
 # every &[u8] argument into wasm memory during the call, so an array is free again as soon
 # as the call returns. Small arrays only, a few per length.

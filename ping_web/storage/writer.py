@@ -2,7 +2,7 @@
 
 Operations capture their batch synchronously (no await between the MLS call and the
 capture) and hand it to :meth:`BatchWriter.submit` without awaiting anything first, so two
-snapshots of one conversation can never land out of order (DESIGN.md §9.5), and nothing
+snapshots of one conversation can never land out of order (docs/design.md, persistence), and nothing
 is held while a write is awaited: other operations keep capturing and queueing.
 
 When the writer is idle, the submitting task commits its own batch (no extra task, no

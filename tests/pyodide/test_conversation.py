@@ -1,4 +1,4 @@
-"""Conversation semantics with real OpenMLS: the seed's operations and DESIGN.md §9's fixes."""
+"""Conversation semantics with real OpenMLS: create, join, send, membership, commits, held and late messages."""
 
 from pytest_pyodide import run_in_pyodide
 

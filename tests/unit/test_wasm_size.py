@@ -1,4 +1,4 @@
-"""Size gate (issue 6): the shipped wasm module stays within its download budget.
+"""Size gate: the shipped wasm module stays within its download budget.
 
 Budget: at most 2.0 MB raw and 650 KB gzip (level 9), so a page that loads ping-web pays
 far less than core-crypto's 7.6 MB. The module is a build output (``./build.sh build``);
