@@ -129,9 +129,7 @@ class SyncCursor:
         return self._state() == other._state()
 
     def __repr__(self) -> str:
-        return (
-            f"SyncCursor(epoch={self.epoch}, min_epoch={self.min_epoch}, hlc={self.hlc}, devices={len(self._seen)})"
-        )
+        return f"SyncCursor(epoch={self.epoch}, min_epoch={self.min_epoch}, hlc={self.hlc}, devices={len(self._seen)})"
 
     def _state(self) -> tuple[int, int, Hlc, dict[bytes, tuple[int, int]]]:
         return self.epoch, self.min_epoch, self.hlc, self._seen
