@@ -15,6 +15,9 @@ write fails, memory is rebuilt from storage before the next operation, so a fail
 operation leaves both as they were. A wasm trap is handled the same way, with a fresh
 wasm instance.
 
+An operation given a request id (``client.requests``) also records its outcome in that
+same batch, so a retry of it is answered from the record and never applied twice.
+
 The other modules of this package each add one job to :class:`ClientBase`; the hooks at
 its end are what one job calls in another.
 """
@@ -22,12 +25,13 @@ its end are what one job calls in another.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ping_web.client import keys
 from ping_web.client.device import DeviceRecord, device_group_id
+from ping_web.client.requests import Request, RequestLog
 from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
@@ -76,6 +80,14 @@ class ClientBase:
         self._stale: BaseException | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._closed = False
+        self._requests = RequestLog()
+        self._lost_commits: set[tuple[ConversationId, int]] = set()
+        """Own commits (conversation, seq) that another member's commit beat, for ``_settle``."""
+        self.on_messages: Callable[[list[IncomingMessage]], None] | None = None
+        """Called with messages once they are stored (received, released by a commit, or
+        sent by this device), so every view of the device can show them: the tabs of a
+        shared device (``client.tabs``) broadcast them. Runs inside the operation: keep it
+        short; what it raises is dropped."""
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -165,6 +177,7 @@ class ClientBase:
                 except PingError as exc:
                     raise StorageCorrupted(f"conversation record {key[:16].hex()} is unreadable: {exc}") from None
                 metas[meta.id] = meta
+        await self._requests.load(self._storage)
         self._use_runtime(runtime, OpenMlsEngine(provider, identity))
         self._metas, self._loaded = metas, {}
         self._stale = None
@@ -261,6 +274,33 @@ class ClientBase:
             batch.delete(keys.OUTBOX, key)
         return batch
 
+    def _record_request(
+        self, batch: Batch, request: Request | None, result: bytes, *, commit: MessageEnvelope | None = None
+    ) -> Batch:
+        """Add a request's outcome (and the commit it made) to its operation's batch."""
+        if request is not None:
+            self._requests.record(batch, request, result, self._clock(), commit=commit)
+        return batch
+
+    async def _once(
+        self,
+        request_id: bytes | None,
+        method: str,
+        decode: Callable[[bytes], T],
+        operation: Callable[[Request | None], Awaitable[T]],
+    ) -> T:
+        """Run ``operation`` at most once per request id; a retry gets the recorded outcome."""
+        await self._ready()
+        return await self._requests.run(self._storage, request_id, method, decode, operation)
+
+    def _notify(self, messages: list[IncomingMessage]) -> None:
+        """Tell :attr:`on_messages` about messages that are now stored."""
+        if messages and self.on_messages is not None:
+            try:
+                self.on_messages(list(messages))
+            except Exception:  # noqa: BLE001 - a listener never fails the operation that stored them
+                pass
+
     def _require_delivery(self) -> Delivery:
         if self._delivery is None:
             raise StateConflict("no delivery service is bound to this client")
@@ -273,16 +313,22 @@ class ClientBase:
         raise NotImplementedError
 
     async def add_members(
-        self, conversation_id: ConversationId, entries: Sequence[tuple[DeviceId, bytes]]
+        self,
+        conversation_id: ConversationId,
+        entries: Sequence[tuple[DeviceId, bytes]],
+        *,
+        request_id: bytes | None = None,
     ) -> AddOutcome:  # ``client.conversations``
         raise NotImplementedError
 
     async def remove_members(
-        self, conversation_id: ConversationId, leaf_indexes: Sequence[int]
+        self, conversation_id: ConversationId, leaf_indexes: Sequence[int], *, request_id: bytes | None = None
     ) -> MessageEnvelope:  # ``client.conversations``
         raise NotImplementedError
 
-    async def self_update(self, conversation_id: ConversationId) -> MessageEnvelope:  # ``client.conversations``
+    async def self_update(
+        self, conversation_id: ConversationId, *, request_id: bytes | None = None
+    ) -> MessageEnvelope:  # ``client.conversations``
         raise NotImplementedError
 
     async def _post(self, envelope: MessageEnvelope) -> bool:  # ``client.outbox``

@@ -8,12 +8,13 @@ discarded if another member's commit took the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ping_web.client import keys
 from ping_web.client.base import ClientBase
 from ping_web.client.device import DEVICE_GROUP_NAME, device_group_id
 from ping_web.client.outbox import OutboxWelcome
+from ping_web.client.requests import Request
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId
@@ -33,12 +34,20 @@ def as_envelope(item: MessageEnvelope | bytes) -> MessageEnvelope:
 class Conversations(ClientBase):
     """Creating, joining, sending to and changing the members of conversations."""
 
-    async def create_conversation(self, name: str | None = None) -> ConversationMeta:
-        await self._ready()
-        conversation = Conversation.create(self._engine, self.device_id, self._clock(), name=name)
-        self._adopt(conversation)
-        await self._writer.submit(self._capture([conversation]))
-        return conversation.meta
+    async def create_conversation(
+        self, name: str | None = None, *, request_id: bytes | None = None
+    ) -> ConversationMeta:
+        """Create a conversation with this device alone in it (``request_id``: see ``client.requests``)."""
+
+        async def run(request: Request | None) -> ConversationMeta:
+            await self._ready()
+            conversation = Conversation.create(self._engine, self.device_id, self._clock(), name=name)
+            self._adopt(conversation)
+            meta = conversation.meta
+            await self._writer.submit(self._record_request(self._capture([conversation]), request, meta.encode()))
+            return meta
+
+        return await self._once(request_id, "create_conversation", ConversationMeta.decode, run)
 
     async def join(self, welcome: MessageEnvelope | bytes, *, name: str | None = None) -> ConversationMeta:
         """Join from a Welcome envelope made for one of this device's KeyPackages."""
@@ -77,15 +86,24 @@ class Conversations(ClientBase):
         self._adopt(conversation)
         return conversation
 
-    async def send(self, conversation_id: ConversationId, plaintext: bytes) -> MessageEnvelope:
+    async def send(
+        self, conversation_id: ConversationId, plaintext: bytes, *, request_id: bytes | None = None
+    ) -> MessageEnvelope:
         """Encrypt and store ``plaintext``; returns the envelope once it is durable.
 
         With a delivery service bound, the envelope is also posted (and leaves the outbox).
         A conversation restored from backup first commits a self-update; if that is
         refused, it raises :class:`~ping_web.errors.RejoinRequired` and sends nothing.
+        With a ``request_id`` (``client.requests``), a retry returns the stored envelope.
         """
-        await self._ready()
-        conversation = await self._get(conversation_id)
+        return await self._once(
+            request_id, "send", MessageEnvelope.decode, lambda request: self._send(conversation_id, plaintext, request)
+        )
+
+    async def _send(
+        self, conversation_id: ConversationId, plaintext: bytes, request: Request | None
+    ) -> MessageEnvelope:
+        conversation = await self._prepare(conversation_id)
         if self._delivery is not None and conversation.state.pending is not None:
             await self.sync()  # a commit left unsettled by a crash is settled first
         if conversation.state.needs_self_update and self._delivery is not None:
@@ -93,44 +111,64 @@ class Conversations(ClientBase):
         now = self._clock()
         envelope = self._run(lambda: conversation.send_application(plaintext, now))
         own = IncomingMessage.from_envelope(envelope, bytes(plaintext), self.user_id)
-        await self._writer.submit(self._capture([conversation], history=[own], outbox=self._to_post(envelope)))
+        batch = self._capture([conversation], history=[own], outbox=self._to_post(envelope))
+        await self._writer.submit(self._record_request(batch, request, envelope.encode()))
+        self._notify([own])
         if self._delivery is not None:
             await self._post(envelope)
         return envelope
 
     async def add_members(
-        self, conversation_id: ConversationId, entries: Sequence[tuple[DeviceId, bytes]]
-    ) -> AddOutcome:
+        self, conversation_id: ConversationId, entries: Sequence[tuple[DeviceId, bytes]], *,
+        request_id: bytes | None = None,
+    ) -> AddOutcome:  # fmt: skip
         """Stage a commit adding ``(device id, KeyPackage)`` pairs.
 
         Without a delivery service the commit stays pending until :meth:`confirm_commit` /
         :meth:`discard_commit`. With one, it is posted: accepted -> merged and the Welcome
         sent to the new devices; refused -> discarded, the winner applied, and
-        :class:`~ping_web.errors.StateConflict` raised so the caller can retry.
+        :class:`~ping_web.errors.StateConflict` raised so the caller can retry (with a new
+        ``request_id``, if it uses them).
         """
-        conversation = await self._prepare(conversation_id)
-        outcome = self._run(lambda: conversation.add_members(list(entries), self._clock()))
-        batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
-        if self._delivery is not None:  # without one, the caller delivers the Welcome itself
-            welcome = OutboxWelcome(outcome.welcome, [device for device, _ in entries])
-            batch.put(keys.OUTBOX, keys.outbox_key_of(outcome.welcome), welcome.encode())
-        await self._writer.submit(batch)
-        if self._delivery is not None:
-            await self._settle(conversation, outcome.commit)
-        return outcome
+        entries = list(entries)
 
-    async def remove_members(self, conversation_id: ConversationId, leaf_indexes: Sequence[int]) -> MessageEnvelope:
-        conversation = await self._prepare(conversation_id)
-        commit = self._run(lambda: conversation.remove_members(list(leaf_indexes), self._clock()))
-        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
-        if self._delivery is not None:
-            await self._settle(conversation, commit)
-        return commit
+        async def run(request: Request | None) -> AddOutcome:
+            conversation = await self._prepare(conversation_id)
+            outcome = self._run(lambda: conversation.add_members(entries, self._clock()))
+            batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
+            if self._delivery is not None:  # without one, the caller delivers the Welcome itself
+                welcome = OutboxWelcome(outcome.welcome, [device for device, _ in entries])
+                batch.put(keys.OUTBOX, keys.outbox_key_of(outcome.welcome), welcome.encode())
+            await self._writer.submit(self._record_request(batch, request, outcome.encode(), commit=outcome.commit))
+            if self._delivery is not None:
+                await self._settle(conversation, outcome.commit)
+            return outcome
 
-    async def self_update(self, conversation_id: ConversationId) -> MessageEnvelope:
+        return await self._once(request_id, "add_members", AddOutcome.decode, run)
+
+    async def remove_members(
+        self, conversation_id: ConversationId, leaf_indexes: Sequence[int], *, request_id: bytes | None = None
+    ) -> MessageEnvelope:
+        leaves = list(leaf_indexes)
+        return await self._once(
+            request_id, "remove_members", MessageEnvelope.decode,
+            lambda request: self._commit(conversation_id, request, lambda c: c.remove_members(leaves, self._clock())),
+        )  # fmt: skip
+
+    async def self_update(self, conversation_id: ConversationId, *, request_id: bytes | None = None) -> MessageEnvelope:
+        return await self._once(
+            request_id, "self_update", MessageEnvelope.decode,
+            lambda request: self._commit(conversation_id, request, lambda c: c.self_update(self._clock())),
+        )  # fmt: skip
+
+    async def _commit(
+        self, conversation_id: ConversationId, request: Request | None, step: Callable[[Conversation], MessageEnvelope]
+    ) -> MessageEnvelope:
+        """One own commit: stage it, store it (and its request), then settle it."""
         conversation = await self._prepare(conversation_id)
-        commit = self._run(lambda: conversation.self_update(self._clock()))
-        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
+        commit = self._run(lambda: step(conversation))
+        batch = self._capture([conversation], outbox=self._to_post(commit))
+        await self._writer.submit(self._record_request(batch, request, commit.encode(), commit=commit))
         if self._delivery is not None:
             await self._settle(conversation, commit)
         return commit

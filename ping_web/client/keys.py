@@ -24,6 +24,8 @@ HISTORY: Final = "history"
 """Decrypted messages, received and own."""
 OUTBOX: Final = "outbox"
 """Envelopes stored but not yet handed to the delivery service."""
+REQUESTS: Final = "requests"
+"""Results of exactly-once requests, by request id, and their order (for pruning)."""
 
 DEVICE_RECORD: Final = b"identity"
 GLOBAL_MLS_PREFIX: Final = b"\x02"
@@ -37,6 +39,13 @@ _HELD: Final = b"/held/"
 _HELD_SUFFIX: Final = struct.Struct(">Q16sQ")  # epoch, sender device, seq
 _HISTORY: Final = struct.Struct(">16sQI16sQ")  # conversation, hlc wall, hlc counter, sender, seq
 _OUTBOX: Final = struct.Struct(">16sQB")  # conversation, seq, kind
+_REQUEST: Final = b"r"
+REQUEST_ORDER_PREFIX: Final = b"n"
+"""The order index of recorded requests: ``"n" || order (u64 BE)`` -> request id."""
+_REQUEST_ORDER: Final = struct.Struct(">Q")
+REQUEST_COMMIT_PREFIX: Final = b"c"
+"""Which request made an own commit: ``"c" || conversation id || seq (u64 BE)`` -> request id || method."""
+_REQUEST_COMMIT: Final = struct.Struct(">16sQ")
 
 
 def conversation_prefix(conversation_id: ConversationId) -> bytes:
@@ -88,3 +97,24 @@ def outbox_key_of(envelope: MessageEnvelope) -> bytes:
 def outbox_kind(key: bytes) -> MessageKind:
     """The kind of envelope an outbox key holds (a Welcome entry is a different record)."""
     return MessageKind(_OUTBOX.unpack(key)[2])
+
+
+def request_key(request_id: bytes) -> bytes:
+    """The recorded result of one request (``REQUESTS``)."""
+    return _REQUEST + request_id
+
+
+def request_order_key(order: int) -> bytes:
+    """One entry of the order index: oldest first, so pruning deletes from the front."""
+    return REQUEST_ORDER_PREFIX + _REQUEST_ORDER.pack(order)
+
+
+def request_commit_key(conversation_id: ConversationId, seq: int) -> bytes:
+    """The request that made this device's commit ``seq`` in a conversation."""
+    return REQUEST_COMMIT_PREFIX + _REQUEST_COMMIT.pack(conversation_id.raw, seq)
+
+
+def request_order(key: bytes) -> int:
+    """The order number an order-index key holds."""
+    (order,) = _REQUEST_ORDER.unpack(key[len(REQUEST_ORDER_PREFIX) :])
+    return int(order)

@@ -76,14 +76,19 @@ class Outbox(ClientBase):
         released = conversation.take_released()
         done = pending_outbox_keys(conversation)
         await self._writer.submit(self._capture([conversation], history=released, outbox_done=done))
+        self._notify(released)
         return released
 
     async def discard_commit(self, conversation_id: ConversationId) -> None:
         """Our pending commit was refused: drop it (then receive the winner)."""
         conversation = await self._prepare(conversation_id)
         done = pending_outbox_keys(conversation, with_welcome=True)
+        pending = conversation.state.pending
         self._run(conversation.discard_commit)
-        await self._writer.submit(self._capture([conversation], outbox_done=done))
+        batch = self._capture([conversation], outbox_done=done)
+        if pending is not None:  # the request that made it failed, in this same batch
+            self._requests.commit_discarded(batch, conversation.id, pending.seq, self._clock())
+        await self._writer.submit(batch)
 
     async def _post(self, envelope: MessageEnvelope) -> bool:
         """Post an envelope that is already durable; take it out of the outbox once posted."""
@@ -107,14 +112,18 @@ class Outbox(ClientBase):
             await self._send_welcome(commit)
             return
         # Refused: either the log already holds this very commit (posted before a crash,
-        # its echo then confirms it), or another member's commit won the epoch.
+        # its echo then confirms it), or another member's commit won the epoch (pulling it
+        # drops ours, ``client.sync``).
         await self._pull()
         pending = conversation.state.pending
-        if pending is None or pending.seq != commit.seq:
+        lost = (conversation.id, commit.seq)
+        if pending is not None and pending.seq == commit.seq:
+            await self.discard_commit(conversation.id)
+            await self._pull()
+        elif lost not in self._lost_commits:
             await self._send_welcome(commit)
             return
-        await self.discard_commit(conversation.id)
-        await self._pull()
+        self._lost_commits.discard(lost)
         if conversation.state.rejoin_required:
             raise RejoinRequired(
                 "this conversation was restored from a backup that is no longer current: its first "

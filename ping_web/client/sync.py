@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ping_web.client import keys
 from ping_web.client.base import BatchOutcome, ClientBase
 from ping_web.client.conversations import as_envelope
 from ping_web.core.conversation import Conversation
@@ -43,20 +44,35 @@ class Sync(ClientBase):
                 await self._get(conversation_id)
         # From here to the capture, nothing is awaited.
         touched: dict[ConversationId, Conversation] = {}
+        lost: list[tuple[ConversationId, int]] = []
         for envelope in decoded:
             try:
-                self._apply(envelope, outcome, touched)
+                self._apply(envelope, outcome, touched, lost)
             except WasmTrap as exc:
                 self._mark_stale(exc)
                 raise
             except PingError as exc:
                 outcome.rejected.append((envelope, exc))
         if touched or self._engine.provider.has_changes:
-            await self._writer.submit(self._capture(touched.values(), history=outcome.messages))
+            # An own commit that lost its epoch leaves the outbox (its Welcome is never sent),
+            # and the request that made it is recorded as failed, in this same batch.
+            done = [
+                keys.outbox_key(c, seq, kind) for c, seq in lost for kind in (MessageKind.COMMIT, MessageKind.WELCOME)
+            ]
+            batch = self._capture(touched.values(), history=outcome.messages, outbox_done=done)
+            for conversation_id, seq in lost:
+                self._requests.commit_discarded(batch, conversation_id, seq, self._clock())
+            await self._writer.submit(batch)
+            self._lost_commits.update(lost)
+            self._notify(outcome.messages)
         return outcome
 
     def _apply(
-        self, envelope: MessageEnvelope, outcome: BatchOutcome, touched: dict[ConversationId, Conversation]
+        self,
+        envelope: MessageEnvelope,
+        outcome: BatchOutcome,
+        touched: dict[ConversationId, Conversation],
+        lost: list[tuple[ConversationId, int]],
     ) -> None:
         if envelope.kind is MessageKind.WELCOME:
             joined = self._join_now(envelope)
@@ -66,7 +82,10 @@ class Sync(ClientBase):
         conversation = self._loaded.get(envelope.conversation_id)
         if conversation is None:
             raise UnknownConversation(f"no conversation {envelope.conversation_id.hex} on this device")
+        pending = conversation.state.pending
         message = conversation.process(envelope, self._clock())
+        if pending is not None and conversation.state.pending is None and envelope.sender_device != self.device_id:
+            lost.append((conversation.id, pending.seq))  # another member's commit took our epoch
         touched[conversation.id] = conversation
         if message is not None:
             outcome.messages.append(message)

@@ -20,7 +20,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from ping_web.errors import InvalidInput
 
-NAMESPACES: Final = ("device", "mls", "conversations", "history", "outbox", "journal")
+NAMESPACES: Final = ("device", "mls", "conversations", "history", "outbox", "journal", "requests")
 """Every namespace a backend must provide (IndexedDB needs them fixed at creation)."""
 
 

@@ -13,7 +13,9 @@ transaction's ``complete``/``abort`` event: one batch is one transaction.
 Single owner: :meth:`IndexedDbStorage.open` holds the Web Lock ``ping_web:{name}`` until
 :meth:`~IndexedDbStorage.close` (other tabs and workers are refused), and a process-wide
 registry refuses a second opener in this Python process (the only guard where the host
-has no Web Locks, as in Node). Opening never deletes or resets anything, whatever fails.
+has no Web Locks, as in Node). A caller that already holds that lock (a tab elected
+leader by waiting for it, :mod:`ping_web.client.tabs`) hands it over instead. Opening
+never deletes or resets anything, whatever fails.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from ping_web.storage.locks import WebLock, acquire_lock
 
 __all__ = ["DB_VERSION", "KEYS_STORE", "IndexedDbStorage", "database_name", "delete_database"]
 
-DB_VERSION: Final = 2
-"""1: the first five namespaces; 2 adds ``journal`` (an upgrade only creates missing stores)."""
+DB_VERSION: Final = 3
+"""1: the first five namespaces; 2 adds ``journal``; 3 adds ``requests`` (an upgrade only
+creates missing stores)."""
 KEYS_STORE: Final = "keys"
 KEY_RECORD_VERSION: Final = 1
 STORES: Final = (*NAMESPACES, KEYS_STORE)
@@ -163,18 +166,30 @@ class IndexedDbStorage:
         db.onclose = self._on_versionchange
 
     @classmethod
-    async def open(cls, name: str, *, indexed_db: Any = None) -> IndexedDbStorage:
-        """Open (or create) the device storage ``name``; DatabaseInUse if another owner has it."""
+    async def open(cls, name: str, *, indexed_db: Any = None, lock: WebLock | None = None) -> IndexedDbStorage:
+        """Open (or create) the device storage ``name``; DatabaseInUse if another owner has it.
+
+        ``lock``: the Web Lock of this database, already held by the caller (who waited for
+        it); the storage takes it over and releases it on :meth:`close`, or at once if
+        opening fails.
+        """
         db_name = database_name(name)
         factory = indexed_db if indexed_db is not None else _ffi.host_global("indexedDB")
-        if factory is None:
-            raise StorageUnavailable("this JavaScript host has no IndexedDB; use MemoryStorage or another backend")
-        if db_name in _open_names:
-            raise DatabaseInUse(f"the device storage {db_name!r} is already open in this process; close it first")
+        refusal: StorageError | InvalidInput | None = None
+        if lock is not None and (lock.name != db_name or not lock.held):
+            refusal = InvalidInput(f"the lock handed to open {db_name!r} must be its own Web Lock, still held")
+        elif factory is None:
+            refusal = StorageUnavailable("this JavaScript host has no IndexedDB; use MemoryStorage or another backend")
+        elif db_name in _open_names:
+            refusal = DatabaseInUse(f"the device storage {db_name!r} is already open in this process; close it first")
+        if refusal is not None:
+            if lock is not None:
+                await lock.release()
+            raise refusal
         _open_names.add(db_name)  # before any await: two concurrent openers cannot both pass
-        lock = None
         try:
-            lock = await acquire_lock(db_name)
+            if lock is None:
+                lock = await acquire_lock(db_name)
             db = await _open_database(factory, db_name)
         except BaseException:
             if lock is not None:

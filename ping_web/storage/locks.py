@@ -55,6 +55,8 @@ async def acquire_lock(lock_name: str, *, wait: bool = False) -> WebLock | None:
 
     Without ``wait``, raises :class:`~ping_web.errors.DatabaseInUse` if someone else holds
     it; with ``wait``, returns once the current holder lets go (or its tab goes away).
+    Cancelling the call while it waits gives the place up: if the lock comes later, it is
+    released at once.
     """
     locks = _locks()
     if locks is None:
@@ -76,7 +78,13 @@ async def acquire_lock(lock_name: str, *, wait: bool = False) -> WebLock | None:
 
     options = _ffi.js_object({} if wait else {"ifAvailable": True})
     request = locks.request(lock_name, options, _ffi.once_callable(on_lock))
-    if not await granted:
+    try:
+        available = await granted
+    except asyncio.CancelledError:  # given up while waiting: a grant that raced it is let go
+        if granted.done() and not granted.cancelled() and granted.result():
+            release[0]()
+        raise
+    if not available:
         raise DatabaseInUse(
             f"the device storage {lock_name!r} is open in another tab or worker; "
             "close it there (or use that tab) and try again"
