@@ -47,9 +47,11 @@ except ImportError:  # CPython: nothing here is callable, but the module imports
 
 __all__ = [
     "IN_PYODIDE",
+    "BroadcastChannelHandle",
     "JsCallFailed",
     "JsErrorInfo",
     "JsException",
+    "broadcast_channel",
     "call_catching",
     "destroy_soon",
     "error_info",
@@ -230,6 +232,54 @@ async def first_event(target: Any, types: Iterable[str]) -> Any:
     for name in names:
         setattr(target, name, None)
     return event
+
+
+# -- BroadcastChannel -------------------------------------------------------------------------
+
+
+class BroadcastChannelHandle:
+    """An open ``BroadcastChannel``: :meth:`post` sends a Python value (converted like
+    :func:`js_object`) to every other context of this origin listening on the name."""
+
+    def __init__(self, channel: Any, handler: Any) -> None:
+        self._channel: Any = channel
+        self._handler = handler
+
+    def post(self, message: Mapping[str, Any]) -> None:
+        if self._channel is not None:
+            self._channel.postMessage(js_object(message))
+
+    def close(self) -> None:
+        """Stop sending and receiving. Idempotent."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        channel.onmessage = None
+        channel.close()
+        destroy_soon(self._handler)  # not from inside its own call
+
+
+def broadcast_channel(name: str, on_message: Callable[[Any], None]) -> BroadcastChannelHandle:
+    """Listen on the ``BroadcastChannel`` ``name``: ``on_message`` gets every message other
+    contexts post there, as Python values (:func:`from_js`); one that fails to convert is
+    dropped, and nothing ``on_message`` raises reaches JavaScript."""
+    channel = _require_host().BroadcastChannel.new(name)
+
+    def deliver(event: Any) -> None:
+        try:
+            value = from_js(event.data)
+        except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
+            return
+        try:
+            on_message(value)
+        except Exception:  # noqa: BLE001 - the listener's failure stays in Python
+            import traceback
+
+            traceback.print_exc()
+
+    handler = create_proxy(deliver)
+    channel.onmessage = handler
+    return BroadcastChannelHandle(channel, handler)
 
 
 # -- scripts and wasm --------------------------------------------------------------------------
