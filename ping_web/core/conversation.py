@@ -104,6 +104,9 @@ class Conversation:
         self._held_gone: dict[tuple[DeviceId, int], MessageEnvelope] = {}  # released since then
         self._members: list[Member] | None = None  # cache, valid for the current epoch
         self._users_by_leaf: dict[int, UserId] | None = None
+        # The epoch since which no member joined or left, as far as this instance saw (one
+        # loaded from storage cannot tell, so it assumes the roster just changed).
+        self._roster_epoch = group.epoch
         self._persisted_meta: ConversationMeta | None = None  # what records() last encoded
         self._persisted_leaves: dict[DeviceId, int] | None = None
         self._released: list[IncomingMessage] = []
@@ -381,8 +384,9 @@ class Conversation:
         pending = self._state.pending
         if pending is None:
             raise NoPendingCommit("no own commit is pending")
+        roster = self._roster()
         self._group.merge_pending_commit()
-        self._after_epoch_change()
+        self._after_epoch_change(roster)
         if pending.added:
             by_key = {m.signature_key: m.leaf_index for m in self._member_list()}
             for device, key in pending.added:
@@ -519,10 +523,15 @@ class Conversation:
             self._users_by_leaf = {m.leaf_index: UserId(m.identity) for m in self._member_list()}
         return self._users_by_leaf.get(leaf)
 
-    def _after_epoch_change(self) -> None:
+    def _roster(self) -> frozenset[tuple[int, bytes]]:
+        return frozenset((m.leaf_index, m.signature_key) for m in self._member_list())
+
+    def _after_epoch_change(self, roster_before: frozenset[tuple[int, bytes]]) -> None:
         self._members = None
         self._users_by_leaf = None
         members = self._member_list()
+        if self._roster() != roster_before:
+            self._roster_epoch = self._group.epoch
         self._meta = dataclasses.replace(self._meta, epoch=self._group.epoch, member_count=max(1, len(members)))
         live = {m.leaf_index for m in members}
         self._leaves = {device: leaf for device, leaf in self._leaves.items() if leaf in live}
@@ -566,6 +575,7 @@ class Conversation:
         lost = envelope.kind is MessageKind.COMMIT and pending is not None and envelope.epoch == pending.epoch
         header = authenticated_header(envelope.kind, envelope.sender_device, envelope.epoch, envelope.seq, envelope.hlc)
         expected = envelope.content_hash if envelope.kind is MessageKind.APPLICATION else b""
+        roster = self._roster() if envelope.kind is MessageKind.COMMIT else frozenset()
         if lost:
             # The ordered log put another device's commit first: ours lost this epoch.
             with self._undo_on_error():
@@ -581,7 +591,7 @@ class Conversation:
         if processed.kind is ProcessedKind.APPLICATION:
             message = self._incoming(envelope, processed)
         elif processed.kind is ProcessedKind.COMMIT:
-            self._after_epoch_change()
+            self._after_epoch_change(roster)
             if not processed.still_member:
                 self._state.removed = True
         self._cursor.advance(envelope.kind, envelope.epoch, envelope.sender_device, envelope.seq, envelope.hlc)
@@ -590,10 +600,20 @@ class Conversation:
         return message
 
     def _incoming(self, envelope: MessageEnvelope, processed: Processed) -> IncomingMessage:
+        """The message, with its sender's user taken from the current roster only if the
+        member at its leaf now is the one that sent it.
+
+        MLS gives a removed member's leaf to the next member added, so a late message of a
+        past epoch may come from a leaf that another member holds now: it is attributed only
+        if no member joined or left since its epoch, or if its device is known at that leaf.
+        A device is learned at a leaf only then, and only if no other device is known there.
+        """
         sender_user = None
-        if processed.sender_leaf is not None:
-            self._leaves.setdefault(envelope.sender_device, processed.sender_leaf)
-            sender_user = self._user_at(processed.sender_leaf)
+        leaf, device = processed.sender_leaf, envelope.sender_device
+        if leaf is not None and (envelope.epoch >= self._roster_epoch or self._leaves.get(device) == leaf):
+            sender_user = self._user_at(leaf)
+            if device not in self._leaves and leaf not in self._leaves.values():
+                self._leaves[device] = leaf
         return IncomingMessage.from_envelope(envelope, processed.plaintext, sender_user)
 
     def _release_held(self) -> None:
