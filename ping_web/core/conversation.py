@@ -617,13 +617,14 @@ class Conversation:
         return IncomingMessage.from_envelope(envelope, processed.plaintext, sender_user)
 
     def _release_held(self) -> None:
-        """Apply held envelopes whose epoch has arrived, commits of an epoch first."""
+        """Apply held envelopes whose epoch has arrived, in epoch order; an epoch's commit
+        after its other envelopes, since it ends the epoch (and may remove this device)."""
         while True:
             epoch = self.epoch()
             ready = [h for h in self._held.values() if h.epoch <= epoch]
             if not ready:
                 return
-            ready.sort(key=lambda h: (h.epoch, h.kind is not MessageKind.COMMIT, h.hlc, h.seq))
+            ready.sort(key=lambda h: (h.epoch, h.kind is MessageKind.COMMIT, h.hlc, h.seq))
             envelope = ready[0]
             key = _held_key(envelope)
             del self._held[key]
