@@ -100,3 +100,21 @@ def test_late_message_across_a_self_update_keeps_its_sender() -> None:
     assert got is not None and got.epoch == 1 and alice.c.epoch() == 2
     assert got.sender_user == UserId(b"carol")
     assert alice.c.leaf_index_of(carol.device_id) == carol.c.own_leaf_index
+
+
+def test_held_messages_of_an_epoch_come_before_the_commit_that_removes_this_device() -> None:
+    """Everything of an epoch is applied before the commit that ends it: a device removed by
+    that commit still reads the messages of its last epoch, however they arrived."""
+    _, (alice, bob, carol) = group(b"alice", b"bob", b"carol")
+    update = bob.c.self_update(10)
+    commit(bob, update, [carol], 11)
+    last = bob.c.send_application(b"alice's last epoch", 12)
+    removal = bob.c.remove_members([alice.c.own_leaf_index], 13)
+    commit(bob, removal, [carol], 14)
+    # alice gets the log newest first: the removal and the message wait for the update.
+    assert alice.receive(removal, 15) is None and alice.receive(last, 15) is None
+    assert len(alice.c.held) == 2
+    assert alice.receive(update, 16) is None
+    assert alice.c.take_rejected() == []
+    assert [m.plaintext for m in alice.c.take_released()] == [b"alice's last epoch"]
+    assert alice.c.state.removed and alice.c.held == []
