@@ -48,21 +48,30 @@ except ImportError:  # CPython: nothing here is callable, but the module imports
 __all__ = [
     "IN_PYODIDE",
     "BroadcastChannelHandle",
+    "HttpResponse",
     "JsCallFailed",
     "JsErrorInfo",
     "JsException",
+    "ListenerHandle",
+    "WebSocketHandle",
     "broadcast_channel",
     "call_catching",
     "destroy_soon",
     "error_info",
     "first_event",
     "from_js",
+    "has_websocket",
     "host_global",
+    "host_online",
+    "http_request",
     "is_absent",
     "js_bytes",
     "js_object",
+    "listen_global",
+    "location_origin",
     "new_promise",
     "once_callable",
+    "open_websocket",
     "proxy",
     "run_script",
     "to_js_bytes",
@@ -280,6 +289,203 @@ def broadcast_channel(name: str, on_message: Callable[[Any], None]) -> Broadcast
     handler = create_proxy(deliver)
     channel.onmessage = handler
     return BroadcastChannelHandle(channel, handler)
+
+
+# -- HTTP and WebSocket (the relay client) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What :func:`http_request` got back: the status, the body as text, and ``Retry-After``."""
+
+    status: int
+    text: str
+    retry_after: str | None = None
+
+
+_HTTP_SOURCE: Final = """async (method, url, headers, body, timeoutMs) => {
+  const controller = typeof AbortController === "function" ? new AbortController() : null;
+  const timer = controller && timeoutMs > 0 ? setTimeout(() => controller.abort(), timeoutMs) : null;
+  try {
+    const init = { method, headers: Object.fromEntries(headers), redirect: "error" };
+    if (body !== null && body !== undefined) init.body = body;
+    if (controller) init.signal = controller.signal;
+    const response = await fetch(url, init);
+    const text = await response.text();
+    return { ok: true, status: response.status, text, retryAfter: response.headers.get("retry-after") };
+  } catch (e) {
+    const timedOut = e?.name === "AbortError";
+    const cause = e?.cause ? ` (${e.cause.code ?? e.cause.message ?? e.cause})` : "";
+    return { ok: false, name: timedOut ? "TimeoutError" : String(e?.name ?? "Error"),
+             message: timedOut ? `no answer within ${timeoutMs} ms` : String(e?.message ?? e) + cause };
+  } finally {
+    if (timer !== null) clearTimeout(timer);
+  }
+}"""
+_http: Any = None
+
+
+async def http_request(
+    method: str, url: str, headers: Mapping[str, str], body: str | None = None, *, timeout_s: float = 30.0
+) -> HttpResponse:
+    """One HTTP request with the host's ``fetch`` (page, worker, Node 18+). An answer of any
+    status is returned; no answer (network down, refused connection, timeout) raises
+    :class:`JsCallFailed` (name ``TypeError``, ``TimeoutError``, ...). Redirects are errors."""
+    global _http
+    _require_host()
+    if _http is None:
+        _http = run_js(_HTTP_SOURCE)
+    pairs = to_js([[str(k), str(v)] for k, v in headers.items()])
+    outcome = await _http(method, url, pairs, body, int(timeout_s * 1000))
+    if not outcome.ok:
+        raise JsCallFailed(JsErrorInfo(str(outcome.name), str(outcome.message)))
+    retry_after = outcome.retryAfter
+    return HttpResponse(int(outcome.status), str(outcome.text), None if is_absent(retry_after) else str(retry_after))
+
+
+def has_websocket() -> bool:
+    """Whether the host has a global ``WebSocket`` (browsers do; Node 20 only with
+    ``--experimental-websocket``, Node 22 and later always)."""
+    return host_global("WebSocket") is not None
+
+
+class WebSocketHandle:
+    """An open (or opening) ``WebSocket``. Its events reach the ``on_event`` callback given
+    to :func:`open_websocket` as ``("open", None)``, ``("message", text)``,
+    ``("close", (code, reason))`` and ``("error", None)``; after ``close`` nothing more.
+    An ``error`` before ``open`` means the connection failed: Node's WebSocket then never
+    fires ``close``."""
+
+    def __init__(self, socket: Any, handlers: list[Any]) -> None:
+        self._socket: Any = socket
+        self._handlers = handlers
+
+    @property
+    def protocol(self) -> str:
+        return "" if self._socket is None else str(self._socket.protocol)
+
+    def send(self, text: str) -> bool:
+        """Queue a text frame; ``False`` if the socket is not open."""
+        socket = self._socket
+        if socket is None or socket.readyState != 1:
+            return False
+        try:
+            socket.send(text)
+        except JsException:
+            return False
+        return True
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close (idempotent); the ``close`` event still arrives, unless :meth:`release`d."""
+        socket = self._socket
+        if socket is not None and socket.readyState in (0, 1):
+            try:
+                socket.close(code, reason)
+            except JsException:
+                pass
+
+    def release(self) -> None:
+        """Stop listening to the socket's events and free the handlers (idempotent)."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.onopen = socket.onmessage = socket.onclose = socket.onerror = None
+        for handler in self._handlers:
+            destroy_soon(handler)
+
+
+def open_websocket(url: str, protocols: list[str], on_event: Callable[[str, Any], None]) -> WebSocketHandle:
+    """``new WebSocket(url, protocols)``, its events forwarded to ``on_event`` (see
+    :class:`WebSocketHandle`); text frames arrive as ``str``, binary ones are dropped.
+    Nothing ``on_event`` raises reaches JavaScript. Raises :class:`JsCallFailed` if the
+    host refuses the URL."""
+    host = _require_host()
+    constructor = host_global("WebSocket")
+    if constructor is None:
+        raise JsCallFailed(JsErrorInfo("NotSupportedError", "this host has no WebSocket"))
+    try:
+        socket = constructor.new(url, to_js(list(protocols)))
+    except JsException as exc:
+        raise JsCallFailed(error_info(exc)) from None
+    del host
+    handle = WebSocketHandle(socket, [])
+
+    def deliver(kind: str, value: Any) -> None:
+        try:
+            on_event(kind, value)
+        except Exception:  # noqa: BLE001 - the listener's failure stays in Python
+            import traceback
+
+            traceback.print_exc()
+
+    def on_open(event: Any) -> None:
+        deliver("open", None)
+
+    def on_message(event: Any) -> None:
+        data = event.data
+        if isinstance(data, str):
+            deliver("message", data)
+
+    def on_close(event: Any) -> None:
+        code, reason = int(getattr(event, "code", 1006) or 1006), str(getattr(event, "reason", "") or "")
+        handle.release()
+        deliver("close", (code, reason))
+
+    def on_error(event: Any) -> None:
+        deliver("error", None)
+
+    handlers = [create_proxy(fn) for fn in (on_open, on_message, on_close, on_error)]
+    handle._handlers = handlers
+    socket.onopen, socket.onmessage, socket.onclose, socket.onerror = handlers
+    return handle
+
+
+def location_origin() -> str | None:
+    """``globalThis.location.origin`` (a page or worker), or ``None`` (Node)."""
+    location = host_global("location")
+    origin = None if location is None else getattr(location, "origin", None)
+    return origin if isinstance(origin, str) and origin not in ("", "null") else None
+
+
+def host_online() -> bool:
+    """``navigator.onLine`` where the host has it (``True`` elsewhere)."""
+    navigator = host_global("navigator")
+    online = None if navigator is None else getattr(navigator, "onLine", None)
+    return online if isinstance(online, bool) else True
+
+
+class ListenerHandle:
+    """A listener added by :func:`listen_global`; :meth:`remove` takes it off."""
+
+    def __init__(self, event: str, handler: Any) -> None:
+        self._event = event
+        self._handler: Any = handler
+
+    def remove(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            _require_host().removeEventListener(self._event, handler)
+            destroy_soon(handler)
+
+
+def listen_global(event: str, callback: Callable[[], None]) -> ListenerHandle | None:
+    """Call ``callback`` on each ``event`` the global scope fires (``"online"``, ...);
+    ``None`` where the host has no ``addEventListener`` (Node)."""
+    host = _require_host()
+    if getattr(host, "addEventListener", None) is None:
+        return None
+
+    def fire(_: Any) -> None:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - the listener's failure stays in Python
+            import traceback
+
+            traceback.print_exc()
+
+    handler = create_proxy(fire)
+    host.addEventListener(event, handler)
+    return ListenerHandle(event, handler)
 
 
 # -- scripts and wasm --------------------------------------------------------------------------

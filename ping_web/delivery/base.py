@@ -3,7 +3,13 @@
 A delivery service keeps, per conversation, an ordered log that accepts exactly one commit
 per epoch; a Welcome mailbox per device; and a directory of one-time KeyPackages. The
 client talks to it only through :class:`Delivery`, so the in-memory service, the port to a
-service in another worker, and a network relay are interchangeable.
+service in another worker, and the network relay (:mod:`ping_web.delivery.relay`) are
+interchangeable.
+
+A commit travels with everything that depends on it: its Welcome (for the devices it
+adds) and its roster change (devices added and removed) go in the same
+:meth:`Delivery.commit` call, accepted or refused as a whole. So a Welcome is never left
+for a commit the log refused, and a commit the log took never lacks its Welcome.
 """
 
 from __future__ import annotations
@@ -12,23 +18,104 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.errors import PingError, StateConflict
 
 
 @dataclass(frozen=True, slots=True)
 class LogPage:
-    """Envelopes of one conversation log from a position on, and where to continue."""
+    """Envelopes of one conversation log from a position on, and where to continue.
+
+    A position counts the log entries a client has consumed: ``fetch(id, 0)`` starts at the
+    first entry, and ``next_position`` is what to pass next time (for the relay, the
+    relay's sequence number of the last entry returned)."""
 
     envelopes: list[bytes]
     next_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class RosterChange:
+    """Who a commit adds and removes, by device: what a relay keeps to route the log.
+
+    ``removed_keys`` lists the MLS signature keys of removed members whose device id the
+    committer does not know (it knows the devices it added and those it heard from); a
+    delivery service that keeps a roster resolves them to its devices. Services without a
+    roster ignore the whole change."""
+
+    added: tuple[DeviceId, ...] = ()
+    removed: tuple[DeviceId, ...] = ()
+    removed_keys: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What a delivery service announced: ``kind`` is ``"log"`` (``conversation_id`` set: its
+    log has new entries) or ``"welcome"`` (``device_ids`` set: Welcomes wait for them). A
+    notice only says "something is new": clients then pull with ``sync()`` as usual."""
+
+    kind: str
+    conversation_id: ConversationId | None = None
+    device_ids: tuple[DeviceId, ...] = ()
+
+
+class DeviceSigner(Protocol):
+    """A device's identity as a delivery service sees it, and proof of its signing key.
+
+    :meth:`sign` is the MLS signature key's ``SignWithLabel`` outside MLS (Ed25519 over
+    ``b"ping-web/" + label + b"\\x00" + content``); the key never leaves the wasm module.
+    The client hands one to its delivery service (:meth:`Delivery.bind`)."""
+
+    @property
+    def user_id(self) -> UserId: ...
+
+    @property
+    def device_id(self) -> DeviceId: ...
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, label: str, content: bytes) -> bytes: ...
+
+
+class DeliveryUnavailable(PingError):
+    """The delivery service did not answer (the network or the relay is down, its worker is
+    gone, the port closed, or it timed out). Nothing is lost: the client's outbox keeps what
+    was not handed over; retry with ``sync()`` once the service is back."""
+
+
+class CommitRefused(StateConflict):
+    """The delivery service refused a commit for a reason other than a lost race for the
+    epoch (its roster names a device it does not know, or one already in or out of the
+    group). The commit never entered the log: the committer discards it."""
 
 
 @runtime_checkable
 class Delivery(Protocol):
     """What a client needs from a delivery service. Envelopes cross as encoded bytes."""
 
+    def bind(self, device: DeviceSigner) -> None:
+        """The device this service acts for, called by the client when it opens (before
+        any other call). Services that authenticate devices (the relay) sign with it;
+        others ignore it. Does no I/O."""
+        ...
+
+    async def create_group(self, conversation_id: ConversationId) -> None:
+        """Register a new conversation, this device its creator and first member. Called
+        once the conversation is stored; calling it again is harmless."""
+        ...
+
     async def post(self, envelope: bytes) -> bool:
-        """Append to the conversation's log. A commit is refused (``False``) if the log
-        already holds a commit for its epoch or has moved past it."""
+        """Append an application or proposal envelope to its conversation's log; ``False``
+        if the log refused it (an epoch it no longer takes). Posting the same envelope
+        again is harmless: receivers drop the copy, and the relay keeps it once."""
+        ...
+
+    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+        """Append a commit, and leave its Welcome in the mailbox of every device in
+        ``roster.added``, as one step: ``True`` if the log took it (also when it already
+        held this very commit), ``False`` if it holds another commit for that epoch or has
+        moved past it (nothing is stored then, the Welcome neither). Raises
+        :class:`CommitRefused` for a refusal that no retry fixes."""
         ...
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
@@ -36,11 +123,17 @@ class Delivery(Protocol):
         ...
 
     async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
-        """Leave ``welcome`` in the mailbox of each device."""
+        """Leave ``welcome`` in the mailbox of each device (being replaced by :meth:`commit`)."""
         ...
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
-        """Take every Welcome waiting for ``device_id`` (each is returned once)."""
+        """Welcomes waiting for ``device_id``. A service may return one again until it is
+        acknowledged (:meth:`ack_welcomes`); joining twice is harmless."""
+        ...
+
+    async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
+        """These Welcomes (as :meth:`fetch_welcomes` returned them) are dealt with: joined,
+        durably, or refused. They are not returned again."""
         ...
 
     async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
@@ -52,5 +145,5 @@ class Delivery(Protocol):
         ...
 
     async def devices_of(self, user_id: UserId) -> list[DeviceId]:
-        """Devices of ``user_id`` that ever published KeyPackages."""
+        """Devices of ``user_id`` the service knows (that published KeyPackages or registered)."""
         ...

@@ -3,8 +3,9 @@
 :class:`LocalDeliveryService` keeps, per conversation, an ordered log that accepts exactly
 one commit per epoch (the first one submitted wins; a late one is refused so its author
 discards it and applies the winner), a Welcome mailbox per device, and a KeyPackage
-directory where each KeyPackage is handed out once. Everything is in memory; a bridge
-(``web/``) lets workers or tabs share one instance.
+directory where each KeyPackage is handed out once. Everything is in memory; the port
+(:mod:`ping_web.delivery.port`) lets workers share one instance. It keeps no roster and
+authenticates no one: every device may read and post every log.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import defaultdict
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import LogPage
+from ping_web.delivery.base import DeviceSigner, LogPage, RosterChange
 from ping_web.errors import InvalidInput, StateConflict
 
 
@@ -23,27 +24,59 @@ class LocalDeliveryService:
     def __init__(self) -> None:
         self._logs: dict[ConversationId, list[bytes]] = defaultdict(list)
         self._next_commit_epoch: dict[ConversationId, int] = {}
+        self._commits: dict[tuple[ConversationId, DeviceId, int], bytes] = {}
         self._mailboxes: dict[DeviceId, list[bytes]] = defaultdict(list)
         self._key_packages: dict[DeviceId, list[bytes]] = defaultdict(list)
         self._devices: dict[UserId, list[DeviceId]] = defaultdict(list)
 
     # The methods are async for the protocol; they never await, so each is atomic.
 
+    def bind(self, device: DeviceSigner) -> None:
+        """Nothing to do: this service authenticates no one."""
+
+    async def create_group(self, conversation_id: ConversationId) -> None:
+        """Nothing to do: a log exists from its first entry."""
+
     async def post(self, envelope: bytes) -> bool:
         return self.post_now(envelope)
 
     def post_now(self, envelope: bytes) -> bool:
-        """:meth:`post` without a coroutine (for bridges that answer synchronously)."""
+        """:meth:`post` without a coroutine (for bridges that answer synchronously).
+
+        A commit posted here is taken like :meth:`commit` without Welcome or roster."""
         decoded = MessageEnvelope.decode(envelope)
         if decoded.kind is MessageKind.WELCOME:
-            raise InvalidInput("welcomes go to mailboxes: use send_welcome")
-        conversation = decoded.conversation_id
+            raise InvalidInput("welcomes go to mailboxes: send them with their commit (commit)")
         if decoded.kind is MessageKind.COMMIT:
-            expected = self._next_commit_epoch.get(conversation, decoded.epoch)
-            if decoded.epoch != expected:
-                return False
-            self._next_commit_epoch[conversation] = decoded.epoch + 1
-        self._logs[conversation].append(bytes(envelope))
+            return self._append_commit(decoded, envelope)
+        self._logs[decoded.conversation_id].append(bytes(envelope))
+        return True
+
+    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+        decoded = MessageEnvelope.decode(commit)
+        if decoded.kind is not MessageKind.COMMIT:
+            raise InvalidInput("commit takes a COMMIT envelope")
+        if welcome is not None and MessageEnvelope.decode(welcome).kind is not MessageKind.WELCOME:
+            raise InvalidInput("a commit's Welcome must be a WELCOME envelope")
+        if (welcome is None) != (not roster.added):
+            raise InvalidInput("a Welcome goes with a commit exactly when it adds devices")
+        if not self._append_commit(decoded, commit):
+            return False
+        for device in roster.added:
+            self._mailboxes[device].append(bytes(welcome or b""))
+        return True
+
+    def _append_commit(self, decoded: MessageEnvelope, raw: bytes) -> bool:
+        conversation = decoded.conversation_id
+        key = (conversation, decoded.sender_device, decoded.seq)
+        if self._commits.get(key) == bytes(raw):
+            return True  # this very commit again (its first post's answer was lost)
+        expected = self._next_commit_epoch.get(conversation, decoded.epoch)
+        if decoded.epoch != expected:
+            return False
+        self._next_commit_epoch[conversation] = decoded.epoch + 1
+        self._commits[key] = bytes(raw)
+        self._logs[conversation].append(bytes(raw))
         return True
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
@@ -53,13 +86,19 @@ class LocalDeliveryService:
         return LogPage(log[position:], len(log))
 
     async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        """Leave ``welcome`` in the mailbox of each device (for callers that deliver a
+        Welcome themselves; :meth:`commit` does it with the commit)."""
         if MessageEnvelope.decode(welcome).kind is not MessageKind.WELCOME:
             raise InvalidInput("send_welcome takes WELCOME envelopes")
         for device in device_ids:
             self._mailboxes[device].append(bytes(welcome))
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        """Take every Welcome waiting for ``device_id`` (each is returned once)."""
         return self._mailboxes.pop(device_id, [])
+
+    async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
+        """Nothing to do: :meth:`fetch_welcomes` already took them."""
 
     async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
         if device_id not in self._devices[user_id]:

@@ -16,14 +16,16 @@ hands one end to each side::
 
 Messages on a port (structured clone; bytes cross as ``Uint8Array``, ids as their raw bytes):
 
-* request, device to server: ``{id: int, method: str, args: [...]}``, ``method`` one of the
-  :class:`~ping_web.delivery.Delivery` methods with its arguments in order;
+* request, device to server: ``{id: int, method: str, args: [...]}``, ``method`` one of
+  :data:`METHODS` (the :class:`~ping_web.delivery.Delivery` methods, plus ``send_welcome``)
+  with its arguments in order; a :class:`~ping_web.delivery.RosterChange` crosses as
+  ``{added: [...], removed: [...], removed_keys: [...]}``;
 * reply, server to device: ``{id, result}`` or ``{id, error: {name, message}}``, where
   ``name`` is the :class:`~ping_web.errors.PingError` subclass (re-raised as that class on
   the device side);
-* notice, server to every other port: ``{notice: "log", conversation_id}`` after a post
-  was accepted, ``{notice: "welcome", device_ids: [...]}`` after a Welcome was left. A
-  notice only says "something is new": clients then pull with ``sync()`` as usual.
+* notice, server to every other port: ``{notice: "log", conversation_id}`` after a post or
+  commit was accepted, ``{notice: "welcome", device_ids: [...]}`` after a Welcome was left.
+  A notice only says "something is new": clients then pull with ``sync()`` as usual.
 
 Everything here needs Pyodide (through :mod:`ping_web._ffi`).
 """
@@ -32,12 +34,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from ping_web import _ffi, errors
+from ping_web.core.envelope import MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import Delivery, LogPage
+from ping_web.delivery.base import (
+    CommitRefused,
+    Delivery,
+    DeliveryUnavailable,
+    DeviceSigner,
+    LogPage,
+    Notice,
+    RosterChange,
+)
 from ping_web.errors import InvalidInput, PingError
 
 __all__ = [
@@ -52,35 +62,23 @@ __all__ = [
 ]
 
 METHODS: Final = (
+    "create_group",
     "post",
+    "commit",
     "fetch",
     "send_welcome",
     "fetch_welcomes",
+    "ack_welcomes",
     "publish_key_packages",
     "claim_key_package",
     "devices_of",
 )
-"""The :class:`~ping_web.delivery.Delivery` methods a port carries."""
+"""The :class:`~ping_web.delivery.Delivery` methods a port carries (``bind`` stays on the
+device side), and ``send_welcome`` of services that have it."""
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 MAX_LIST: Final = 10_000
 """Most items a list argument may have (welcome recipients, KeyPackages per call)."""
-
-
-class DeliveryUnavailable(PingError):
-    """The delivery service did not answer (its worker is gone, the port closed, or it timed
-    out). Nothing is lost: the client's outbox keeps what was not handed over; retry with
-    ``sync()`` once the service is back."""
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """What a server announced: ``kind`` is ``"log"`` (``conversation_id`` set) or
-    ``"welcome"`` (``device_ids`` set)."""
-
-    kind: str
-    conversation_id: ConversationId | None = None
-    device_ids: tuple[DeviceId, ...] = ()
 
 
 # -- conversions at the port ------------------------------------------------------------------
@@ -104,6 +102,31 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
+_DELIVERY_ERRORS: Final[dict[str, type[PingError]]] = {
+    "DeliveryUnavailable": DeliveryUnavailable,
+    "CommitRefused": CommitRefused,
+}
+
+
+def _roster(value: Any) -> RosterChange:
+    if not isinstance(value, dict):
+        raise InvalidInput("delivery bridge: a roster is an object {added, removed, removed_keys}")
+    return RosterChange(
+        tuple(DeviceId.from_bytes(raw) for raw in _raw_list(value.get("added", []), "added")),
+        tuple(DeviceId.from_bytes(raw) for raw in _raw_list(value.get("removed", []), "removed")),
+        tuple(_raw_list(value.get("removed_keys", []), "removed_keys")),
+    )
+
+
+def roster_record(roster: RosterChange) -> dict[str, list[bytes]]:
+    """How a :class:`~ping_web.delivery.RosterChange` crosses a port."""
+    return {
+        "added": [d.raw for d in roster.added],
+        "removed": [d.raw for d in roster.removed],
+        "removed_keys": list(roster.removed_keys),
+    }
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     """How an exception crosses a port or a worker boundary: ``{name, message}``."""
     return {"name": type(exc).__name__, "message": str(exc)}
@@ -119,7 +142,7 @@ def error_from_record(record: Any) -> PingError:
     message = record.get("message") if isinstance(record, dict) else None
     name = name if isinstance(name, str) else "PingError"
     message = message if isinstance(message, str) else "no message"
-    cls = getattr(errors, name, None) or (DeliveryUnavailable if name == "DeliveryUnavailable" else None)
+    cls = getattr(errors, name, None) or _DELIVERY_ERRORS.get(name)
     if isinstance(cls, type) and issubclass(cls, PingError) and cls is not errors.MlsError:
         return cls(message)
     return PingError(f"{name}: {message}")
@@ -153,8 +176,18 @@ class PortDelivery:
 
     # Delivery ---------------------------------------------------------------------------------
 
+    def bind(self, device: DeviceSigner) -> None:
+        """Nothing to do: the service behind the port authenticates no one."""
+
+    async def create_group(self, conversation_id: ConversationId) -> None:
+        await self._call("create_group", conversation_id.raw)
+
     async def post(self, envelope: bytes) -> bool:
         return bool(await self._call("post", bytes(envelope)))
+
+    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+        welcome_arg = None if welcome is None else bytes(welcome)
+        return bool(await self._call("commit", bytes(commit), welcome_arg, roster_record(roster)))
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
         result = await self._call("fetch", conversation_id.raw, position)
@@ -167,6 +200,9 @@ class PortDelivery:
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
         return _raw_list(await self._call("fetch_welcomes", device_id.raw), "welcomes")
+
+    async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
+        await self._call("ack_welcomes", device_id.raw, [bytes(w) for w in welcomes])
 
     async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
         await self._call("publish_key_packages", user_id.raw, device_id.raw, [bytes(kp) for kp in key_packages])
@@ -301,10 +337,17 @@ class DeliveryServer:
         except Exception:  # noqa: BLE001 - the other side is gone: nothing to tell
             pass
         if notice is not None:
-            message = _ffi.js_object(notice)
-            for other, _ in list(self._ports):
-                if other is not port:
+            self._broadcast(port, notice)
+
+    def _broadcast(self, origin: Any, notice: dict[str, Any]) -> None:
+        """Send ``notice`` to every port but ``origin``."""
+        message = _ffi.js_object(notice)
+        for other, _ in list(self._ports):
+            if other is not origin:
+                try:
                     other.postMessage(message)
+                except Exception:  # noqa: BLE001 - a port whose other side is gone
+                    pass
 
     async def _dispatch(self, method: Any, args: Any) -> tuple[Any, dict[str, Any] | None]:
         """Call the service; returns the reply's result and the notice to broadcast."""
@@ -319,14 +362,28 @@ class DeliveryServer:
                 raise InvalidInput(f"delivery bridge: {method} takes {n} arguments, got {len(args)}")
             return args
 
+        if method == "create_group":
+            (conversation,) = arity(1)
+            await service.create_group(ConversationId.from_bytes(_raw(conversation, "id")))
+            return None, None
         if method == "post":
             (envelope,) = arity(1)
             accepted = await service.post(_raw(envelope, "envelope"))
             notice = None
             if accepted:
-                from ping_web.core.envelope import MessageEnvelope
-
                 notice = {"notice": "log", "conversation_id": MessageEnvelope.decode(envelope).conversation_id.raw}
+            return accepted, notice
+        if method == "commit":
+            commit, welcome, roster_value = arity(3)
+            roster = _roster(roster_value)
+            welcome_bytes = None if welcome is None else _raw(welcome, "welcome")
+            accepted = await service.commit(_raw(commit, "commit"), welcome_bytes, roster)
+            notice = None
+            if accepted:
+                conversation_id = MessageEnvelope.decode(commit).conversation_id.raw
+                notice = {"notice": "log", "conversation_id": conversation_id}
+                if roster.added:
+                    self._broadcast(None, {"notice": "welcome", "device_ids": [d.raw for d in roster.added]})
             return accepted, notice
         if method == "fetch":
             conversation, position = arity(2)
@@ -334,12 +391,19 @@ class DeliveryServer:
             return {"envelopes": page.envelopes, "next_position": page.next_position}, None
         if method == "send_welcome":
             devices, welcome = arity(2)
+            send_welcome = getattr(service, "send_welcome", None)
+            if send_welcome is None:
+                raise InvalidInput("delivery bridge: this service takes Welcomes only with their commit")
             device_ids = [DeviceId.from_bytes(raw) for raw in _raw_list(devices, "device_ids")]
-            await service.send_welcome(device_ids, _raw(welcome, "welcome"))
+            await send_welcome(device_ids, _raw(welcome, "welcome"))
             return None, {"notice": "welcome", "device_ids": [d.raw for d in device_ids]}
         if method == "fetch_welcomes":
             (device,) = arity(1)
             return await service.fetch_welcomes(DeviceId.from_bytes(_raw(device, "device_id"))), None
+        if method == "ack_welcomes":
+            device, welcomes = arity(2)
+            await service.ack_welcomes(DeviceId.from_bytes(_raw(device, "device_id")), _raw_list(welcomes, "welcomes"))
+            return None, None
         if method == "publish_key_packages":
             user, device, packages = arity(3)
             await service.publish_key_packages(

@@ -290,6 +290,17 @@ class Identity:
         """A fresh KeyPackage (TLS-serialized MlsMessage) whose private keys stay here."""
         return bytes(self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes())
 
+    def sign_with_label(self, label: str, content: bytes) -> bytes:
+        """An Ed25519 signature with this identity's key (:attr:`public_key`) over
+        ``b"ping-web/" + label + b"\\x00" + content``: proof of the key to someone outside
+        the group (a relay's registration and login). ``label`` is 1..64 printable ASCII
+        characters, else :class:`~ping_web.errors.InvalidInput`. Changes no state."""
+        if not isinstance(label, str) or not 1 <= len(label) <= 64 or not all(" " <= c <= "~" for c in label):
+            raise errors.InvalidInput(f"a signature label is 1..64 printable ASCII characters, got {label!r}")
+        runtime = self.provider.runtime
+        signature = runtime.call(self.js.signWithLabel, self.provider.js, label, runtime.u8(bytes(content)))
+        return bytes(signature.to_bytes())
+
 
 class Group:
     """One MLS group, as a member whose ``identity`` signs what it sends.

@@ -1,0 +1,850 @@
+"""RelayDelivery: the :class:`~ping_web.delivery.Delivery` protocol over the relay (``docs/relay.md``).
+
+Works wherever Pyodide has ``fetch``: a page, a (module) Web Worker, Node 18+. All
+JavaScript goes through :mod:`ping_web._ffi` (``http_request``, ``open_websocket``)::
+
+    delivery = RelayDelivery("https://relay.example", on_notice=lambda n: schedule_sync())
+    client = await MessagingClient.open(storage, b"alice", delivery=delivery)
+
+**Identity.** The client binds its device (:meth:`RelayDelivery.bind`, a
+:class:`~ping_web.delivery.DeviceSigner`) when it opens. The first request registers the
+device (``relay-register``, signed by its MLS key inside the wasm module) and logs in
+(a challenge signed ``relay-auth``) for a bearer token. A ``401`` (``token_expired``,
+``invalid_token``) logs in again and repeats the request once. Signatures bind the relay's
+origin: by default the origin of ``url``; pass ``origin`` when the relay runs with an
+``--origin`` other than the URL this device reaches it by.
+
+**Requests.** Each call is one relay request (a fetch follows ``more``). Without an answer
+(network down, relay restarting) or on ``5xx``/``429``, a request is repeated with jittered
+backoff for up to ``retry_for_s`` seconds, then :class:`~ping_web.delivery.DeliveryUnavailable`
+is raised; while the relay is known to be unreachable (state ``offline``) it is tried once.
+Repeating is safe: posts and commits are deduplicated by the relay on (sender, seq), so a
+post whose reply was lost is answered with its original seq; registration, group creation,
+publishing and acknowledging are idempotent. Posts of one conversation go out one at a
+time, in call order. A conversation the relay does not know (its creator was offline when
+it was made) is registered by the first post, commit or fetch that finds it missing.
+
+**Push.** Once bound, a background task keeps one WebSocket to ``/v1/stream``: on
+``ready`` it subscribes every conversation this object has fetched, with the position the
+client last fetched to; entries it pushes are kept and hand the next :meth:`fetch` its
+envelopes without a request, and each one (and each Welcome) is announced to ``on_notice``
+(a :class:`~ping_web.delivery.Notice`: call ``sync()``). A closed stream reconnects with
+backoff (0.5 s doubling, capped at ``backoff_cap_s``, each delay drawn from ``[d/2, d]``)
+and subscribes again from the same positions, so nothing is missed and the client's
+durable cursor decides what it applies. Without a ``WebSocket`` (Node 20 without
+``--experimental-websocket``) it polls every ``poll_interval_s`` instead: Welcomes and the
+log of each fetched conversation.
+
+**State.** :attr:`RelayDelivery.state` (and ``on_state`` on every change) is a
+:class:`ConnectionState`: ``connecting``, ``connected``, ``reconnecting`` (a connection
+failed; retrying), ``offline`` (``offline_after`` attempts in a row failed, or the host
+says it is offline), ``replaced`` (another connection of this device took the stream:
+requests still work, push stopped) or ``closed``; ``queued`` counts envelopes a post or
+commit could not hand over and that were not posted since (the client's outbox keeps them
+and ``sync()`` posts them again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from ping_web import _ffi
+from ping_web.core.envelope import MessageEnvelope, MessageKind
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.delivery.base import (
+    CommitRefused,
+    DeliveryUnavailable,
+    DeviceSigner,
+    LogPage,
+    Notice,
+    RosterChange,
+)
+from ping_web.delivery.relay_wire import (
+    BEARER_PREFIX,
+    CHALLENGE_SIZE,
+    LABEL_AUTH,
+    LABEL_REGISTER,
+    LABEL_ROSTER,
+    SUBPROTOCOL,
+    Backoff,
+    Refusal,
+    auth_content,
+    b64d,
+    b64e,
+    origin_of,
+    register_content,
+    roster_content,
+    stream_url,
+)
+from ping_web.errors import InvalidInput, NotAMember, PingError, StateConflict, UnknownConversation
+
+__all__ = ["ConnectionState", "RelayDelivery", "RelayRefused"]
+
+CONNECTING: Final = "connecting"
+CONNECTED: Final = "connected"
+RECONNECTING: Final = "reconnecting"
+OFFLINE: Final = "offline"
+REPLACED: Final = "replaced"
+CLOSED: Final = "closed"
+
+PAGE_LIMIT: Final = 1000
+KEY_PACKAGES_PER_REQUEST: Final = 100
+ACK_IDS_PER_REQUEST: Final = 1000
+SUBSCRIBE_PER_FRAME: Final = 500
+CACHE_ENTRIES: Final = 4096
+"""Most pushed entries kept per conversation for the next fetch (beyond: fetched again)."""
+CONNECT_TIMEOUT_S: Final = 10.0
+"""How long a stream connection may take to say ``ready``."""
+TOKEN_MARGIN_MS: Final = 30_000
+"""A token this close to its expiry is renewed before use."""
+_AUTH_RETRY: Final = frozenset({"token_expired", "invalid_token", "missing_token"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """How :class:`RelayDelivery` reaches the relay, for a UI: see the module docstring.
+
+    ``attempt`` counts failed connection attempts in a row, ``retry_in_s`` is the wait
+    before the next one (``None`` while connected), ``push`` is ``"websocket"``,
+    ``"polling"`` or ``"none"``, ``detail`` says what failed last."""
+
+    status: str
+    queued: int = 0
+    attempt: int = 0
+    retry_in_s: float | None = None
+    push: str = "none"
+    detail: str = ""
+
+
+class RelayRefused(PingError):
+    """The relay refused a request with a code no subclass of ours names (e.g. a 400 or 413
+    for input this client built): ``refusal`` holds its status, code and data."""
+
+    def __init__(self, message: str, refusal: Refusal) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+class _Refused(Exception):
+    """A relay refusal inside this module (mapped to a PingError before it leaves)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.describe())
+        self.refusal = refusal
+
+
+class RelayDelivery:
+    """A :class:`~ping_web.delivery.Delivery` over the relay at ``url`` (see the module docstring).
+
+    ``url`` defaults to the origin of the page or worker (a relay serving the app itself).
+    ``push`` is ``"auto"`` (WebSocket if the host has one, else polling), ``"websocket"``,
+    ``"polling"`` or ``"off"`` (no background task: the app calls ``sync()`` itself).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        origin: str | None = None,
+        push: str = "auto",
+        on_notice: Callable[[Notice], None] | None = None,
+        on_state: Callable[[ConnectionState], None] | None = None,
+        request_timeout_s: float = 20.0,
+        retry_for_s: float = 8.0,
+        backoff_cap_s: float = 30.0,
+        poll_interval_s: float = 3.0,
+        heartbeat_s: float = 25.0,
+        offline_after: int = 3,
+    ) -> None:
+        base = url if url is not None else _ffi.location_origin()
+        if base is None:
+            raise InvalidInput("RelayDelivery needs the relay's URL (there is no page origin to default to)")
+        if push not in ("auto", "websocket", "polling", "off"):
+            raise InvalidInput(f"push is auto, websocket, polling or off, got {push!r}")
+        self.origin = origin_of(origin if origin is not None else base)
+        self.url = base.rstrip("/")
+        origin_of(self.url)  # validates the URL
+        self.on_notice = on_notice
+        self.on_state = on_state
+        self._push_mode = push
+        self._request_timeout_s = request_timeout_s
+        self._retry_for_s = retry_for_s
+        self._backoff_cap_s = backoff_cap_s
+        self._poll_interval_s = poll_interval_s
+        self._heartbeat_s = heartbeat_s
+        self._offline_after = max(1, offline_after)
+        self._device: DeviceSigner | None = None
+        self._registered = False
+        self._token: str | None = None
+        self._token_expires_ms = 0
+        self._login: asyncio.Future[str] | None = None
+        self._known: dict[ConversationId, int] = {}
+        self._subscribed: set[ConversationId] = set()
+        self._cache: dict[ConversationId, dict[int, bytes]] = {}
+        self._welcome_ids: dict[bytes, int] = {}
+        self._welcomes_seen: set[int] = set()
+        self._device_keys: dict[bytes, bytes] = {}
+        self._queued: set[tuple[bytes, bytes, int]] = set()
+        self._locks: dict[ConversationId, asyncio.Lock] = {}
+        self._socket: _ffi.WebSocketHandle | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._online_listener: _ffi.ListenerHandle | None = None
+        self._state = ConnectionState(CONNECTING if push != "off" else CONNECTED, push="none")
+        self._rate_wait = 1.0
+        self._closed = False
+        self.requests = 0
+        """HTTP requests sent (for tests and measurements)."""
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def device_id(self) -> DeviceId | None:
+        return None if self._device is None else self._device.device_id
+
+    def _set_state(self, status: str | None = None, **changes: Any) -> None:
+        state = dataclasses.replace(
+            self._state, status=self._state.status if status is None else status, queued=len(self._queued), **changes
+        )
+        if state == self._state:
+            return
+        self._state = state
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:  # noqa: BLE001 - a listener never breaks the connection
+                pass
+
+    def _notify(self, notice: Notice) -> None:
+        if self.on_notice is not None:
+            try:
+                self.on_notice(notice)
+            except Exception:  # noqa: BLE001 - a listener never breaks the connection
+                pass
+
+    # -- Delivery ----------------------------------------------------------------------------
+
+    def bind(self, device: DeviceSigner) -> None:
+        """Act for ``device`` (the client calls this when it opens); starts push."""
+        if self._device is not None and self._device.device_id != device.device_id:
+            raise InvalidInput("this RelayDelivery already acts for another device; make one per device")
+        self._device = device
+        if self._push_mode != "off" and self._runner is None and not self._closed:
+            self._runner = asyncio.ensure_future(self._run())
+            if _ffi.IN_PYODIDE:
+                self._online_listener = _ffi.listen_global("online", self._wake.set)
+
+    async def create_group(self, conversation_id: ConversationId) -> None:
+        await self._register_group(conversation_id)
+
+    async def post(self, envelope: bytes) -> bool:
+        decoded = MessageEnvelope.decode(bytes(envelope))
+        if decoded.kind is MessageKind.COMMIT:
+            return await self.commit(envelope, None, RosterChange())
+        if decoded.kind is MessageKind.WELCOME:
+            raise InvalidInput("the relay takes a Welcome only with its commit (commit)")
+        body = {"envelope": b64e(envelope)}
+        path = f"/v1/groups/{b64e(decoded.conversation_id.raw)}/messages"
+        try:
+            await self._post_queued(decoded, path, body)
+        except _Refused as exc:
+            if exc.refusal.error == "wrong_epoch":
+                return False
+            self._refused(exc.refusal, "the post")
+        return True
+
+    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+        device = self._require_device()
+        decoded = MessageEnvelope.decode(bytes(commit))
+        if decoded.kind is not MessageKind.COMMIT:
+            raise InvalidInput("commit takes a COMMIT envelope")
+        if (welcome is None) != (not roster.added):
+            raise InvalidInput("a Welcome goes with a commit exactly when it adds devices")
+        removed = list(dict.fromkeys([*roster.removed, *await self._devices_by_key(decoded, roster.removed_keys)]))
+        signature = device.sign(LABEL_ROSTER, roster_content(decoded, roster.added, removed))
+        added_ids = [b64e(d.raw) for d in roster.added]
+        body = {
+            "commit": b64e(commit),
+            "welcome": None if welcome is None else {"envelope": b64e(welcome), "joiners": added_ids},
+            "roster": {"added": added_ids, "removed": [b64e(d.raw) for d in removed], "signature": b64e(signature)},
+        }
+        path = f"/v1/groups/{b64e(decoded.conversation_id.raw)}/commits"
+        try:
+            await self._post_queued(decoded, path, body)
+        except _Refused as exc:
+            refusal = exc.refusal
+            if refusal.error == "stale_commit":
+                return False
+            if refusal.status == 409 or refusal.error in ("bad_roster", "welcome_mismatch"):
+                raise CommitRefused(f"the relay refused this commit as a whole: {refusal.describe()}") from None
+            self._refused(refusal, "the commit")
+        return True
+
+    async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
+        if type(position) is not int or position < 0:
+            raise InvalidInput("log positions start at 0")
+        envelopes = self._take_cached(conversation_id, position)
+        next_position = position + len(envelopes)
+        if not envelopes or conversation_id not in self._subscribed:
+            # Nothing pushed, or push is not live for it (the rest would come without a notice).
+            more, next_position = await self._fetch_remote(conversation_id, next_position)
+            envelopes += more
+        self._known[conversation_id] = max(self._known.get(conversation_id, 0), next_position)
+        self._subscribe([conversation_id])
+        return LogPage(envelopes, next_position)
+
+    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
+        raise InvalidInput("the relay takes a Welcome only with its commit (commit)")
+
+    async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
+        self._require_self(device_id, "fetch the Welcomes of")
+        envelopes: list[bytes] = []
+        after = 0
+        while True:
+            reply = await self._ok("GET", f"/v1/welcomes?after={after}&limit={PAGE_LIMIT}", what="fetching Welcomes")
+            items = _list(reply.get("welcomes"), "welcomes")
+            for item in items:
+                welcome_id = _int(_dict(item, "welcome").get("id"), "welcome id")
+                envelope = b64d(item.get("envelope"), "welcome envelope")
+                self._welcome_ids[envelope] = welcome_id
+                self._welcomes_seen.add(welcome_id)
+                envelopes.append(envelope)
+                after = max(after, welcome_id)
+            if len(items) < PAGE_LIMIT:
+                return envelopes
+
+    async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
+        self._require_self(device_id, "acknowledge the Welcomes of")
+        ids = sorted({self._welcome_ids[w] for w in welcomes if w in self._welcome_ids})
+        for start in range(0, len(ids), ACK_IDS_PER_REQUEST):
+            chunk = ids[start : start + ACK_IDS_PER_REQUEST]
+            await self._ok("POST", "/v1/welcomes/ack", {"ids": chunk}, what="acknowledging Welcomes")
+        for welcome in welcomes:
+            self._welcome_ids.pop(welcome, None)
+
+    async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
+        device = self._require_self(device_id, "publish KeyPackages for")
+        if user_id != device.user_id:
+            raise InvalidInput("a device publishes KeyPackages only for its own user")
+        packages = list(dict.fromkeys(bytes(kp) for kp in key_packages))
+        for start in range(0, len(packages), KEY_PACKAGES_PER_REQUEST):
+            chunk = [b64e(kp) for kp in packages[start : start + KEY_PACKAGES_PER_REQUEST]]
+            await self._ok("POST", "/v1/key-packages", {"key_packages": chunk}, what="publishing KeyPackages")
+
+    async def claim_key_package(self, device_id: DeviceId) -> bytes | None:
+        try:
+            reply = await self._call("POST", f"/v1/devices/{b64e(device_id.raw)}/key-packages/claim", {})
+        except _Refused as exc:
+            if exc.refusal.error in ("no_key_package", "unknown_device"):
+                return None
+            self._refused(exc.refusal, "claiming a KeyPackage")
+        return b64d(reply.get("key_package"), "key_package")
+
+    async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        reply = await self._ok("GET", f"/v1/users/{b64e(user_id.raw)}/devices", what="listing devices")
+        return [DeviceId(b64d(_dict(d, "device").get("device_id"), "device_id", size=16)) for d in _list(
+            reply.get("devices"), "devices")]  # fmt: skip
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop push and refuse further calls. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+        if self._socket is not None:
+            self._socket.close(1000, "closed")
+            self._socket = None
+        if self._online_listener is not None:
+            self._online_listener.remove()
+            self._online_listener = None
+        self._set_state(CLOSED, retry_in_s=None)
+
+    def reconnect_now(self) -> None:
+        """Cut a reconnection wait short (e.g. the app knows the network is back)."""
+        self._wake.set()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _require_device(self) -> DeviceSigner:
+        if self._device is None:
+            raise StateConflict("no device is bound to this RelayDelivery (MessagingClient.open binds it)")
+        return self._device
+
+    def _require_self(self, device_id: DeviceId, what: str) -> DeviceSigner:
+        device = self._require_device()
+        if device_id != device.device_id:
+            raise InvalidInput(f"a relay device can only {what} itself")
+        return device
+
+    async def _ok(self, method: str, path: str, body: Any = None, *, what: str) -> dict[str, Any]:
+        try:
+            return await self._call(method, path, body)
+        except _Refused as exc:
+            self._refused(exc.refusal, what)
+
+    async def _call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> dict[str, Any]:
+        """One request, repeated while the relay does not answer or is busy (see the module
+        docstring); the reply object, or :class:`_Refused`."""
+        if self._closed:
+            raise DeliveryUnavailable("this RelayDelivery is closed")
+        loop = asyncio.get_event_loop()
+        patience = 0.0 if self._state.status == OFFLINE else self._retry_for_s
+        deadline = loop.time() + patience
+        backoff = Backoff(base_s=0.25, cap_s=2.0)
+        renewed = False
+        text = None if body is None else json.dumps(body, separators=(",", ":"))
+        while True:
+            headers = {"Accept": "application/json"}
+            if text is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                if auth:
+                    headers["Authorization"] = "Bearer " + await self._token_now()
+                self.requests += 1
+                response = await _ffi.http_request(
+                    method, self.url + path, headers, text, timeout_s=self._request_timeout_s
+                )
+            except _ffi.JsCallFailed as exc:
+                problem = f"no answer from the relay at {self.url}: {exc.info.name}: {exc.info.message}"
+            else:
+                self._answered()
+                if 200 <= response.status < 300:
+                    return _parse_reply(response.text)
+                refusal = Refusal.parse(response.status, response.text)
+                if response.status == 401 and auth and not renewed and refusal.error in _AUTH_RETRY:
+                    self._token, renewed = None, True
+                    continue
+                if response.status == 429:
+                    wait = _retry_after(response.retry_after, refusal)
+                    if loop.time() + wait <= deadline:
+                        await asyncio.sleep(wait)
+                        continue
+                    raise DeliveryUnavailable(f"the relay is rate limiting this device; retry in {wait:g} s")
+                if response.status < 500:
+                    raise _Refused(refusal)
+                problem = f"the relay failed: {refusal.describe()}"
+            delay = backoff.next_delay()
+            if loop.time() + delay > deadline:
+                raise DeliveryUnavailable(f"{problem}; the outbox keeps what was not posted, retry with sync()")
+            await asyncio.sleep(delay)
+
+    def _answered(self) -> None:
+        """The relay answered an HTTP request: if the stream is down, try it again now."""
+        if self._state.status in (RECONNECTING, OFFLINE):
+            self._wake.set()
+
+    async def _token_now(self) -> str:
+        if self._token is not None and self._token_expires_ms - TOKEN_MARGIN_MS > time.time() * 1000:
+            return self._token
+        login = self._login
+        if login is None or login.done():
+            login = self._login = asyncio.ensure_future(self._log_in())
+        try:
+            return await asyncio.shield(login)
+        except _Refused as exc:
+            self._refused(exc.refusal, "this device's login")
+
+    async def _log_in(self) -> str:
+        device = self._require_device()
+        if not self._registered:
+            await self._register(device)
+        try:
+            reply = await self._call(
+                "POST", "/v1/auth/challenge", {"device_id": b64e(device.device_id.raw)}, auth=False
+            )
+        except _Refused as exc:
+            if exc.refusal.error != "unknown_device":
+                raise
+            await self._register(device)  # the relay lost it (a new database): register again
+            reply = await self._call(
+                "POST", "/v1/auth/challenge", {"device_id": b64e(device.device_id.raw)}, auth=False
+            )
+        challenge = b64d(reply.get("challenge"), "challenge", size=CHALLENGE_SIZE)
+        signature = device.sign(LABEL_AUTH, auth_content(challenge, device.device_id, self.origin))
+        body = {"device_id": b64e(device.device_id.raw), "challenge": b64e(challenge), "signature": b64e(signature)}
+        try:
+            reply = await self._call("POST", "/v1/auth/token", body, auth=False)
+        except _Refused as exc:
+            if exc.refusal.error == "invalid_signature":
+                raise StateConflict(
+                    f"the relay refused this device's signature: it signs for origin {self.origin}; if the relay "
+                    "was started with another --origin, pass that origin to RelayDelivery"
+                ) from None
+            raise
+        token = reply.get("token")
+        if not isinstance(token, str):
+            raise InvalidInput("relay reply: no token")
+        self._token, self._token_expires_ms = token, _int(reply.get("expires_at_ms"), "expires_at_ms")
+        return token
+
+    async def _register(self, device: DeviceSigner) -> None:
+        user = device.user_id.raw
+        content = register_content(device.device_id, device.public_key, user, self.origin)
+        body = {
+            "user_id": b64e(user),
+            "device_id": b64e(device.device_id.raw),
+            "signature_public_key": b64e(device.public_key),
+            "signature": b64e(device.sign(LABEL_REGISTER, content)),
+        }
+        try:
+            await self._call("POST", "/v1/devices", body, auth=False)
+        except _Refused as exc:
+            if exc.refusal.error == "device_conflict":
+                raise StateConflict("the relay has this device id registered with another key or user") from None
+            if exc.refusal.error == "invalid_signature":
+                raise StateConflict(
+                    f"the relay refused this device's registration signature: it signs for origin {self.origin}; "
+                    "if the relay was started with another --origin, pass that origin to RelayDelivery"
+                ) from None
+            raise
+        self._registered = True
+
+    # -- groups, posts, the log ---------------------------------------------------------------------
+
+    async def _register_group(self, conversation_id: ConversationId) -> None:
+        try:
+            await self._call("POST", "/v1/groups", {"group_id": b64e(conversation_id.raw)})
+        except _Refused as exc:
+            if exc.refusal.error == "group_exists":
+                raise StateConflict(
+                    f"conversation {conversation_id.hex} is registered at the relay by another device"
+                ) from None
+            self._refused(exc.refusal, "registering the conversation")
+        self._known.setdefault(conversation_id, 0)
+        self._subscribe([conversation_id])
+
+    def _lock(self, conversation_id: ConversationId) -> asyncio.Lock:
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = self._locks[conversation_id] = asyncio.Lock()
+        return lock
+
+    async def _post_queued(self, envelope: MessageEnvelope, path: str, body: dict[str, Any]) -> None:
+        """POST an envelope (posts of one conversation in call order); counted as queued while
+        it could not be handed over; registers a conversation the relay does not know."""
+        key = (envelope.conversation_id.raw, envelope.sender_device.raw, envelope.seq)
+        async with self._lock(envelope.conversation_id):
+            try:
+                try:
+                    await self._call("POST", path, body)
+                except _Refused as exc:
+                    if exc.refusal.error != "unknown_group":
+                        raise
+                    await self._register_group(envelope.conversation_id)
+                    await self._call("POST", path, body)
+            except DeliveryUnavailable:
+                self._queued.add(key)
+                self._set_state()
+                raise
+            except BaseException:
+                self._queued.discard(key)
+                self._set_state()
+                raise
+            self._queued.discard(key)
+            self._set_state()
+
+    async def _fetch_remote(self, conversation_id: ConversationId, position: int) -> tuple[list[bytes], int]:
+        group = b64e(conversation_id.raw)
+        envelopes: list[bytes] = []
+        after = position
+        registered = False
+        while True:
+            try:
+                reply = await self._call("GET", f"/v1/groups/{group}/messages?after={after}&limit={PAGE_LIMIT}")
+            except _Refused as exc:
+                refusal = exc.refusal
+                if refusal.error == "unknown_group" and not registered and not envelopes:
+                    await self._register_group(conversation_id)
+                    registered = True
+                    continue
+                if refusal.error == "cursor_ahead":
+                    raise StateConflict(
+                        f"this device has read conversation {conversation_id.hex} up to {position}, past the "
+                        f"relay's log (head {refusal.data.get('head')}): its cursor is from another relay or database"
+                    ) from None
+                self._refused(refusal, f"fetching conversation {conversation_id.hex}")
+            for entry in _list(reply.get("entries"), "entries"):
+                seq = _int(_dict(entry, "entry").get("seq"), "seq")
+                if seq <= after:
+                    raise InvalidInput("relay reply: entries out of order")
+                envelopes.append(b64d(entry.get("envelope"), "envelope"))
+                after = seq
+            if not reply.get("more"):
+                return envelopes, after
+
+    def _take_cached(self, conversation_id: ConversationId, position: int) -> list[bytes]:
+        """Pushed entries right after ``position``, in order (and forget those up to it)."""
+        cache = self._cache.get(conversation_id)
+        if not cache:
+            return []
+        for seq in [s for s in cache if s <= position]:
+            del cache[seq]
+        out = []
+        seq = position + 1
+        while seq in cache:
+            out.append(cache.pop(seq))
+            seq += 1
+        return out
+
+    async def _devices_by_key(self, commit: MessageEnvelope, keys: tuple[bytes, ...]) -> list[DeviceId]:
+        """The group's current member devices whose signature key is one of ``keys``."""
+        if not keys:
+            return []
+        wanted = set(keys)
+        group = b64e(commit.conversation_id.raw)
+        info = await self._ok("GET", f"/v1/groups/{group}", what="reading the group's roster")
+        found = []
+        for member in _list(info.get("members"), "members"):
+            member = _dict(member, "member")
+            if member.get("removed_at") is not None:
+                continue
+            raw = b64d(member.get("device_id"), "device_id", size=16)
+            key = self._device_keys.get(raw)
+            if key is None:
+                device = await self._ok("GET", f"/v1/devices/{b64e(raw)}", what="reading a device")
+                key = self._device_keys[raw] = b64d(device.get("signature_public_key"), "signature_public_key")
+            if key in wanted:
+                found.append(DeviceId(raw))
+        return found
+
+    def _refused(self, refusal: Refusal, what: str) -> NoReturn:
+        """Raise the :class:`~ping_web.errors.PingError` a relay refusal stands for."""
+        message = f"the relay refused {what}: {refusal.describe()}"
+        if refusal.error == "not_member":
+            raise NotAMember(message)
+        if refusal.error == "unknown_group":
+            raise UnknownConversation(message)
+        if refusal.status in (401, 409, 410):
+            raise StateConflict(message)
+        raise RelayRefused(message, refusal)
+
+    # -- push ------------------------------------------------------------------------------------
+
+    def _subscribe(self, conversation_ids: list[ConversationId]) -> None:
+        socket = self._socket
+        if socket is None:
+            return
+        todo = [c for c in conversation_ids if c not in self._subscribed]
+        for start in range(0, len(todo), SUBSCRIBE_PER_FRAME):
+            chunk = todo[start : start + SUBSCRIBE_PER_FRAME]
+            groups = [{"group_id": b64e(c.raw), "after": self._known.get(c, 0)} for c in chunk]
+            if socket.send(json.dumps({"type": "subscribe", "groups": groups}, separators=(",", ":"))):
+                self._subscribed.update(chunk)
+
+    def _push_kind(self) -> str:
+        if self._push_mode == "polling":
+            return "polling"
+        if self._push_mode == "websocket" or _ffi.has_websocket():
+            return "websocket"
+        return "polling"
+
+    async def _run(self) -> None:
+        """Keep push going until closed: connect, serve, and after a failure wait and retry."""
+        backoff = Backoff(cap_s=self._backoff_cap_s)
+        kind = self._push_kind()
+        self._set_state(CONNECTING, push=kind)
+        while not self.closed:
+            wait: float | None = None
+            try:
+                if kind == "websocket":
+                    code, reason = await self._stream_session(backoff)
+                    if code == 4409:
+                        self._set_state(REPLACED, retry_in_s=None, detail="another connection of this device took over")
+                        return
+                    if code == 4401:
+                        self._token = None
+                    detail = f"stream closed ({code}{' ' + reason if reason else ''})"
+                    if code == 4429:
+                        wait = self._rate_wait
+                else:
+                    await self._poll_once()
+                    backoff.reset()
+                    self._set_state(CONNECTED, attempt=0, retry_in_s=None, detail="")
+                    await self._sleep_or_wake(self._poll_interval_s)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except PingError as exc:
+                detail = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end push for good
+                detail = f"{type(exc).__name__}: {exc}"
+            delay = backoff.next_delay() if wait is None else wait
+            attempt = backoff.attempt
+            offline = attempt >= self._offline_after or not _ffi.host_online()
+            self._set_state(OFFLINE if offline else RECONNECTING, attempt=attempt, retry_in_s=round(delay, 3),
+                            detail=detail)  # fmt: skip
+            await self._sleep_or_wake(delay)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _stream_session(self, backoff: Backoff) -> tuple[int, str]:
+        """One WebSocket connection, from the handshake to its close: ``(code, reason)``."""
+        token = await self._token_now()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        try:
+            socket = _ffi.open_websocket(
+                stream_url(self.url), [SUBPROTOCOL, BEARER_PREFIX + token], lambda k, v: events.put_nowait((k, v))
+            )
+        except _ffi.JsCallFailed as exc:
+            raise DeliveryUnavailable(f"cannot open the stream: {exc.info.name}: {exc.info.message}") from None
+        opened = ready = pinged = False
+        try:
+            while True:
+                try:
+                    wait = self._heartbeat_s if ready else min(self._heartbeat_s, CONNECT_TIMEOUT_S)
+                    kind, value = await asyncio.wait_for(events.get(), wait)
+                except TimeoutError:
+                    if not ready or pinged:
+                        return 1006, "no answer"
+                    pinged = socket.send('{"type":"ping"}')
+                    continue
+                pinged = False
+                if kind == "close":
+                    code, reason = value
+                    return int(code), str(reason)
+                if kind == "open":
+                    opened = True
+                if kind == "error" and not opened:
+                    return 1006, "connection failed"
+                if kind != "message":
+                    continue
+                try:
+                    frame = json.loads(value)
+                except ValueError:
+                    continue
+                if not isinstance(frame, dict):
+                    continue
+                if frame.get("type") == "ready":
+                    ready = True
+                    self._socket = socket
+                    self._subscribed.clear()
+                    backoff.reset()
+                    self._set_state(CONNECTED, attempt=0, retry_in_s=None, detail="")
+                    self._subscribe(list(self._known))
+                    self._notify(Notice("log"))  # catch up on what happened while disconnected
+                else:
+                    self._on_frame(frame)
+        finally:
+            if self._socket is socket:
+                self._socket = None
+            self._subscribed.clear()
+            socket.close(1000, "done")
+            socket.release()
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        try:
+            group = ConversationId(b64d(frame["group_id"], "group_id", size=16)) if "group_id" in frame else None
+        except PingError:
+            return
+        if kind == "entry" and group is not None:
+            seq, envelope = frame.get("seq"), frame.get("envelope")
+            if type(seq) is not int or not isinstance(envelope, str):
+                return
+            cache = self._cache.setdefault(group, {})
+            if len(cache) < CACHE_ENTRIES and seq > self._known.get(group, 0):
+                try:
+                    cache[seq] = b64d(envelope, "envelope")
+                except PingError:
+                    return
+            self._notify(Notice("log", conversation_id=group))
+        elif kind == "welcome":
+            welcome_id = frame.get("id")
+            if type(welcome_id) is int and welcome_id not in self._welcomes_seen and self._device is not None:
+                self._welcomes_seen.add(welcome_id)
+                self._notify(Notice("welcome", device_ids=(self._device.device_id,)))
+        elif kind == "removed" and group is not None:
+            self._subscribed.discard(group)
+            self._notify(Notice("log", conversation_id=group))
+        elif kind == "error":
+            status = frame.get("status")
+            if group is not None:
+                self._subscribed.discard(group)  # subscribed again by the next fetch
+            if status == 429 and isinstance(frame.get("retry_after"), int):
+                self._rate_wait = float(max(1, frame["retry_after"]))
+            if status == 401:
+                self._token = None
+
+    async def _poll_once(self) -> None:
+        """One round of polling: Welcomes, then what each fetched conversation's log has new."""
+        device = self._require_device()
+        fresh = await self._ok("GET", f"/v1/welcomes?after=0&limit={PAGE_LIMIT}", what="polling Welcomes")
+        ids = {item.get("id") for item in _list(fresh.get("welcomes"), "welcomes") if isinstance(item, dict)}
+        new = {i for i in ids if type(i) is int and i not in self._welcomes_seen}
+        if new:
+            self._welcomes_seen.update(new)
+            self._notify(Notice("welcome", device_ids=(device.device_id,)))
+        for conversation_id, known in list(self._known.items()):
+            cache = self._cache.setdefault(conversation_id, {})
+            after = max([known, *(s for s in cache if s > known)])
+            group = b64e(conversation_id.raw)
+            try:
+                reply = await self._call("GET", f"/v1/groups/{group}/messages?after={after}&limit={PAGE_LIMIT}")
+            except _Refused:
+                continue  # the next fetch reports it
+            entries = _list(reply.get("entries"), "entries")
+            for entry in entries:
+                seq = _int(_dict(entry, "entry").get("seq"), "seq")
+                if len(cache) < CACHE_ENTRIES:
+                    cache[seq] = b64d(entry.get("envelope"), "envelope")
+            if entries:
+                self._notify(Notice("log", conversation_id=conversation_id))
+
+
+def _parse_reply(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidInput("relay reply: not JSON") from None
+    return _dict(value, "reply")
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"relay reply: {what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"relay reply: {what} is not an array")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise InvalidInput(f"relay reply: {what} is not an integer")
+    return value
+
+
+def _retry_after(header: str | None, refusal: Refusal) -> float:
+    value = refusal.data.get("retry_after")
+    if type(value) is int:
+        return float(max(1, value))
+    if header is not None and header.isdigit():
+        return float(max(1, int(header)))
+    return 1.0
