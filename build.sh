@@ -8,7 +8,7 @@
 #   ./build.sh demo       run the demo (builds first if needed)
 #   ./build.sh serve      build if needed, then serve the browser demo on http://localhost:8000/web/
 #   ./build.sh lite       build the JupyterLite site in dist/lite/
-#   ./build.sh bench      benchmarks against core-crypto and ts-mls (bench/RESULTS.md)
+#   ./build.sh bench      benchmarks against native OpenMLS, core-crypto and ts-mls (bench/RESULTS.md)
 #   ./build.sh clean      remove build outputs (keeps downloaded caches)
 #
 # Every step is incremental: inputs are fingerprinted and a step is skipped when its
@@ -339,11 +339,38 @@ run_serve() {
 
 # Benchmarks side by side with core-crypto and ts-mls: one markdown
 # table on stdout, also written to bench/RESULTS.md. PING_BENCH_QUICK=1 for a smoke run.
+# The native column (bench/native): wasm/'s crate built for the host with rustup's cargo, in
+# its own target directory, with wasm/Cargo.lock copied in so every shared crate is at the
+# version the wasm module uses. Incremental (first build about 4 minutes on 2 cores).
+BENCH_NATIVE_TARGET_DIR="$CACHE/bench-native"
+BENCH_NATIVE_BIN="$BENCH_NATIVE_TARGET_DIR/release/ping_web_bench_native"
+
+build_bench_native() {
+  local cargo fp
+  cargo=$(command -v cargo) || die "no cargo on PATH: the native benchmark needs rustup's toolchain"
+  fp=$(fingerprint bench/native/src bench/native/Cargo.toml wasm/src wasm/Cargo.toml wasm/Cargo.lock)
+  if fresh bench-native "$fp" && [[ -x "$BENCH_NATIVE_BIN" ]]; then
+    note "native benchmark up to date"
+    return
+  fi
+  step "Building the native benchmark (bench/native: wasm/'s crate for the host, release)"
+  cp wasm/Cargo.lock bench/native/Cargo.lock
+  (cd bench/native && CARGO_TARGET_DIR="$BENCH_NATIVE_TARGET_DIR" "$cargo" build --release --quiet)
+  # Same versions as the wasm module: the only package the native lock may add is itself.
+  local lock_pairs='/^name = /{n=$3} /^version = /{print n, $3}'
+  local extra
+  extra=$(comm -13 <(awk "$lock_pairs" wasm/Cargo.lock | sort) <(awk "$lock_pairs" bench/native/Cargo.lock | sort) \
+    | grep -v '^"ping_web_bench_native" ' || true)
+  [[ -z "$extra" ]] || die "bench/native resolved crates wasm/Cargo.lock does not pin: $extra"
+  stamp bench-native "$fp"
+}
+
 run_bench() {
-  step "Benchmarks: ping-web (Pyodide), its wasm from JS, core-crypto, ts-mls (Node)"
+  build_bench_native
+  step "Benchmarks: ping-web (Pyodide), its wasm from JS, native OpenMLS, core-crypto, ts-mls (Node)"
   local command="./build.sh bench"
   [[ "${PING_BENCH_QUICK:-}" == 1 ]] && command="PING_BENCH_QUICK=1 $command"
-  PING_BENCH_COMMAND="$command" node bench/run.mjs
+  PING_BENCH_COMMAND="$command" PING_BENCH_NATIVE="$BENCH_NATIVE_BIN" node bench/run.mjs
 }
 
 # JupyterLite: ./build.sh lite builds dist/lite/, a static site, offline. The
