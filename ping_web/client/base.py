@@ -25,20 +25,21 @@ its end are what one job calls in another.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from ping_web.client import keys
 from ping_web.client.device import DeviceRecord, device_group_id
 from ping_web.client.requests import Request, RequestLog
+from ping_web.core import codec
 from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.cursor import SyncCursor
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import AddOutcome, ConversationMeta, decode_device_leaves
 from ping_web.core.state import ConversationState, decode_held
-from ping_web.delivery.base import Delivery
+from ping_web.delivery.base import Delivery, DeliveryUnavailable
 from ping_web.errors import InvalidInput, PingError, StateConflict, StorageCorrupted, UnknownConversation, WasmTrap
 from ping_web.mls.engine import OpenMlsEngine
 from ping_web.mls.openmls import MlsRuntime
@@ -46,6 +47,44 @@ from ping_web.storage.base import Batch, Storage
 from ping_web.storage.writer import BatchWriter
 
 T = TypeVar("T")
+
+_LOG_POSITION_KEYS: Final = frozenset({"v", "p"})
+
+
+def encode_log_position(position: int) -> bytes:
+    """The ``log-position`` record: ``{"v": 1, "p": position}``."""
+    return codec.encode({"v": 1, "p": position})
+
+
+def decode_log_position(data: bytes) -> int:
+    with codec.record(data, "LogPosition", keys=_LOG_POSITION_KEYS, versions=(1,)) as m:
+        return codec.uint(m["p"], "position")
+
+
+class ClientSigner:
+    """The device as its delivery service sees it (a :class:`~ping_web.delivery.DeviceSigner`):
+    ids, public key, and signatures by its MLS key (``Identity.sign_with_label``), made by
+    whatever wasm instance the client has at the time."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: ClientBase) -> None:
+        self._client = client
+
+    @property
+    def user_id(self) -> UserId:
+        return self._client.user_id
+
+    @property
+    def device_id(self) -> DeviceId:
+        return self._client.device_id
+
+    @property
+    def public_key(self) -> bytes:
+        return self._client._record.public_key
+
+    def sign(self, label: str, content: bytes) -> bytes:
+        return self._client._run(lambda: self._client._engine.identity.sign_with_label(label, content))
 
 
 @dataclass(slots=True)
@@ -77,6 +116,10 @@ class ClientBase:
         self._metas: dict[ConversationId, ConversationMeta] = {}
         self._loaded: dict[ConversationId, Conversation] = {}
         self._log_positions: dict[ConversationId, int] = {}
+        self._outbox_backlog = False
+        """Whether the outbox may hold envelopes a post could not hand over: a send then
+        posts the whole outbox in order instead of only its own envelope."""
+        self._bound = False
         self._stale: BaseException | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._closed = False
@@ -98,6 +141,12 @@ class ClientBase:
     @property
     def user_id(self) -> UserId:
         return self._record.user_id
+
+    @property
+    def signer(self) -> ClientSigner:
+        """This device for a delivery service (:meth:`~ping_web.delivery.Delivery.bind`):
+        ids, public key, and signatures by its MLS key; the key never leaves the wasm module."""
+        return ClientSigner(self)
 
     @property
     def device_group_id(self) -> ConversationId | None:
@@ -143,6 +192,9 @@ class ClientBase:
 
     def _use_runtime(self, runtime: MlsRuntime, engine: OpenMlsEngine) -> None:
         self._runtime, self._engine_or_none = runtime, engine
+        if self._delivery is not None and not self._bound:
+            self._bound = True
+            self._delivery.bind(self.signer)  # once the device can sign
 
     # -- conversations in memory -------------------------------------------------------------
 
@@ -170,6 +222,7 @@ class ClientBase:
         provider.restore(await self._storage.scan(keys.MLS, keys.GLOBAL_MLS_PREFIX))
         identity = provider.load_identity(self._record.user_id.raw, self._record.public_key)
         metas: dict[ConversationId, ConversationMeta] = {}
+        positions: dict[ConversationId, int] = {}
         for key, value in await self._storage.scan(keys.CONVERSATIONS):
             if keys.is_record_key(key, "meta"):
                 try:
@@ -177,9 +230,17 @@ class ClientBase:
                 except PingError as exc:
                     raise StorageCorrupted(f"conversation record {key[:16].hex()} is unreadable: {exc}") from None
                 metas[meta.id] = meta
+            elif keys.is_record_key(key, keys.LOG_POSITION):
+                try:
+                    positions[ConversationId(key[:16])] = decode_log_position(value)
+                except PingError as exc:
+                    raise StorageCorrupted(f"log position of {key[:16].hex()} is unreadable: {exc}") from None
+        backlog = bool(await self._storage.scan(keys.OUTBOX))
         await self._requests.load(self._storage)
         self._use_runtime(runtime, OpenMlsEngine(provider, identity))
         self._metas, self._loaded = metas, {}
+        self._log_positions = {c: p for c, p in positions.items() if c in metas}
+        self._outbox_backlog = backlog
         self._stale = None
 
     def _mark_stale(self, error: BaseException) -> None:
@@ -248,9 +309,13 @@ class ClientBase:
         history: Iterable[IncomingMessage] = (),
         outbox: Iterable[MessageEnvelope] = (),
         outbox_done: Iterable[bytes] = (),
+        positions: Mapping[ConversationId, int] | None = None,
         batch: Batch | None = None,
     ) -> Batch:
-        """Everything the last step changed, as one batch. Synchronous by design."""
+        """Everything the last step changed, as one batch. Synchronous by design.
+
+        ``positions``: how far the delivery service's logs were read (stored with what was
+        read from them, so a restart resumes there)."""
         batch = batch if batch is not None else Batch()
         for key, value in self._engine.provider.checkpoint():
             if value is None:
@@ -272,6 +337,8 @@ class ClientBase:
             batch.put(keys.OUTBOX, keys.outbox_key_of(envelope), envelope.encode())
         for key in outbox_done:
             batch.delete(keys.OUTBOX, key)
+        for conversation_id, position in (positions or {}).items():
+            batch.put(keys.CONVERSATIONS, keys.log_position_key(conversation_id), encode_log_position(position))
         return batch
 
     def _record_request(
@@ -306,6 +373,16 @@ class ClientBase:
             raise StateConflict("no delivery service is bound to this client")
         return self._delivery
 
+    async def _register_group(self, conversation_id: ConversationId) -> None:
+        """Tell the delivery service about a conversation this device created. Unreachable
+        now is fine: the relay registers a conversation it does not know at its first post."""
+        if self._delivery is None:
+            return
+        try:
+            await self._delivery.create_group(conversation_id)
+        except DeliveryUnavailable:
+            pass
+
     # -- hooks: one job of the client calling another (implemented in the named module) ------
 
     def _join_now(self, envelope: MessageEnvelope, name: str | None = None) -> Conversation | None:
@@ -332,6 +409,9 @@ class ClientBase:
         raise NotImplementedError
 
     async def _post(self, envelope: MessageEnvelope) -> bool:  # ``client.outbox``
+        raise NotImplementedError
+
+    async def _hand_over(self, envelope: MessageEnvelope) -> None:  # ``client.outbox``
         raise NotImplementedError
 
     async def _settle(self, conversation: Conversation, commit: MessageEnvelope) -> None:  # ``client.outbox``

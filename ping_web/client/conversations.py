@@ -45,6 +45,7 @@ class Conversations(ClientBase):
             self._adopt(conversation)
             meta = conversation.meta
             await self._writer.submit(self._record_request(self._capture([conversation]), request, meta.encode()))
+            await self._register_group(conversation.id)
             return meta
 
         return await self._once(request_id, "create_conversation", ConversationMeta.decode, run)
@@ -92,6 +93,8 @@ class Conversations(ClientBase):
         """Encrypt and store ``plaintext``; returns the envelope once it is durable.
 
         With a delivery service bound, the envelope is also posted (and leaves the outbox).
+        If the service cannot be reached, it stays in the outbox and the call still returns
+        (the message is stored and shown): ``sync()`` posts what waits there, oldest first.
         A conversation restored from backup first commits a self-update; if that is
         refused, it raises :class:`~ping_web.errors.RejoinRequired` and sends nothing.
         With a ``request_id`` (``client.requests``), a retry returns the stored envelope.
@@ -115,7 +118,7 @@ class Conversations(ClientBase):
         await self._writer.submit(self._record_request(batch, request, envelope.encode()))
         self._notify([own])
         if self._delivery is not None:
-            await self._post(envelope)
+            await self._hand_over(envelope)
         return envelope
 
     async def add_members(

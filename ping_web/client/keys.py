@@ -35,6 +35,9 @@ SIGNATURE_KEY_PREFIX: Final = b"\x02SignatureKeyPair\x00"
 
 RECORD_NAMES: Final = ("meta", "cursor", "leaves", "state")
 """The records every conversation has: ``<conversation id> / <name>``."""
+LOG_POSITION: Final = "log-position"
+"""The record of how far this device has read the conversation's log at its delivery service
+(``<conversation id> / log-position``; absent until the first fetch that returned anything)."""
 _HELD: Final = b"/held/"
 _HELD_SUFFIX: Final = struct.Struct(">Q16sQ")  # epoch, sender device, seq
 _HISTORY: Final = struct.Struct(">16sQI16sQ")  # conversation, hlc wall, hlc counter, sender, seq
@@ -55,6 +58,11 @@ def conversation_prefix(conversation_id: ConversationId) -> bytes:
 
 def record_key(conversation_id: ConversationId, name: str) -> bytes:
     return conversation_id.raw + b"/" + name.encode()
+
+
+def log_position_key(conversation_id: ConversationId) -> bytes:
+    """Where a conversation's delivery-service log position is kept (``CONVERSATIONS``)."""
+    return record_key(conversation_id, LOG_POSITION)
 
 
 def is_record_key(key: bytes, name: str) -> bool:

@@ -84,6 +84,11 @@ class Opening(ClientBase):
             client._adopt(conversation)
             batch = client._capture([conversation], batch=batch)
         await client._writer.submit(batch)
+        if device_group:
+            try:
+                await client._register_group(device_group_id(user))
+            except PingError:
+                pass  # another device of this user registered it: link this one instead
         return client
 
     async def new_key_package(self) -> bytes:

@@ -5,9 +5,17 @@ once that batch is durable, and taken out of the outbox in a batch of its own on
 so a crash in between leaves it there and :meth:`Outbox._flush_outbox` (run by ``sync``)
 posts it again (receivers drop the duplicate by sender and seq).
 
-An own commit stays pending until the delivery service decides: accepted -> merged, and
-the Welcome of an add sent to the new devices; refused -> discarded and the winner applied.
-A refused self-update that a restored conversation had to make first means another copy of
+A sent message the delivery service could not take (unreachable) stays in the outbox and
+the send still returns; until the outbox is empty again, each send posts the whole outbox
+in seq order, so a sender's messages reach the log in order.
+
+An own commit stays pending until the delivery service decides. It is handed over with its
+Welcome (for the devices it adds) and its roster change in one call, taken or refused as a
+whole: accepted -> merged; refused because another member's commit took the epoch ->
+discarded, the winner applied, and :class:`~ping_web.errors.StateConflict` raised so the
+application retries the change on the new epoch (the client does not retry it itself);
+refused for good (:class:`~ping_web.delivery.CommitRefused`) -> discarded and raised. A
+refused self-update that a restored conversation had to make first means another copy of
 this device holds the epoch: the conversation then needs a rejoin and never sends there.
 """
 
@@ -21,6 +29,7 @@ from ping_web.core import codec
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId
+from ping_web.delivery.base import CommitRefused, DeliveryUnavailable, RosterChange
 from ping_web.errors import PingError, RejoinRequired, StateConflict, StorageCorrupted
 from ping_web.storage.base import Batch
 
@@ -72,9 +81,9 @@ class Outbox(ClientBase):
     async def confirm_commit(self, conversation_id: ConversationId) -> list[IncomingMessage]:
         """Our pending commit was accepted: apply it. Returns messages it released."""
         conversation = await self._prepare(conversation_id)
+        done = pending_outbox_keys(conversation, with_welcome=True)  # the Welcome went with it
         self._run(conversation.confirm_commit)
         released = conversation.take_released()
-        done = pending_outbox_keys(conversation)
         await self._writer.submit(self._capture([conversation], history=released, outbox_done=done))
         self._notify(released)
         return released
@@ -97,23 +106,46 @@ class Outbox(ClientBase):
         await self._outbox_done(keys.outbox_key_of(envelope))
         return accepted
 
+    async def _hand_over(self, envelope: MessageEnvelope) -> None:
+        """Post a message just sent. If earlier ones still wait in the outbox, post them all,
+        oldest first, so the log gets a sender's messages in order. If the delivery service
+        cannot be reached, the outbox keeps them for the next ``sync()``."""
+        try:
+            if self._outbox_backlog:
+                await self._flush_outbox()
+            else:
+                await self._post(envelope)
+        except DeliveryUnavailable:
+            self._outbox_backlog = True
+
     async def _outbox_done(self, key: bytes) -> None:
         batch = Batch()
         batch.delete(keys.OUTBOX, key)
         await self._writer.submit(batch)
 
     async def _settle(self, conversation: Conversation, commit: MessageEnvelope) -> None:
-        """Post our commit; merge it if the log took it, else discard it and catch up."""
+        """Hand our commit, its Welcome and its roster change to the delivery service in one
+        call; merge the commit if the log took it, else discard it and catch up.
+
+        A refused commit is not retried here: :class:`~ping_web.errors.StateConflict` tells
+        the caller, who may make the change again on the new epoch."""
         delivery = self._require_delivery()
-        if await delivery.post(commit.encode()):
+        welcome, roster = await self._commit_parts(conversation, commit)
+        try:
+            accepted = await delivery.commit(commit.encode(), welcome, roster)
+        except CommitRefused:
+            pending = conversation.state.pending
+            if pending is not None and pending.seq == commit.seq:
+                await self.discard_commit(conversation.id)
+            raise
+        if accepted:
             pending = conversation.state.pending
             if pending is not None and pending.seq == commit.seq:
                 await self.confirm_commit(conversation.id)
-            await self._send_welcome(commit)
             return
-        # Refused: either the log already holds this very commit (posted before a crash,
-        # its echo then confirms it), or another member's commit won the epoch (pulling it
-        # drops ours, ``client.sync``).
+        # Refused: another member's commit won the epoch (pulling it drops ours,
+        # ``client.sync``), or the log already holds this very commit (a service that does
+        # not recognise a repeated commit: its echo then confirms it).
         await self._pull()
         pending = conversation.state.pending
         lost = (conversation.id, commit.seq)
@@ -121,7 +153,6 @@ class Outbox(ClientBase):
             await self.discard_commit(conversation.id)
             await self._pull()
         elif lost not in self._lost_commits:
-            await self._send_welcome(commit)
             return
         self._lost_commits.discard(lost)
         if conversation.state.rejoin_required:
@@ -132,22 +163,52 @@ class Outbox(ClientBase):
             )
         raise StateConflict("another member's commit took this epoch; ours was discarded, retry")
 
-    async def _send_welcome(self, commit: MessageEnvelope) -> None:
-        """Deliver the Welcome of an accepted add commit, then drop it from the outbox."""
-        delivery = self._require_delivery()
+    async def _commit_parts(
+        self, conversation: Conversation, commit: MessageEnvelope
+    ) -> tuple[bytes | None, RosterChange]:
+        """The Welcome (from the outbox) and roster change that go with our pending commit.
+
+        Removed leaves are named by device where this device knows it, else by the
+        member's signature key (the delivery service resolves those)."""
+        welcome = await self._outbox_welcome(commit)
+        pending = conversation.state.pending
+        if pending is None or pending.seq != commit.seq:
+            return (None if welcome is None else welcome.envelope.encode()), RosterChange()
+        devices_at = {leaf: device for device, leaf in conversation.device_leaves.items()}
+        keys_at = {member.leaf_index: member.signature_key for member in conversation.members()}
+        removed = tuple(devices_at[leaf] for leaf in pending.removed_leaves if leaf in devices_at)
+        removed_keys = tuple(
+            keys_at[leaf] for leaf in pending.removed_leaves if leaf not in devices_at and leaf in keys_at
+        )
+        added = tuple(device for device, _ in pending.added)
+        welcome_bytes = None if welcome is None or not added else welcome.envelope.encode()
+        return welcome_bytes, RosterChange(added, removed, removed_keys)
+
+    async def _outbox_welcome(self, commit: MessageEnvelope) -> OutboxWelcome | None:
         key = keys.outbox_key(commit.conversation_id, commit.seq, MessageKind.WELCOME)
         raw = await self._storage.get(keys.OUTBOX, key)
         if raw is None:
-            return
+            return None
         try:
-            welcome = OutboxWelcome.decode(raw)
+            return OutboxWelcome.decode(raw)
         except PingError as exc:
             raise StorageCorrupted(f"outbox Welcome {key.hex()} is unreadable: {exc}") from None
-        await delivery.send_welcome(welcome.devices, welcome.envelope.encode())
-        await self._outbox_done(key)
+
+    async def _send_welcome(self, commit: MessageEnvelope) -> None:
+        """A Welcome left in the outbox after its commit was merged: written by a version that
+        sent Welcomes apart from their commits. Deliver it where the service still takes a
+        Welcome alone, then drop it."""
+        welcome = await self._outbox_welcome(commit)
+        if welcome is None:
+            return
+        send_welcome = getattr(self._require_delivery(), "send_welcome", None)
+        if send_welcome is not None:
+            await send_welcome(welcome.devices, welcome.envelope.encode())
+        await self._outbox_done(keys.outbox_key(commit.conversation_id, commit.seq, MessageKind.WELCOME))
 
     async def _flush_outbox(self) -> None:
         """Hand over what a crash or a failed post left behind, in seq order."""
+        self._outbox_backlog = True  # until every entry is handed over
         for key, value in await self._storage.scan(keys.OUTBOX):
             envelope = outbox_envelope(key, value)
             if envelope.kind is MessageKind.APPLICATION:
@@ -163,3 +224,4 @@ class Outbox(ClientBase):
                 else:  # settled before the crash: nothing left to do but its Welcome
                     await self._send_welcome(envelope)
                     await self._outbox_done(key)
+        self._outbox_backlog = False

@@ -7,7 +7,7 @@ consistent state. Bad envelopes are reported and change nothing; the rest are ap
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ping_web.client import keys
 from ping_web.client.base import BatchOutcome, ClientBase
@@ -15,7 +15,7 @@ from ping_web.client.conversations import as_envelope
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId
-from ping_web.errors import PingError, UnknownConversation, WasmTrap
+from ping_web.errors import NotAMember, PingError, UnknownConversation, WasmTrap
 
 
 class Sync(ClientBase):
@@ -31,6 +31,13 @@ class Sync(ClientBase):
     async def receive_batch(self, envelopes: Iterable[MessageEnvelope | bytes]) -> BatchOutcome:
         """Apply many envelopes with one storage write (catch-up). Bad ones are reported in
         ``rejected`` and change nothing; the rest are applied and stored."""
+        return await self._receive_batch(envelopes)
+
+    async def _receive_batch(
+        self, envelopes: Iterable[MessageEnvelope | bytes], positions: Mapping[ConversationId, int] | None = None
+    ) -> BatchOutcome:
+        """:meth:`receive_batch`; ``positions`` (log positions reached by reading these
+        envelopes) are stored in the same batch, and kept in memory once it is durable."""
         await self._ready()
         outcome = BatchOutcome()
         decoded: list[MessageEnvelope] = []
@@ -53,17 +60,18 @@ class Sync(ClientBase):
                 raise
             except PingError as exc:
                 outcome.rejected.append((envelope, exc))
-        if touched or self._engine.provider.has_changes:
+        if touched or self._engine.provider.has_changes or positions:
             # An own commit that lost its epoch leaves the outbox (its Welcome is never sent),
             # and the request that made it is recorded as failed, in this same batch.
             done = [
                 keys.outbox_key(c, seq, kind) for c, seq in lost for kind in (MessageKind.COMMIT, MessageKind.WELCOME)
             ]
-            batch = self._capture(touched.values(), history=outcome.messages, outbox_done=done)
+            batch = self._capture(touched.values(), history=outcome.messages, outbox_done=done, positions=positions)
             for conversation_id, seq in lost:
                 self._requests.commit_discarded(batch, conversation_id, seq, self._clock())
             await self._writer.submit(batch)
             self._lost_commits.update(lost)
+            self._log_positions.update(positions or {})
             self._notify(outcome.messages)
         return outcome
 
@@ -103,19 +111,28 @@ class Sync(ClientBase):
         return outcome
 
     async def _pull(self) -> BatchOutcome:
-        """Receive new Welcomes, then every conversation's new log entries."""
+        """Receive new Welcomes (acknowledged once joined, durably), then every
+        conversation's new log entries, applied and stored in one batch with the log
+        positions they reach, so a restart goes on from there."""
         delivery = self._require_delivery()
         welcomes = await delivery.fetch_welcomes(self.device_id)
         outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
-        pages = []
+        if welcomes:
+            await delivery.ack_welcomes(self.device_id, welcomes)  # joined or refused: done with
+        envelopes: list[bytes] = []
+        positions: dict[ConversationId, int] = {}
         for conversation_id in list(self._metas):
-            page = await delivery.fetch(conversation_id, self._log_positions.get(conversation_id, 0))
-            pages.append((conversation_id, page))
-        envelopes = [raw for _, page in pages for raw in page.envelopes]
-        if envelopes:
-            more = await self.receive_batch(envelopes)
+            position = self._log_positions.get(conversation_id, 0)
+            try:
+                page = await delivery.fetch(conversation_id, position)
+            except (NotAMember, UnknownConversation) as exc:
+                outcome.rejected.append((conversation_id.raw, exc))  # the others go on
+                continue
+            envelopes += page.envelopes
+            if page.next_position != position:
+                positions[conversation_id] = page.next_position
+        if envelopes or positions:
+            more = await self._receive_batch(envelopes, positions)
             outcome.messages.extend(more.messages)
             outcome.rejected.extend(more.rejected)
-        for conversation_id, page in pages:
-            self._log_positions[conversation_id] = page.next_position
         return outcome

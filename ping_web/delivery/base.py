@@ -49,9 +49,10 @@ class RosterChange:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """What a delivery service announced: ``kind`` is ``"log"`` (``conversation_id`` set: its
-    log has new entries) or ``"welcome"`` (``device_ids`` set: Welcomes wait for them). A
-    notice only says "something is new": clients then pull with ``sync()`` as usual."""
+    """What a delivery service announced: ``kind`` is ``"log"`` (a log has new entries: that of
+    ``conversation_id``, or any, when it is ``None``, e.g. after a reconnection) or
+    ``"welcome"`` (``device_ids`` set: Welcomes wait for them). A notice only says
+    "something is new": clients then pull with ``sync()`` as usual."""
 
     kind: str
     conversation_id: ConversationId | None = None
@@ -120,10 +121,6 @@ class Delivery(Protocol):
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
         """The log of ``conversation_id`` from ``position`` on."""
-        ...
-
-    async def send_welcome(self, device_ids: list[DeviceId], welcome: bytes) -> None:
-        """Leave ``welcome`` in the mailbox of each device (being replaced by :meth:`commit`)."""
         ...
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:

@@ -106,7 +106,7 @@ async def test_fault_at_every_write(selenium, mode):
             js.gc()
 
     total, _ = await scripted_run(None)
-    assert total > 20
+    assert total >= 20  # writes of the scripted run, each one failed in turn below
     for k in range(1, total + 1):
         release_instances()
         try:
