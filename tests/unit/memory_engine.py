@@ -298,6 +298,10 @@ class MemoryEngine:
         """A copy of the whole working set: what a device persists."""
         return dict(self._entries)
 
+    def identity_entries(self) -> list[tuple[bytes, bytes]]:
+        """The signing identity alone: what a backup carries besides its groups' snapshots."""
+        return [(_IDENTITY_KEY, self._entries[_IDENTITY_KEY])]
+
     # -- KeyPackages ----------------------------------------------------------------------------
 
     def key_package(self) -> bytes:

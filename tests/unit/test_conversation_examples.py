@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from memory_engine import MemoryEngine, MemoryNetwork
 
-from ping_web.core.conversation import Conversation
+from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.state import ConversationState
+from ping_web.errors import MlsError, RejoinRequired, StateConflict, UnknownOwnEnvelope
 
 CID = ConversationId(b"conversation-ex1")
 
@@ -118,3 +121,102 @@ def test_held_messages_of_an_epoch_come_before_the_commit_that_removes_this_devi
     assert alice.c.take_rejected() == []
     assert [m.plaintext for m in alice.c.take_released()] == [b"alice's last epoch"]
     assert alice.c.state.removed and alice.c.held == []
+
+
+def test_held_messages_are_applied_in_their_epoch_however_far_behind_the_receiver_is() -> None:
+    """A device four epochs behind gets the log newest first: each held message is applied
+    in its own epoch, not after every held commit (its secrets would be gone by then)."""
+    _, (alice, bob, carol) = group(b"alice", b"bob", b"carol")
+    log = [alice.c.self_update(10)]
+    commit(alice, log[0], [bob], 11)
+    log.append(bob.c.send_application(b"in epoch 2", 12))
+    for now in range(13, 17):
+        log.append(alice.c.self_update(now))
+        commit(alice, log[-1], [bob], now)
+    assert alice.c.epoch() == 6 and carol.c.epoch() == 1
+    for envelope in reversed(log[1:]):
+        assert carol.receive(envelope, 20) is None
+    assert carol.receive(log[0], 21) is None
+    assert carol.c.take_rejected() == []
+    assert [m.plaintext for m in carol.c.take_released()] == [b"in epoch 2"]
+    assert carol.c.epoch() == 6 and carol.c.held == []
+
+
+def backup(phone: Phone, now: int) -> tuple[bytes, ConversationRecords]:
+    c = phone.c
+    records = ConversationRecords(c.meta, c.cursor.copy(), c.device_leaves, c.state.copy(), c.held)
+    return c.export_state_snapshot(now), records
+
+
+def restore(net: MemoryNetwork, phone: Phone, saved: tuple[bytes, ConversationRecords]) -> Phone:
+    """The device lost and set up again from its backup: same identity, fresh working set."""
+    copy = Phone.__new__(Phone)
+    copy.user, copy.device_id = phone.user, phone.device_id
+    copy.engine = MemoryEngine.restore(net, phone.engine.identity_entries())
+    copy.conv = Conversation.restore_snapshot(copy.engine, copy.device_id, *saved)
+    return copy
+
+
+def test_a_restored_device_reads_on_but_sends_only_after_its_own_commit() -> None:
+    net, (alice, bob, _) = group(b"alice", b"bob", b"carol")
+    saved = backup(bob, 10)
+    after = [bob.c.send_application(f"after the backup {i}".encode(), 11 + i) for i in range(3)]
+    for envelope in after:
+        assert alice.receive(envelope, 15) is not None
+    restored = restore(net, bob, saved)
+
+    assert restored.receive(alice.c.send_application(b"welcome back", 20), 21).plaintext == b"welcome back"
+    with pytest.raises(StateConflict):
+        restored.c.send_application(b"too early", 22)
+    # What this copy sent after the backup comes back from the log: not its own doing, refused.
+    before = restored.engine.entries(), restored.c.records()
+    with pytest.raises(UnknownOwnEnvelope):
+        restored.receive(after[0], 23)
+    assert (restored.engine.entries(), restored.c.records()) == before
+
+    update = restored.c.self_update(24)
+    assert update.seq > max(e.seq for e in after)  # receivers have seen every seq up to there
+    commit(restored, update, [alice], 25)
+    assert alice.c.epoch() == restored.c.epoch() == 2
+    assert alice.receive(restored.c.send_application(b"safe again", 26), 27).plaintext == b"safe again"
+
+
+def test_sending_in_the_restored_epoch_would_reuse_a_ratchet_generation() -> None:
+    """Why a restored copy must commit before it sends: its first message in the old epoch
+    uses a generation its lost copy already used, and receivers refuse it."""
+    net, (alice, bob, _) = group(b"alice", b"bob", b"carol")
+    saved = backup(bob, 10)
+    assert alice.receive(bob.c.send_application(b"sent by the lost copy", 11), 12) is not None
+    restored = restore(net, bob, saved)
+    restored.c.state.needs_self_update = False  # what send_application must never skip
+    with pytest.raises(MlsError):
+        alice.receive(restored.c.send_application(b"same generation", 13), 14)
+
+
+def test_a_restored_device_whose_commit_loses_needs_a_rejoin() -> None:
+    net, (alice, bob, carol) = group(b"alice", b"bob", b"carol")
+    restored = restore(net, bob, backup(bob, 10))
+    mine = restored.c.self_update(11)
+    theirs = carol.c.self_update(11)
+    commit(carol, theirs, [alice], 12)
+    assert restored.receive(theirs, 13) is None  # the winner arrives while ours is pending
+    assert not restored.c.has_pending_commit and restored.c.epoch() == 2
+    for attempt in (lambda: restored.c.send_application(b"x", 14), lambda: restored.c.self_update(14)):
+        with pytest.raises(RejoinRequired):
+            attempt()
+    assert alice.receive(mine, 15) is None  # the relay never logs it; a stray copy is stale
+
+
+def test_seq_is_restored_from_the_cursor_when_the_stored_counter_is_behind() -> None:
+    _, (alice, bob, _) = group(b"alice", b"bob", b"carol")
+    sent = [alice.c.send_application(b"x", 10 + i) for i in range(3)]
+    state = ConversationState.decode(alice.c.records()["state"])
+    state.seq = 0
+    c = alice.c
+    loaded = Conversation.load(
+        alice.engine, alice.device_id, ConversationRecords(c.meta, c.cursor.copy(), c.device_leaves, state)
+    )
+    assert loaded is not None
+    envelope = loaded.send_application(b"after the restart", 20)
+    assert envelope.seq == sent[-1].seq + 1
+    assert [bob.receive(e, 21) is not None for e in [*sent, envelope]] == [True] * 4
