@@ -139,7 +139,7 @@ class Log:
     removed_at: dict[int, int] = field(default_factory=dict)
 
 
-FORGERIES = ("seq", "hlc", "sender", "epoch", "payload", "hash", "kind", "own")
+FORGERIES = ("seq", "hlc", "sender", "epoch", "payload", "hash", "kind", "own", "pending")
 PICK = st.integers(0, 1 << 16)
 THEN = st.sampled_from(["settle", "post", "stage", "settle"])
 
@@ -264,9 +264,11 @@ class ConversationMachine(RuleBasedStateMachine):
         c = conv(d)
         messages = ([] if first is None else [first]) + c.take_released()
         for envelope, error in c.take_rejected():
-            # Held genuine envelopes all apply, except those after a commit that removed this device.
-            assert c.state.removed and isinstance(error, NotAMember), f"{d} refused held {envelope}: {error!r}"
-            d.book.lost.add(held_key(envelope))
+            # Held genuine envelopes all apply, except those of the epochs after this device's removal.
+            after = envelope.epoch >= self.log.removed_at.get(d.index, NEVER)
+            assert c.state.removed and after and isinstance(error, NotAMember), (
+                f"{d} refused held {envelope}: {error!r}"
+            )
         return messages
 
     def deliver(self, d: Device, index: int) -> None:
@@ -510,12 +512,20 @@ class ConversationMachine(RuleBasedStateMachine):
         self.post(a)
         self.post(b)
 
-    @rule(pick=PICK, via_echo=st.booleans())
-    def learn_verdict(self, pick: int, via_echo: bool) -> None:
+    @rule(pick=PICK, via_echo=st.booleans(), others_first=st.booleans())
+    def learn_verdict(self, pick: int, via_echo: bool, others_first: bool) -> None:
+        """The device learns its commit's fate; with ``others_first``, only after it got
+        everything else the log has (what followed an accepted commit waits for it)."""
         self.step()
         d = self.pick(pick, [d for d in self.joined() if d.book.staged is not None and d.book.staged.posted])
-        if d is not None:
-            self.settle(d, via_echo=via_echo)
+        if d is None:
+            return
+        if others_first:
+            own = d.book.staged.index if d.book.staged is not None else -1
+            for index in self.undelivered(d):
+                if index != own:
+                    self.deliver(d, index)
+        self.settle(d, via_echo=via_echo)
 
     @rule(pick=PICK, which=st.sampled_from(["update", "remove", "add"]))
     def commit_while_pending_is_refused(self, pick: int, which: str) -> None:
@@ -637,7 +647,10 @@ class ConversationMachine(RuleBasedStateMachine):
         if d is None:
             return
         c = conv(d)
-        genuine = self.log.entries[k % len(self.log.entries)]
+        # Forge mostly from what the device has not seen yet: a forgery of a seen one is a replay.
+        unseen = [i for i in self.undelivered(d, dropped=True) if self.log.entries[i].epoch <= c.epoch()]
+        index = unseen[k % len(unseen)] if unseen and k & 3 else k % len(self.log.entries)
+        genuine = self.log.entries[index]
         forged = self.forgery(d, genuine, how, shift)
         if forged is None or forged.epoch > c.epoch():
             return  # a future envelope is held, unverified, until its epoch: not a refusal
@@ -693,8 +706,14 @@ class ConversationMachine(RuleBasedStateMachine):
                 genuine.conversation_id, genuine.epoch, genuine.sender_device, genuine.seq, genuine.hlc,
                 genuine.payload, b"forged",
             )  # fmt: skip
-        assert how == "own"
         c = conv(d)
+        pending = c.state.pending
+        if how == "pending":  # a commit in place of this device's pending one: same seq and epoch
+            if pending is None or genuine.kind is not MessageKind.COMMIT:
+                return None
+            forged = replace(genuine, sender_device=d.device_id, seq=pending.seq, epoch=pending.epoch)
+            return rebuild(forged, MessageKind.COMMIT, genuine.payload)
+        assert how == "own"
         seq = max(c.state.seq, c.cursor.highest_seq(d.device_id)) + shift
         return replace(genuine, sender_device=d.device_id, seq=seq)
 
@@ -728,9 +747,10 @@ class ConversationMachine(RuleBasedStateMachine):
             self.check_everything_delivered()
 
     def drain(self) -> None:
-        """The relay delivers everything still owed, in log order; pending commits are posted
-        and settled; Welcomes are used. Repeats until nothing moves."""
-        for _ in range(100):
+        """The relay delivers everything still owed (newest first in the first round, so a
+        device that fell behind holds the most, then in log order); pending commits are
+        posted and settled; Welcomes are used. Repeats until nothing moves."""
+        for rounds in range(100):
             moved = False
             for d in self.devices:
                 if d.welcome is not None and d.conv is None:
@@ -740,7 +760,8 @@ class ConversationMachine(RuleBasedStateMachine):
                 if d.book.staged is not None and not d.book.staged.posted:
                     self.post(d)
                     moved = True
-                for index in self.undelivered(d, dropped=True):
+                owed = self.undelivered(d, dropped=True)
+                for index in owed[::-1] if rounds == 0 else owed:
                     self.deliver(d, index)
                     moved = moved or index in d.book.done
                 if d.book.staged is not None and d.book.staged.posted:
