@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from memory_engine import MemoryEngine, MemoryNetwork
 
@@ -9,7 +11,7 @@ from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.state import ConversationState
-from ping_web.errors import MlsError, RejoinRequired, StateConflict, UnknownOwnEnvelope
+from ping_web.errors import ContentHashMismatch, MlsError, RejoinRequired, StateConflict, UnknownOwnEnvelope
 
 CID = ConversationId(b"conversation-ex1")
 
@@ -220,3 +222,15 @@ def test_seq_is_restored_from_the_cursor_when_the_stored_counter_is_behind() -> 
     envelope = loaded.send_application(b"after the restart", 20)
     assert envelope.seq == sent[-1].seq + 1
     assert [bob.receive(e, 21) is not None for e in [*sent, envelope]] == [True] * 4
+
+
+def test_a_tampered_content_hash_is_refused_and_changes_nothing() -> None:
+    _, (alice, bob, _) = group(b"alice", b"bob", b"carol")
+    envelope = alice.c.send_application(b"the real text", 10)
+    forged = dataclasses.replace(envelope, content_hash=bytes(32))
+    before = bob.engine.entries(), bob.c.cursor.copy(), bob.c.state.copy(), bob.c.device_leaves
+    with pytest.raises(ContentHashMismatch):
+        bob.receive(forged, 11)
+    assert (bob.engine.entries(), bob.c.cursor, bob.c.state, bob.c.device_leaves) == before
+    # The ratchet step was undone: the genuine envelope still decrypts.
+    assert bob.receive(envelope, 12).plaintext == b"the real text"
