@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import Config, Limits
+from .static import WithStatic, parse_mount
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-interval", type=float, default=defaults.prune_interval, metavar="SECONDS")
     p.add_argument("--postgres-pool-size", type=int, default=defaults.postgres_pool_size)
     p.add_argument("--log-level", default=defaults.log_level, choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--static",
+        action="append",
+        default=[],
+        metavar="/PREFIX=DIR",
+        help="also serve DIR's files at /PREFIX (repeatable; never under /v1), e.g. the app that uses the relay",
+    )
+    p.add_argument("--index", default=None, metavar="PATH", help="where / redirects to when --static is given")
     for f in dataclasses.fields(Limits):
         value = getattr(limits, f.name)
         p.add_argument(
@@ -35,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
-    args = _parser().parse_args(argv)
+    return _config(_parser().parse_args(argv))
+
+
+def _config(args: argparse.Namespace) -> Config:
     limits = Limits(**{f.name: getattr(args, "limit_" + f.name) for f in dataclasses.fields(Limits)})
     return Config(
         db=args.db,
@@ -53,10 +65,17 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config = config_from_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config = _config(args)
+    try:
+        mounts = [parse_mount(text) for text in args.static]
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
     uvicorn.run(
-        create_app(config),
+        WithStatic(app, mounts, args.index) if mounts else app,
         host=config.host,
         port=config.port,
         http="h11",

@@ -1,0 +1,95 @@
+"""Static files beside the API (``--static /web=web``): one origin for an app and its relay.
+
+A browser app is a secure context on ``http://localhost`` (WebCrypto needs one), and a
+page can reach a relay on its own origin without CORS; so the demo is served by the relay
+itself. Every path under ``/v1`` stays the API's (its 404 and 405 included); other paths
+are looked up under the mounted directories, GET and HEAD only, with the MIME types
+browsers insist on for module workers and wasm, and ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Sequence
+from pathlib import Path
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+for _suffix, _kind in {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".whl": "application/zip",
+    ".py": "text/x-python",
+    ".md": "text/markdown",
+}.items():
+    mimetypes.add_type(_kind, _suffix)
+
+
+def parse_mount(text: str) -> tuple[str, Path]:
+    """``/url/prefix=directory`` as ``(prefix, directory)``; :class:`ValueError` if malformed."""
+    prefix, sep, directory = text.partition("=")
+    if not sep or not prefix.startswith("/") or not directory:
+        raise ValueError(f"--static takes /url/prefix=directory, got {text!r}")
+    prefix = prefix.rstrip("/")
+    if prefix == "/v1" or prefix.startswith("/v1/"):
+        raise ValueError("--static cannot mount under /v1 (the API's paths)")
+    path = Path(directory).resolve()
+    if not path.is_dir():
+        raise ValueError(f"--static {prefix}: {directory} is not a directory")
+    return prefix, path
+
+
+class WithStatic:
+    """The relay app, plus static directories mounted at URL prefixes (see the module docstring).
+
+    ``index`` is where ``/`` redirects to (the app's page), if set."""
+
+    def __init__(self, api: ASGIApp, mounts: Sequence[tuple[str, Path]], index: str | None = None) -> None:
+        self.api = api
+        self.index = index
+        # Longest prefix first, so /dist/pyodide wins over /dist.
+        self.mounts = sorted(
+            ((prefix, StaticFiles(directory=path, html=True)) for prefix, path in mounts),
+            key=lambda item: -len(item[0]),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/v1" or path.startswith("/v1/"):
+            await self.api(scope, receive, send)
+            return
+        if path == "/" and self.index is not None:
+            await RedirectResponse(self.index)(scope, receive, send)
+            return
+        for prefix, files in self.mounts:
+            if path == prefix or path.startswith(prefix + "/"):
+                if scope["method"] not in ("GET", "HEAD"):
+                    await _error(405, "method_not_allowed")(scope, receive, send)
+                    return
+                inner = dict(scope, root_path=scope.get("root_path", "") + prefix)
+                try:
+                    await files(inner, receive, _no_store(send))
+                except HTTPException as exc:
+                    await _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error")(
+                        scope, receive, send
+                    )
+                return
+        await _error(404, "not_found")(scope, receive, send)
+
+
+def _no_store(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+            message = dict(message, headers=[*headers, (b"cache-control", b"no-store")])
+        await send(message)
+
+    return wrapped
+
+
+def _error(status: int, code: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": code.replace("_", " ")}, status_code=status)
