@@ -6,7 +6,8 @@
 #                         headless Chromium; the browser demo; the JupyterLite notebook)
 #   ./build.sh build      install what is missing and build, nothing else
 #   ./build.sh demo       run the demo (builds first if needed)
-#   ./build.sh serve      build if needed, then serve the browser demo on http://localhost:8000/web/
+#   ./build.sh serve      build if needed, then start the relay, serving the browser demo too,
+#                         on http://localhost:8000/web/ (README.md: two machines)
 #   ./build.sh lite       build the JupyterLite site in dist/lite/
 #   ./build.sh bench      benchmarks against native OpenMLS, core-crypto and ts-mls (bench/RESULTS.md)
 #   ./build.sh clean      remove build outputs (keeps downloaded caches)
@@ -329,12 +330,22 @@ run_relay_tests() {
   stop_test_postgres
 }
 
+# The demo on one port: the relay (relay/, SQLite in dist/demo-relay.db unless
+# PING_WEB_RELAY_DB names another file) also serves web/ and dist/pyodide/, so the page,
+# its worker and the relay share one origin. PING_WEB_HOST=0.0.0.0 listens on every
+# interface; PING_WEB_ORIGIN is the URL browsers open (bound into the devices' signatures).
 SERVE_PORT="${PING_WEB_PORT:-8000}"
+SERVE_HOST="${PING_WEB_HOST:-127.0.0.1}"
 
 run_serve() {
+  ensure_relay
   exec 9>&- # let other builds in this checkout run while we serve
-  step "Serving the browser demo (Ctrl-C to stop)"
-  exec "$PY" tools/serve.py --port "$SERVE_PORT"
+  local origin="${PING_WEB_ORIGIN:-http://localhost:$SERVE_PORT}"
+  local db="${PING_WEB_RELAY_DB:-$DIST/demo-relay.db}"
+  step "Serving the demo and its relay: open $origin/web/ (relay database $db; Ctrl-C to stop)"
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m ping_relay --db "sqlite:///$db" \
+    --host "$SERVE_HOST" --port "$SERVE_PORT" --origin "$origin" --index /web/ \
+    --static "/web=$ROOT/web" --static "/dist/pyodide=$DIST/pyodide"
 }
 
 # Benchmarks side by side with core-crypto and ts-mls: one markdown

@@ -1,22 +1,23 @@
-// The demo page: three ping_web devices and one delivery service, each in its own worker.
-// Everything a card shows comes from its worker's "snapshot"; every button is one request.
+// The demo page: this browser profile is one ping_web device, in a module worker, talking to the
+// relay that served the page. Everything shown comes from the worker's "snapshot" and its
+// "connection" events; every button is one request (web/README.md has the worker protocol).
 import { PingWorker } from "./client.js";
 
-const DEVICES = [
-  { key: "alice-laptop", label: "alice · laptop", user: "alice", storage: "demo-alice-laptop", linked: false },
-  { key: "alice-phone", label: "alice · phone", user: "alice", storage: "demo-alice-phone", linked: true },
-  { key: "bob", label: "bob · laptop", user: "bob", storage: "demo-bob", linked: false },
-];
-const DELIVERY_STORAGE = "demo-delivery";
-const LOCK_WAIT_MS = 2000; // a reloaded page's old workers may still hold their locks briefly
-const STAGES = { queued: 3, pyodide: 10, packages: 45, wasm: 70, ready: 80, opening: 90, done: 100 };
+const STORAGE = "demo-device";
+const LOCK_WAIT_MS = 2000; // a reloaded page's old worker may still hold the database lock briefly
+const STAGES = { pyodide: 15, packages: 50, wasm: 75, ready: 85, opening: 95, done: 100 };
 
-const devices = new Map(); // key -> device state
-let delivery = null; // { worker, ok }
+let worker = null;
+let info = null; // DeviceInfo once the device is open
+let snapshot = null;
+let selected = null; // conversation id
+let connection = { status: "connecting", queued: 0 };
+let refreshing = null;
+let dirty = false;
 
 // -- small DOM helpers ----------------------------------------------------------------------
 
-const $ = (root, role) => root.querySelector(`[data-role="${role}"]`);
+const $ = (role) => document.querySelector(`[data-role="${role}"]`);
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(props)) {
@@ -28,303 +29,250 @@ function el(tag, props = {}, ...children) {
   node.append(...children.filter((c) => c !== null && c !== undefined));
   return node;
 }
-const short = (hex) => (hex ? `${hex.slice(0, 6)}…${hex.slice(-4)}` : "");
+const short = (hex) => (hex ? `…${hex.slice(-6)}` : ""); // ids are ULIDs: their tail differs
 const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-
-function labelOf(deviceId) {
-  for (const device of devices.values()) if (device.info?.device_id === deviceId) return device.spec.label;
-  return null;
-}
-
-// A device knows the device id behind a leaf only for leaves it added or heard from; the
-// page fills the gaps with what each device says about itself.
-
-/** The page device sitting at `member`'s leaf of `conversationId`, if any. */
-function deviceAt(conversationId, member) {
-  if (member.device_id) return [...devices.values()].find((d) => d.info?.device_id === member.device_id) ?? null;
-  for (const device of devices.values()) {
-    const own = device.snapshot?.conversations
-      .find((c) => c.id === conversationId && !c.removed)
-      ?.members.find((m) => m.own);
-    if (own && own.leaf_index === member.leaf_index && own.user === member.user) return device;
-  }
-  return null;
-}
-
-/** Whether `device` says it is a member of `conversationId`. */
-const isMember = (device, conversationId) =>
-  Boolean(device.snapshot?.conversations.some((c) => c.id === conversationId && !c.removed));
-
-// -- delivery service ---------------------------------------------------------------------
-
-function setDeliveryStatus(state, text) {
-  const box = document.getElementById("ds-status");
-  box.dataset.state = state;
-  box.querySelector(".ds-text").textContent = text;
-}
 
 function showBanner(text) {
   const banner = document.getElementById("banner");
   banner.textContent = text;
-  banner.hidden = false;
+  banner.hidden = !text;
 }
 
-async function startDelivery() {
-  let worker = null;
+function showError(error) {
+  $("error").textContent = error ? `${error.name}: ${error.message}` : "";
+}
+
+function setProgress(stage, detail) {
+  $("bar").style.width = `${STAGES[stage] ?? 5}%`;
+  $("progress-text").textContent = `${detail}…`;
+}
+
+// -- the connection to the relay ----------------------------------------------------------------
+
+function connectionText({ status, queued, attempt }) {
+  const base =
+    {
+      connected: "connected",
+      connecting: "connecting…",
+      reconnecting: `reconnecting… (attempt ${attempt})`,
+      offline: "offline",
+      replaced: "open in another tab: not receiving",
+      closed: "closed",
+    }[status] ?? status;
+  return queued > 0 ? `${base} · ${queued} queued` : base;
+}
+
+function showConnection(state) {
+  connection = { ...connection, ...state };
+  const box = $("connection");
+  box.dataset.state = connection.status;
+  box.dataset.queued = String(connection.queued ?? 0);
+  $("connection-text").textContent = connectionText(connection);
+  box.title = connection.detail || "";
+}
+
+// -- opening the device -------------------------------------------------------------------------
+
+async function openDevice(user) {
+  const args = { storage: STORAGE, relay: location.origin, wait_for_lock_ms: LOCK_WAIT_MS };
+  if (user) args.user = user;
+  setProgress("opening", "Opening the encrypted IndexedDB database");
+  info = await worker.call("open_device", args);
+  $("me").textContent = `${info.user} · device ${short(info.device_id)}`;
+  $("me").title = `device id ${info.device_id}`;
+  document.getElementById("onboarding").hidden = true;
+  document.getElementById("loading").hidden = true;
+  document.getElementById("app").hidden = false;
+  document.body.dataset.state = info.created ? "new" : "restored";
+  await refresh();
+}
+
+async function main() {
+  document.getElementById("reset").addEventListener("click", reset);
+  wireForms();
+  if (!window.isSecureContext) {
+    // WebCrypto (the database's key) exists only in secure contexts: https, or http on localhost.
+    document.getElementById("loading").hidden = true;
+    showConnection({ status: "closed" });
+    showBanner(
+      `${location.origin} is not a secure context, so this browser gives the page no WebCrypto and the ` +
+        "device cannot keep an encrypted database. Open it as http://localhost:PORT (on another machine, " +
+        "through an SSH tunnel), over https, or start Chromium with " +
+        `--unsafely-treat-insecure-origin-as-secure=${location.origin} (README.md).`,
+    );
+    document.body.dataset.state = "insecure";
+    document.body.dataset.ready = "true";
+    return;
+  }
   try {
-    worker = await PingWorker.start({ name: "delivery", wasm: false });
-    const info = await worker.call("open_delivery", { storage: DELIVERY_STORAGE, wait_for_lock_ms: LOCK_WAIT_MS });
-    setDeliveryStatus("ok", `Delivery service: running in its own worker · ${info.replayed} journal entries restored`);
-    return { worker, ok: true };
+    worker = await PingWorker.start({ name: "device", onProgress: ({ stage, detail }) => setProgress(stage, detail) });
   } catch (err) {
-    if (err.name === "DatabaseInUse") {
-      setDeliveryStatus("error", "Delivery service: open in another tab");
+    showBanner(`The worker could not start: ${err.name}: ${err.message}`);
+    document.body.dataset.ready = "failed";
+    return;
+  }
+  worker.on("update", () => refresh());
+  worker.on("connection", showConnection);
+  worker.on("error", showError);
+  window.pingDemo = { worker, refresh, state: () => ({ info, snapshot, connection }) }; // for tests and the console
+  try {
+    await openDevice(null);
+  } catch (err) {
+    if (err.name === "InvalidInput" && /no device yet/.test(err.message)) {
+      document.getElementById("loading").hidden = true;
+      document.getElementById("onboarding").hidden = false;
+      document.body.dataset.state = "onboarding";
+      document.querySelector('[data-role="onboarding"] input').focus();
+    } else if (err.name === "DatabaseInUse") {
+      document.getElementById("loading").hidden = true;
+      document.body.dataset.state = "elsewhere";
+      showConnection({ status: "closed" });
       showBanner(
-        "This demo is already open in another tab: its delivery service and devices own their databases " +
-          "there (DatabaseInUse). Close that tab and reload this one to use the demo here.",
+        "This device is open in another tab or window of this browser profile (DatabaseInUse): its " +
+          "database belongs to that tab. Close it there and reload this one, or use another browser profile.",
       );
     } else {
-      setDeliveryStatus("error", `Delivery service failed: ${err.name}: ${err.message}`);
+      document.body.dataset.state = "failed";
+      showBanner(`Could not open the device: ${err.name}: ${err.message}`);
     }
-    return { worker, ok: false };
   }
+  document.body.dataset.ready = "true";
 }
 
-// -- devices ----------------------------------------------------------------------------------
+// -- actions ------------------------------------------------------------------------------------
 
-function createCard(spec) {
-  const card = document.getElementById("device-template").content.firstElementChild.cloneNode(true);
-  card.dataset.device = spec.key;
-  $(card, "label").textContent = spec.label;
-  $(card, "avatar").textContent = spec.user[0].toUpperCase();
-  $(card, "avatar").dataset.user = spec.user;
-  $(card, "meta").textContent = `user ${spec.user} · ${spec.linked ? "to be linked" : "first device"}`;
-  document.getElementById("devices").append(card);
-
-  const device = { spec, card, worker: null, info: null, snapshot: null, selected: null };
-  Object.assign(device, { pinned: false, seen: null, refreshing: null, dirty: false });
-  devices.set(spec.key, device);
-
-  $(card, "create").addEventListener("submit", (event) => {
+function wireForms() {
+  $("onboarding").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = event.target.elements.user.value.trim();
+    if (!user) return;
+    $("onboarding-error").textContent = "";
+    try {
+      await openDevice(user);
+    } catch (err) {
+      $("onboarding-error").textContent = `${err.name}: ${err.message}`;
+    }
+  });
+  $("create").addEventListener("submit", (event) => {
     event.preventDefault();
     const input = event.target.elements.name;
     const name = input.value.trim() || "untitled";
-    act(device, async () => {
-      const conversation = await device.worker.call("create_conversation", { name });
-      device.selected = conversation.id;
+    input.value = "";
+    act(async () => {
+      const conversation = await worker.call("create_conversation", { name });
+      selected = conversation.id;
+    });
+  });
+  $("add-user").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = event.target.elements.user;
+    const user = input.value.trim();
+    if (!user || !selected) return;
+    act(async () => {
+      await worker.call("add_user", { conversation_id: selected, user });
       input.value = "";
     });
   });
-  $(card, "link").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const deviceId = event.target.elements.device.value;
-    if (deviceId) act(device, () => device.worker.call("link_device", { device_id: deviceId }));
-  });
-  $(card, "add").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const deviceId = event.target.elements.device.value;
-    if (deviceId && device.selected) {
-      act(device, () => device.worker.call("add_member", { conversation_id: device.selected, device_id: deviceId }));
-    }
-  });
-  $(card, "compose").addEventListener("submit", (event) => {
+  $("compose").addEventListener("submit", (event) => {
     event.preventDefault();
     const input = event.target.elements.text;
     const text = input.value.trim();
-    if (!text || !device.selected) return;
-    act(device, async () => {
-      await device.worker.call("send", { conversation_id: device.selected, text });
-      input.value = "";
+    if (!text || !selected) return;
+    input.value = ""; // the message shows once stored; it is queued if the relay is away
+    const conversation = selected;
+    act(async () => {
+      try {
+        await worker.call("send", { conversation_id: conversation, text });
+      } catch (err) {
+        if (!input.value) input.value = text; // give it back to retry
+        throw err;
+      }
     });
   });
-  return device;
 }
 
-function setStatus(device, state, text) {
-  const status = $(device.card, "status");
-  status.dataset.state = state;
-  status.textContent = text;
-  device.card.dataset.state = state;
-}
-
-/** Show a loading stage; the text counts the seconds since the device started. */
-function setProgress(device, stage, detail) {
-  $(device.card, "bar").style.width = `${STAGES[stage] ?? 5}%`;
-  device.progress = detail;
-  const show = () => {
-    const seconds = ((performance.now() - device.startedAt) / 1000).toFixed(1);
-    $(device.card, "progress-text").textContent = `${device.progress}… ${seconds} s`;
-  };
-  device.startedAt ??= performance.now();
-  device.ticker ??= setInterval(show, 200);
-  show();
-  if (stage === "done") clearInterval(device.ticker);
-}
-
-async function startDevice(device, portReady) {
-  const { spec } = device;
-  setStatus(device, "starting", "starting");
-  setProgress(device, "queued", "Starting the worker");
-  try {
-    device.worker = await PingWorker.start({
-      name: spec.key,
-      onProgress: ({ stage, detail }) => setProgress(device, stage, detail),
-    });
-    device.worker.on("update", () => refresh(device));
-    device.worker.on("error", (error) => showError(device, error));
-    setProgress(device, "ready", "Waiting for the delivery service");
-    const port = await portReady;
-    setProgress(device, "opening", "Opening the encrypted IndexedDB database");
-    const args = { storage: spec.storage, user: spec.user, linked: spec.linked, wait_for_lock_ms: LOCK_WAIT_MS };
-    if (port) args.delivery = port;
-    device.info = await device.worker.call("open_device", args, port ? [port] : []);
-  } catch (err) {
-    clearInterval(device.ticker);
-    $(device.card, "loading").hidden = true;
-    if (err.name === "DatabaseInUse") {
-      setStatus(device, "elsewhere", "open elsewhere");
-      $(device.card, "elsewhere").hidden = false;
-      $(device.card, "elsewhere-text").textContent =
-        `${spec.label} is open in another tab or window: its database ping_web:${spec.storage} ` +
-        `belongs to that tab (DatabaseInUse). Close it there, then reload this page.`;
-    } else {
-      setStatus(device, "failed", "failed");
-      $(device.card, "elsewhere").hidden = false;
-      $(device.card, "elsewhere").querySelector("h3").textContent = "Could not start";
-      $(device.card, "elsewhere-text").textContent = `${err.name}: ${err.message}`;
-    }
-    return;
-  }
-  const { info } = device;
-  $(device.card, "meta").textContent = `user ${info.user} · device ${short(info.device_id)}`;
-  $(device.card, "meta").title = `device id ${info.device_id}`;
-  setProgress(device, "done", "Ready");
-  $(device.card, "loading").hidden = true;
-  $(device.card, "body").hidden = false;
-  setStatus(device, "ready", info.created ? "new device" : "restored");
-  const seconds = ((performance.now() - device.startedAt) / 1000).toFixed(1);
-  $(device.card, "status").title = `worker, Pyodide, ping_web and the database ready in ${seconds} s`;
-  await refreshAll(); // the others' "Add member" and "Link device" lists now include this device
-}
-
-/** Run one user action on a device: busy state, error line, then refresh its view. */
-async function act(device, action) {
-  device.card.classList.add("busy");
-  showError(device, null);
+/** Run one user action: error line, then refresh the view. */
+async function act(action) {
+  showError(null);
   try {
     await action();
   } catch (err) {
-    showError(device, err);
+    showError(err);
   } finally {
-    device.card.classList.remove("busy");
-    await refresh(device);
+    await refresh();
   }
 }
 
-function showError(device, error) {
-  $(device.card, "error").textContent = error ? `${error.name}: ${error.message}` : "";
-}
-
-/** Fetch the device's snapshot and render it; coalesces overlapping calls. */
-async function refresh(device) {
-  if (!device.info) return;
-  if (device.refreshing) {
-    device.dirty = true;
-    return device.refreshing;
+/** Fetch the snapshot and render it; coalesces overlapping calls. */
+async function refresh() {
+  if (!info) return;
+  if (refreshing) {
+    dirty = true;
+    return refreshing;
   }
-  device.refreshing = (async () => {
+  refreshing = (async () => {
     do {
-      device.dirty = false;
+      dirty = false;
       try {
-        device.snapshot = await device.worker.call("snapshot", { limit: 200 });
-        // Every card uses what the others know (names, who sits at which leaf).
-        for (const other of devices.values()) if (other.snapshot) render(other);
+        snapshot = await worker.call("snapshot", { limit: 500 });
+        showConnection(snapshot.connection);
+        render();
       } catch (err) {
-        showError(device, err);
+        showError(err);
       }
-    } while (device.dirty);
+    } while (dirty);
   })();
   try {
-    await device.refreshing;
+    await refreshing;
   } finally {
-    device.refreshing = null;
+    refreshing = null;
   }
 }
-
-const refreshAll = () => Promise.all([...devices.values()].map(refresh));
 
 // -- rendering ----------------------------------------------------------------------------------
 
-// ping_web keeps a conversation's name on the device that named it (a Welcome carries none),
-// so a device that joined shows the name some other device on this page gave it.
-function conversationTitle(conversation) {
-  if (conversation.is_device_group) return `${conversation.members[0]?.user ?? "my"}'s devices`;
-  if (conversation.name) return conversation.name;
-  for (const other of devices.values()) {
-    const named = other.snapshot?.conversations.find((c) => c.id === conversation.id && c.name);
-    if (named) return named.name;
-  }
-  return "untitled";
+function others(conversation) {
+  const users = [...new Set(conversation.members.filter((m) => !m.own).map((m) => m.user))];
+  return users.length ? `with ${users.join(", ")}` : "just you";
 }
 
-function render(device) {
-  const { card, snapshot } = device;
-  const conversations = snapshot.conversations;
-  const ids = conversations.map((c) => c.id);
-  const selected = conversations.find((c) => c.id === device.selected);
-  const first = conversations.find((c) => !c.is_device_group);
-  // A conversation that arrived since the last render (joined through a Welcome).
-  const fresh = device.seen && conversations.filter((c) => !c.is_device_group && !device.seen.has(c.id)).pop();
-  if (fresh && (!selected || selected.is_device_group)) {
-    device.selected = fresh.id;
-  } else if (!selected || (selected.is_device_group && !device.pinned)) {
-    device.selected = first?.id ?? null; // the device group shows only when picked
-  }
-  device.seen = new Set(ids);
+// ping_web keeps a conversation's name on the device that named it (a Welcome carries none).
+const title = (c) => c.name || (c.removed ? "a conversation you left" : others(c));
 
-  // Conversation list: real conversations first, the device group last.
-  const ordered = [...conversations].sort((a, b) => a.is_device_group - b.is_device_group);
-  $(card, "conversations").replaceChildren(
-    ...ordered.map((c) =>
+function render() {
+  const conversations = snapshot.conversations.filter((c) => !c.is_device_group);
+  if (!conversations.some((c) => c.id === selected)) selected = conversations.at(-1)?.id ?? null;
+
+  $("conversations").replaceChildren(
+    ...conversations.map((c) =>
       el(
         "button",
         {
           type: "button",
-          class: `conv${c.id === device.selected ? " selected" : ""}${c.is_device_group ? " group" : ""}`,
-          dataset: { conversation: c.id, name: c.name ?? "" },
+          class: `conv${c.id === selected ? " selected" : ""}`,
+          dataset: { conversation: c.id },
           onclick: () => {
-            device.selected = c.id;
-            device.pinned = c.is_device_group;
-            render(device);
+            selected = c.id;
+            render();
           },
         },
-        el("span", { class: "conv-name" }, conversationTitle(c)),
+        el("span", { class: "conv-name" }, title(c)),
         el("span", { class: "conv-meta" }, `epoch ${c.epoch} · ${c.member_count}`),
       ),
     ),
   );
-  $(card, "empty").hidden = conversations.some((c) => !c.is_device_group);
+  $("empty").hidden = conversations.length > 0;
 
-  // Link: devices of the same user that are not yet in this device's device group.
-  const group = conversations.find((c) => c.is_device_group && !c.removed);
-  const linkable = [...devices.values()].filter(
-    (d) => d !== device && d.snapshot && d.info.user === device.info.user && !isMember(d, group?.id),
-  );
-  fillSelect($(card, "link").elements.device, linkable);
-  $(card, "link").hidden = !group || linkable.length === 0;
-
-  const conversation = conversations.find((c) => c.id === device.selected);
-  $(card, "conversation").hidden = !conversation;
+  const conversation = conversations.find((c) => c.id === selected);
+  $("conversation").hidden = !conversation;
   if (!conversation) return;
-  $(card, "conversation").dataset.conversation = conversation.id;
-  $(card, "conv-name").textContent = conversationTitle(conversation);
-  const pending = conversation.pending_commit ? " · commit pending" : "";
-  $(card, "epoch").textContent = `epoch ${conversation.epoch}${pending}`;
+  $("conversation").dataset.conversation = conversation.id;
+  $("conv-name").textContent = title(conversation);
+  $("epoch").textContent = `epoch ${conversation.epoch}${conversation.pending_commit ? " · commit pending" : ""}`;
 
-  // Members, one chip per device leaf; × removes that leaf.
-  $(card, "members").replaceChildren(
+  $("members").replaceChildren(
     ...conversation.members.map((m) => {
-      const label = deviceAt(conversation.id, m)?.spec.label ?? `${m.user} (leaf ${m.leaf_index})`;
+      const label = m.own ? `${m.user} (you)` : m.device_id ? `${m.user} · ${short(m.device_id)}` : m.user;
       const chip = el("li", { class: `member${m.own ? " own" : ""}`, title: `leaf ${m.leaf_index}` }, label);
       if (!m.own && !conversation.removed) {
         chip.append(
@@ -333,12 +281,10 @@ function render(device) {
             {
               type: "button",
               class: "remove",
-              title: `Remove ${label} (commit)`,
-              "aria-label": `Remove ${label}`,
+              title: `Remove ${m.user} (commit)`,
+              "aria-label": `Remove ${m.user}`,
               onclick: () =>
-                act(device, () =>
-                  device.worker.call("remove_member", { conversation_id: conversation.id, leaf_index: m.leaf_index }),
-                ),
+                act(() => worker.call("remove_member", { conversation_id: conversation.id, leaf_index: m.leaf_index })),
             },
             "×",
           ),
@@ -347,35 +293,22 @@ function render(device) {
       return chip;
     }),
   );
-  if (conversation.removed) {
-    $(card, "members").append(el("li", { class: "member removed" }, "this device was removed"));
-  }
+  if (conversation.removed) $("members").append(el("li", { class: "member removed" }, "this device was removed"));
+  $("add-user").hidden = conversation.removed;
+  $("compose").hidden = conversation.removed;
 
-  // Add: every other device this conversation does not hold yet.
-  const present = new Set(conversation.members.map((m) => deviceAt(conversation.id, m)).filter(Boolean));
-  // (A device removed from a conversation keeps it, read-only, and ignores a later Welcome
-  // to it, so it is not offered again.)
-  const addable = [...devices.values()].filter(
-    (d) =>
-      d !== device && d.snapshot && !present.has(d) && !d.snapshot.conversations.some((c) => c.id === conversation.id),
-  );
-  fillSelect($(card, "add").elements.device, addable);
-  $(card, "add").hidden = addable.length === 0 || conversation.removed || conversation.is_device_group;
-  $(card, "compose").hidden = conversation.removed;
-
-  // Messages, oldest first; keep the view pinned to the bottom when it was there.
-  const list = $(card, "messages");
+  const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren(
     ...(conversation.messages.length
       ? conversation.messages.map((m) =>
           el(
             "li",
-            { class: `message${m.own ? " own" : ""}`, dataset: { sender: m.sender_device } },
+            { class: `message${m.own ? " own" : ""}`, dataset: { sender: m.sender_device, seq: String(m.seq) } },
             el(
               "div",
               { class: "from" },
-              m.own ? "you" : labelOf(m.sender_device) ?? m.sender_user ?? "unknown",
+              m.own ? "you" : m.sender_user ?? "unknown",
               el("span", { class: "when" }, `${time(m.wall_ms)} · epoch ${m.epoch}`),
             ),
             el("div", { class: "text" }, m.text),
@@ -386,57 +319,21 @@ function render(device) {
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
-function fillSelect(select, candidates) {
-  const previous = select.value;
-  select.replaceChildren(...candidates.map((d) => el("option", { value: d.info.device_id }, d.spec.label)));
-  if (candidates.some((d) => d.info.device_id === previous)) select.value = previous;
-}
-
-// -- reset ----------------------------------------------------------------------------------
+// -- reset --------------------------------------------------------------------------------------
 
 async function reset() {
-  if (!confirm("Close every device and delete all demo databases (history, keys, delivery journal)?")) return;
-  const workers = [delivery?.worker, ...[...devices.values()].map((d) => d.worker)].filter(Boolean);
-  await Promise.allSettled(workers.map((w) => w.call("close")));
-  workers.forEach((w) => w.terminate());
-  const names = [DELIVERY_STORAGE, ...DEVICES.map((d) => d.storage)].map((n) => `ping_web:${n}`);
-  await Promise.all(
-    names.map(
-      (name) =>
-        new Promise((resolve) => {
-          const request = indexedDB.deleteDatabase(name);
-          request.onsuccess = request.onerror = request.onblocked = () => resolve();
-        }),
-    ),
-  );
+  if (!confirm("Close this device and delete its database (keys, conversations, history)?")) return;
+  if (worker) {
+    await Promise.allSettled([worker.call("close")]);
+    worker.terminate();
+  }
+  await new Promise((resolve) => {
+    const request = indexedDB.deleteDatabase(`ping_web:${STORAGE}`);
+    request.onsuccess = request.onerror = request.onblocked = () => resolve();
+  });
   location.reload();
 }
 
-// -- start ------------------------------------------------------------------------------------
-
-async function main() {
-  document.getElementById("reset").addEventListener("click", reset);
-  const cards = DEVICES.map(createCard);
-  // All four workers boot at once. A device opens once the delivery service is up and its
-  // port is connected there (or without one, if the delivery service could not start).
-  const channels = cards.map(() => new MessageChannel());
-  const deliveryReady = startDelivery().then(async (ds) => {
-    delivery = ds;
-    if (ds.ok) {
-      await Promise.all(channels.map((channel) => ds.worker.call("connect", { port: channel.port1 }, [channel.port1])));
-    }
-    return ds.ok;
-  });
-  await Promise.all(
-    cards.map((device, i) => startDevice(device, deliveryReady.then((ok) => (ok ? channels[i].port2 : null)))),
-  );
-  document.body.dataset.ready = "true";
-}
-
-window.addEventListener("pagehide", () => {
-  // Let go of the database locks at once, so a reload finds them free.
-  for (const device of devices.values()) device.worker?.terminate();
-  delivery?.worker?.terminate();
-});
+window.addEventListener("pagehide", () => worker?.terminate()); // let go of the database lock at once
 
 main();

@@ -1,19 +1,23 @@
-"""The Python half of ``web/worker.js``: one ping_web device (or the delivery service) per worker.
+"""The Python half of ``web/worker.js``: one ping_web device (or an in-memory delivery service) per worker.
 
 ``worker.js`` boots Pyodide, loads the ping_web wheel, imports this module and hands every
 page message to :meth:`WorkerHost.handle`. The message API is documented in
 ``web/README.md``; in short:
 
 * request, page to worker: ``{id, method, args}`` (``args`` an object);
-* reply, worker to page: ``{id, result}`` or ``{id, error: {name, message}}``, where
+* reply, worker to page: ``{id, result}`` or ``{id, error: {name, message}}``
+  (:func:`ping_web.delivery.port.answer`, the same shape as the delivery port), where
   ``name`` is the :class:`~ping_web.errors.PingError` subclass (``DatabaseInUse``,
   ``StateConflict``, ...), or the Python exception class for a bug;
 * event, worker to page: ``{event, data}``: ``progress`` while starting, ``update`` after a
-  background sync applied something new, ``error`` when a background sync failed.
+  background sync applied something new, ``connection`` when the relay connection changes,
+  ``error`` when a background sync failed for another reason than the relay being away.
 
-Ids cross as lowercase hex strings and message text as strings, so every result is plain
-JSON. A device runs one operation at a time, in the order requests arrive (background
-syncs included), so the page sees results in the order it asked for them.
+A device talks to a relay (``RelayDelivery``, the demo) or, through a ``MessagePort``, to a
+delivery service in another worker (``PortDelivery``). Ids cross as lowercase hex strings
+and message text as strings, so every result is plain JSON. Requests to a device run
+concurrently (background syncs included): MessagingClient captures each operation
+synchronously and writes in capture order, so no lock is needed.
 """
 
 from __future__ import annotations
@@ -24,34 +28,27 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from journaled_delivery import JournaledDelivery
-
+from ping_web import _ffi
 from ping_web.client import MessagingClient
 from ping_web.core.envelope import IncomingMessage
-from ping_web.core.ids import ConversationId, DeviceId
-from ping_web.delivery import LocalDeliveryService
-from ping_web.delivery.port import DeliveryServer, Notice, PortDelivery, error_record
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.delivery import Delivery, DeliveryUnavailable, LocalDeliveryService, Notice
+from ping_web.delivery.port import DeliveryServer, PortDelivery, answer, error_record
+from ping_web.delivery.relay import ConnectionState, RelayDelivery
 from ping_web.errors import DatabaseInUse, InvalidInput, PingError, StateConflict
 from ping_web.storage import MemoryStorage, Storage
 from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.storage.indexeddb import IndexedDbStorage
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HISTORY_LIMIT = 200
 
 
-def _js(value: Any) -> Any:
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(value, dict_converter=js.Object.fromEntries, create_pyproxies=False)
-
-
 def post(message: dict[str, Any]) -> None:
-    """Send ``message`` to the page (``self.postMessage`` of the worker)."""
-    import js
-
-    js.postMessage(_js(message))
+    """Send ``message`` to the page (the worker's ``postMessage``)."""
+    post_message = _ffi.host_global("postMessage")
+    if post_message is not None:
+        post_message(_ffi.js_object(message))
 
 
 def emit(event: str, data: Any = None) -> None:
@@ -81,6 +78,13 @@ def _device_id(args: dict[str, Any], name: str = "device_id") -> DeviceId:
     return DeviceId.from_hex(_arg(args, name, str))
 
 
+def _user(args: dict[str, Any], name: str = "user") -> UserId:
+    text = _arg(args, name, str).strip()
+    if not text:
+        raise InvalidInput(f"argument {name!r} is empty")
+    return UserId.from_bytes(text.encode())
+
+
 def message_json(message: IncomingMessage, own_device: DeviceId) -> dict[str, Any]:
     return {
         "conversation_id": message.conversation_id.hex,
@@ -96,7 +100,7 @@ def message_json(message: IncomingMessage, own_device: DeviceId) -> dict[str, An
 
 async def _open_with_retry(open_once: Callable[[], Awaitable[Storage]], wait_ms: int) -> Storage:
     """Open storage; while another owner holds it, retry for up to ``wait_ms`` (a reloaded
-    page's old workers may still be letting go of their Web Locks)."""
+    page's old worker may still be letting go of its Web Lock)."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
         try:
@@ -108,17 +112,20 @@ async def _open_with_retry(open_once: Callable[[], Awaitable[Storage]], wait_ms:
 
 
 class WorkerHost:
-    """Dispatches page requests to one device (:class:`MessagingClient`) or to the delivery service."""
+    """Dispatches page requests to one device (:class:`MessagingClient`) or to a delivery service."""
 
     def __init__(self) -> None:
         self.role: str | None = None
         self.client: MessagingClient | None = None
-        self.delivery: PortDelivery | None = None
+        self.delivery: Delivery | None = None
         self.server: DeliveryServer | None = None
         self.storage_name: str | None = None
         self._key_packages = 0
+        self._to_publish = 0
         self._sync_queued = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._syncs = 0
+        self._queued = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "describe": self.describe,
             # device
@@ -128,6 +135,7 @@ class WorkerHost:
             "snapshot": self.snapshot,
             "history": self.history,
             "create_conversation": self.create_conversation,
+            "add_user": self.add_user,
             "add_member": self.add_member,
             "remove_member": self.remove_member,
             "link_device": self.link_device,
@@ -136,8 +144,9 @@ class WorkerHost:
             "self_update": self.self_update,
             "sync": self.sync,
             "publish_key_packages": self.publish_key_packages,
+            "connection": self.connection,
             "close": self.close,
-            # delivery service
+            # delivery service (in memory, shared with device workers over MessagePorts)
             "open_delivery": self.open_delivery,
             "connect": self.connect,
         }
@@ -146,36 +155,39 @@ class WorkerHost:
 
     def handle(self, message: Any) -> None:
         """Entry point from worker.js: answer one page message (asynchronously)."""
-        task = asyncio.ensure_future(self._answer(message))
+        self._spawn(self._answer(message))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, message: Any) -> None:
-        request_id: Any = None
         try:
-            data = message.to_py(depth=1) if hasattr(message, "to_py") else message
-            if not isinstance(data, dict):
-                raise InvalidInput("a request is an object {id, method, args}")
-            request_id = data.get("id")
-            method = data.get("method")
-            handler = self._methods.get(method) if isinstance(method, str) else None
-            if handler is None:
-                raise InvalidInput(f"unknown method {method!r}; call 'describe' for the list")
-            raw_args = data.get("args")
-            args = {} if raw_args is None or type(raw_args).__name__ == "JsNull" else _args(raw_args)
-            result = await handler(args)
-            reply: dict[str, Any] = {"id": request_id, "result": result}
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the page
-            if not isinstance(exc, PingError):
-                traceback.print_exc()
-            reply = {"id": request_id, "error": error_record(exc)}
-        post(reply)
+            data = _ffi.from_js(message)
+        except Exception as exc:  # noqa: BLE001 - an unreadable request still gets an answer
+            post({"id": None, "error": error_record(exc)})
+            return
+        if not isinstance(data, dict):
+            post({"id": None, "error": error_record(InvalidInput("a request is an object {id, method, args}"))})
+            return
+        post(await answer(data, self._call))
 
-    async def _serial(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run one device operation. No lock: MessagingClient captures each operation's
-        state synchronously and orders its writes itself, so requests and background syncs
-        may interleave freely (docs/design.md: never hold a lock across an await)."""
-        return await operation()
+    async def _call(self, method: Any, args: Any) -> Any:
+        handler = self._methods.get(method) if isinstance(method, str) else None
+        if handler is None:
+            raise InvalidInput(f"unknown method {method!r}; call 'describe' for the list")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidInput("args must be an object")
+        try:
+            return await handler(args)
+        except PingError:
+            raise
+        except Exception:
+            traceback.print_exc()  # a bug: its traceback goes to the worker's console
+            raise
 
     def _require_client(self) -> MessagingClient:
         if self.client is None:
@@ -210,6 +222,10 @@ class WorkerHost:
         self._key_packages = _arg(args, "key_packages", int, 5)
         wait_ms = _arg(args, "wait_for_lock_ms", int, 0)
         timeout_ms = _arg(args, "delivery_timeout_ms", int, 30_000)
+        relay = _arg(args, "relay", str, None)
+        push = _arg(args, "push", str, "auto")
+        retry_ms = _arg(args, "retry_ms", int, 4_000)
+        backoff_cap_ms = _arg(args, "backoff_cap_ms", int, 15_000)
         port = args.get("delivery")
         if name is None:
             storage: Storage = MemoryStorage()
@@ -221,25 +237,35 @@ class WorkerHost:
             storage = await _open_with_retry(opener, wait_ms)
         self.role = "device"
         try:
-            if port is not None and type(port).__name__ != "JsNull":
-                self.delivery = PortDelivery(port, on_notice=self._on_notice, timeout_s=timeout_ms / 1000)
             created = await storage.get("device", b"identity") is None
+            if created and not user:
+                raise InvalidInput("this storage holds no device yet: pass user to create one")
+            if relay is not None:
+                self.delivery = RelayDelivery(
+                    relay or None, push=push, on_notice=self._on_notice, on_state=self._on_state,
+                    retry_for_s=retry_ms / 1000, backoff_cap_s=backoff_cap_ms / 1000,
+                )  # fmt: skip
+            elif port is not None:
+                self.delivery = PortDelivery(port, on_notice=self._on_notice, timeout_s=timeout_ms / 1000)
             self.client = await MessagingClient.open(
                 storage, None if user is None else user.encode(), delivery=self.delivery,
                 create_device_group=not linked,
             )  # fmt: skip
         except BaseException:
             self.role = None
-            if self.delivery is not None:
-                self.delivery.close()
-                self.delivery = None
+            await self._close_delivery()
             await storage.close()
             raise
         self.storage_name = name
+        self._queued = len(await self.client.outbox())
         if self.delivery is not None:
             if created and self._key_packages:
-                await self.client.publish_key_packages(self._key_packages)
-            await self._serial(self._sync_now)
+                self._to_publish = self._key_packages
+                try:
+                    await self._publish_waiting()
+                except DeliveryUnavailable:
+                    pass  # published with the next sync that reaches the relay
+            self._schedule_sync()
         info = self._device_info()
         info["created"] = created
         return info
@@ -251,22 +277,24 @@ class WorkerHost:
             "user": _text(client.user_id.raw),
             "storage": self.storage_name,
             "device_group": None if client.device_group_id is None else client.device_group_id.hex,
+            "relay": self.delivery.url if isinstance(self.delivery, RelayDelivery) else None,
         }
 
     async def device(self, args: dict[str, Any]) -> dict[str, Any]:
         return self._device_info()
 
     async def conversations(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self._serial(lambda: self._conversations(with_messages=False))
+        return await self._conversations(with_messages=False)
 
     async def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Everything a UI shows: the device, and each conversation with members and history."""
+        """Everything a UI shows: the device, the connection, and each conversation with
+        members and history."""
         limit = _arg(args, "limit", int, HISTORY_LIMIT)
-
-        async def run() -> dict[str, Any]:
-            return {"device": self._device_info(), "conversations": await self._conversations(True, limit)}
-
-        return await self._serial(run)
+        return {
+            "device": self._device_info(),
+            "connection": self._connection_json(),
+            "conversations": await self._conversations(True, limit),
+        }
 
     async def _conversations(self, with_messages: bool, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
         client = self._require_client()
@@ -313,191 +341,227 @@ class WorkerHost:
     async def create_conversation(self, args: dict[str, Any]) -> dict[str, Any]:
         client = self._require_client()
         name = _arg(args, "name", str, None)
-        meta = await self._serial(lambda: client.create_conversation(name or None))
+        meta = await client.create_conversation(name or None)
         return {"id": meta.id.hex, "name": meta.name, "epoch": meta.epoch}
+
+    async def add_user(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Add every device of ``user`` the delivery service knows (one commit), each with
+        one of its published KeyPackages."""
+        client = self._require_client()
+        conversation_id, user = _conversation_id(args), _user(args)
+        delivery = self._require_delivery()
+        conversation = await client.conversation(conversation_id)
+        devices = [d for d in await delivery.devices_of(user) if conversation.leaf_index_of(d) is None]
+        devices = [d for d in devices if d != client.device_id]
+        if not devices:
+            raise InvalidInput(f"the relay knows no device of {_text(user.raw)!r} outside this conversation")
+        entries = []
+        for device in devices:
+            key_package = await delivery.claim_key_package(device)
+            if key_package is not None:
+                entries.append((device, key_package))
+        if not entries:
+            raise StateConflict(
+                f"no device of {_text(user.raw)!r} has a KeyPackage left; it publishes more when it next syncs"
+            )
+        outcome = await client.add_members(conversation_id, entries)
+        return {"epoch": outcome.welcome.epoch, "devices": [d.hex for d, _ in entries]}
 
     async def add_member(self, args: dict[str, Any]) -> dict[str, Any]:
         """Add ``device_id`` to ``conversation_id`` with one of its published KeyPackages."""
         client = self._require_client()
         conversation_id, device_id = _conversation_id(args), _device_id(args)
-
-        async def run() -> dict[str, Any]:
-            delivery = self._require_delivery()
-            key_package = await delivery.claim_key_package(device_id)
-            if key_package is None:
-                raise StateConflict(
-                    f"device {device_id.hex[:8]} has no KeyPackage left on the delivery service; "
-                    "it publishes more when it next syncs, then retry"
-                )
-            outcome = await client.add_members(conversation_id, [(device_id, key_package)])
-            return {"epoch": outcome.welcome.epoch}
-
-        return await self._serial(run)
+        key_package = await self._require_delivery().claim_key_package(device_id)
+        if key_package is None:
+            raise StateConflict(
+                f"device {device_id.hex[:8]} has no KeyPackage left on the delivery service; "
+                "it publishes more when it next syncs, then retry"
+            )
+        outcome = await client.add_members(conversation_id, [(device_id, key_package)])
+        return {"epoch": outcome.welcome.epoch}
 
     async def remove_member(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove a member by ``leaf_index``, or by ``device_id`` if this device knows its leaf."""
         client = self._require_client()
         conversation_id = _conversation_id(args)
-
-        async def run() -> dict[str, Any]:
-            leaf = _arg(args, "leaf_index", int, None)
+        leaf = _arg(args, "leaf_index", int, None)
+        if leaf is None:
+            device_id = _device_id(args)
+            leaf = (await client.conversation(conversation_id)).leaf_index_of(device_id)
             if leaf is None:
-                device_id = _device_id(args)
-                leaf = (await client.conversation(conversation_id)).leaf_index_of(device_id)
-                if leaf is None:
-                    raise InvalidInput(f"device {device_id.hex[:8]} is not a known member of this conversation")
-            commit = await client.remove_members(conversation_id, [leaf])
-            return {"epoch": commit.epoch + 1}
-
-        return await self._serial(run)
+                raise InvalidInput(f"device {device_id.hex[:8]} is not a known member of this conversation")
+        commit = await client.remove_members(conversation_id, [leaf])
+        return {"epoch": commit.epoch + 1}
 
     async def link_device(self, args: dict[str, Any]) -> dict[str, Any]:
-        client = self._require_client()
-        device_id = _device_id(args)
-        outcomes = await self._serial(lambda: client.link_device(device_id))
+        outcomes = await self._require_client().link_device(_device_id(args))
         return {"conversations": len(outcomes)}
 
     async def revoke_device(self, args: dict[str, Any]) -> dict[str, Any]:
-        client = self._require_client()
-        device_id = _device_id(args)
-        commits = await self._serial(lambda: client.revoke_device(device_id))
+        commits = await self._require_client().revoke_device(_device_id(args))
         return {"conversations": len(commits)}
 
     async def send(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Store and send a message. If the relay cannot take it now, it waits in the outbox
+        (``queued`` in the reply and in ``connection`` events) and goes out with the next sync."""
         client = self._require_client()
         conversation_id = _conversation_id(args)
         text = _arg(args, "text", str)
         if not text:
             raise InvalidInput("nothing to send: text is empty")
-        envelope = await self._serial(lambda: client.send(conversation_id, text.encode()))
-        return {"epoch": envelope.epoch, "seq": envelope.seq, "ciphertext_bytes": len(envelope.payload)}
+        envelope = await client.send(conversation_id, text.encode())
+        await self._count_queued()
+        return {
+            "epoch": envelope.epoch,
+            "seq": envelope.seq,
+            "ciphertext_bytes": len(envelope.payload),
+            "queued": self._queued > 0,
+        }
 
     async def self_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        client = self._require_client()
-        conversation_id = _conversation_id(args)
-        commit = await self._serial(lambda: client.self_update(conversation_id))
+        commit = await self._require_client().self_update(_conversation_id(args))
         return {"epoch": commit.epoch + 1}
 
     async def sync(self, args: dict[str, Any]) -> dict[str, Any]:
         self._require_client()
-        return await self._serial(self._sync_now)
+        return await self._sync_now()
 
     async def publish_key_packages(self, args: dict[str, Any]) -> dict[str, Any]:
-        client = self._require_client()
         count = _arg(args, "count", int, 5)
-        await self._serial(lambda: client.publish_key_packages(count))
+        await self._require_client().publish_key_packages(count)
         return {"published": count}
+
+    async def connection(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The relay connection: ``{status, queued, attempt, retry_in_s, push, detail, syncs}``."""
+        self._require_client()
+        await self._count_queued()
+        return self._connection_json()
 
     async def close(self, args: dict[str, Any]) -> None:
         """Close the device (or the delivery service) and release its database."""
         if self.client is not None:
             client, self.client = self.client, None
-            await self._serial(client.close)
-        if self.delivery is not None:
-            self.delivery.close()
-            self.delivery = None
+            await client.close()
+        await self._close_delivery()
         if self.server is not None:
             self.server.close()
-            service, self.server = self.server.service, None
-            if isinstance(service, JournaledDelivery):
-                await service.close()
+            self.server = None
         self.role = None
 
-    def _require_delivery(self) -> PortDelivery:
+    async def _close_delivery(self) -> None:
+        delivery, self.delivery = self.delivery, None
+        if isinstance(delivery, RelayDelivery):
+            await delivery.close()
+        elif isinstance(delivery, PortDelivery):
+            delivery.close()
+
+    def _require_delivery(self) -> Delivery:
         if self.delivery is None:
-            raise StateConflict("this device has no delivery service (open_device without 'delivery')")
+            raise StateConflict("this device has no delivery service (open_device without relay or delivery)")
         return self.delivery
 
+    # -- background sync and the connection ----------------------------------------------------
+
     async def _sync_now(self) -> dict[str, Any]:
-        """Pull and apply what is new; publish a KeyPackage for each conversation joined."""
+        """Pull and apply what is new, post what waits; publish a KeyPackage per conversation joined."""
         client = self._require_client()
         before = len(client.conversations())
-        outcome = await client.sync()
+        try:
+            outcome = await client.sync()
+        finally:
+            self._syncs += 1
+            await self._count_queued()
         joined = len(client.conversations()) - before
         if joined > 0 and self._key_packages:
-            await client.publish_key_packages(joined)
+            self._to_publish += joined
+        await self._publish_waiting()
         return {
             "messages": [message_json(m, client.device_id) for m in outcome.messages],
             "rejected": [error_record(error) for _, error in outcome.rejected],
             "joined": max(joined, 0),
         }
 
+    async def _publish_waiting(self) -> None:
+        """Publish the KeyPackages owed (a new device's first ones, one per conversation joined)."""
+        count, self._to_publish = self._to_publish, 0
+        if count and self.client is not None:
+            try:
+                await self.client.publish_key_packages(count)
+            except BaseException:
+                self._to_publish += count
+                raise
+
     def _on_notice(self, notice: Notice) -> None:
         """The delivery service has something new: sync in the background, then tell the page."""
         if notice.kind == "welcome" and self.client is not None and self.client.device_id not in notice.device_ids:
             return
+        self._schedule_sync()
+
+    def _on_state(self, state: ConnectionState) -> None:
+        emit("connection", self._connection_json(state))
+        if state.status == "connected":
+            self._schedule_sync()  # catch up, and post what waited in the outbox
+
+    def _schedule_sync(self) -> None:
         if self._sync_queued:
             return  # a sync that has not started yet will see this too
         self._sync_queued = True
-        task = asyncio.ensure_future(self._background_sync())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._background_sync())
 
     async def _background_sync(self) -> None:
-        async def run() -> dict[str, Any] | None:
-            self._sync_queued = False
-            return None if self.client is None else await self._sync_now()  # closed meanwhile
-
+        await asyncio.sleep(0)  # let notices arriving together share this sync
+        self._sync_queued = False
+        if self.client is None:
+            return  # closed meanwhile
         try:
-            result = await self._serial(run)
+            result = await self._sync_now()
+        except DeliveryUnavailable:
+            emit("connection", self._connection_json())  # reconnecting: the next state change syncs
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the page as an event
-            self._sync_queued = False
             emit("error", error_record(exc))
             return
-        if result is not None:
-            emit("update", result)
+        emit("update", result)
+
+    async def _count_queued(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        queued = len(await client.outbox())
+        if queued != self._queued:
+            self._queued = queued
+            emit("connection", self._connection_json())
+
+    def _connection_json(self, state: ConnectionState | None = None) -> dict[str, Any]:
+        delivery = self.delivery
+        if state is None:
+            state = delivery.state if isinstance(delivery, RelayDelivery) else ConnectionState("connected", push="port")
+        return {
+            "status": state.status,
+            "queued": self._queued,
+            "attempt": state.attempt,
+            "retry_in_s": state.retry_in_s,
+            "push": state.push,
+            "detail": state.detail,
+            "syncs": self._syncs,
+        }
 
     # -- delivery service --------------------------------------------------------------------
 
     async def open_delivery(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Run the delivery service here: journaled in IndexedDB ``storage``, or in memory."""
+        """Run an in-memory delivery service here, for device workers connected with ``connect``."""
         if self.role is not None:
             raise StateConflict(f"this worker already runs {self.role}; start another worker")
-        name = _arg(args, "storage", str, None)
-        wait_ms = _arg(args, "wait_for_lock_ms", int, 0)
         self.role = "delivery"
-        try:
-            if name is None:
-                service: Any = LocalDeliveryService()
-                replayed = 0
-            else:
-                storage = await _open_with_retry(lambda: IndexedDbStorage.open(name), wait_ms)
-                try:
-                    service = await JournaledDelivery.open(storage)
-                except BaseException:
-                    await storage.close()
-                    raise
-                replayed = service.replayed
-        except BaseException:
-            self.role = None
-            raise
-        self.server = DeliveryServer(service)
-        return {"storage": name, "persistent": name is not None, "replayed": replayed}
+        self.server = DeliveryServer(LocalDeliveryService())
+        return {"persistent": False}
 
     async def connect(self, args: dict[str, Any]) -> dict[str, Any]:
         """Serve one more device on the MessagePort ``port``."""
         if self.server is None:
             raise StateConflict("no delivery service runs in this worker: call open_delivery first")
         port = args.get("port")
-        if port is None or type(port).__name__ == "JsNull":
+        if port is None or not hasattr(port, "postMessage"):
             raise InvalidInput("connect needs a MessagePort in args.port (transferred)")
         self.server.connect(port)
         return {"connections": self.server.connections}
-
-
-def _args(raw: Any) -> dict[str, Any]:
-    """Request arguments: plain values converted, MessagePorts kept as JS objects."""
-    value = raw.to_py(depth=1) if hasattr(raw, "to_py") else raw
-    if not isinstance(value, dict):
-        raise InvalidInput("args must be an object")
-    out = {}
-    for key, item in value.items():
-        if hasattr(item, "to_py") and type(item).__name__ != "JsNull" and not _is_port(item):
-            item = item.to_py()
-        out[key] = None if type(item).__name__ == "JsNull" else item
-    return out
-
-
-def _is_port(value: Any) -> bool:
-    """A MessagePort (or anything else that can be posted to): kept as a JS object."""
-    return hasattr(value, "postMessage")

@@ -1,14 +1,15 @@
-// ping_web in a module Web Worker: one device (or the delivery service) per worker.
+// ping_web in a module Web Worker: one device (or an in-memory delivery service) per worker.
 //
 //   const worker = new Worker(new URL("web/worker.js", location), { type: "module" });
 //   worker.postMessage({ id: 1, method: "start", args: {} });           // boot Pyodide + ping_web
 //   worker.postMessage({ id: 2, method: "open_device",
-//                        args: { storage: "alice", user: "alice", delivery: port } }, [port]);
+//                        args: { storage: "alice", user: "alice", relay: location.origin } });
 //
 // Every request is {id, method, args}; every reply is {id, result} or
 // {id, error: {name, message}} (name: the PingError subclass, e.g. "DatabaseInUse").
 // Events arrive as {event, data}: "progress" while starting, "update" after a background
-// sync, "error" when one failed. The full API is in web/README.md; web/client.js wraps it.
+// sync, "connection" when the relay connection changes, "error" when a sync failed. The
+// full API is in web/README.md; web/client.js wraps it.
 //
 // This file only boots Pyodide and forwards messages: the device logic is Python
 // (ping_worker.py next to this file, and the ping_web wheel).
@@ -71,13 +72,11 @@ async function boot({ indexURL = DEFAULT_INDEX_URL, hostURL = new URL("ping_work
       return response.text();
     });
   const hostSource = fetchText(hostURL);
-  const journalSource = fetchText(new URL("journaled_delivery.py", hostURL).href);
   const pyodide = await loadPyodide({ indexURL });
   progress("packages", "Loading ping_web, cbor2 and python-ulid");
   await pyodide.loadPackage(["ping_web"], { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
   pyodide.FS.mkdirTree("/ping_worker");
   pyodide.FS.writeFile("/ping_worker/ping_worker.py", await hostSource);
-  pyodide.FS.writeFile("/ping_worker/journaled_delivery.py", await journalSource);
   pyodide.runPython("import sys\nif '/ping_worker' not in sys.path: sys.path.insert(0, '/ping_worker')");
   const module = pyodide.pyimport("ping_worker");
   if (wasm) {

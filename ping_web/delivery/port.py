@@ -1,7 +1,7 @@
 """One delivery service shared by many Pyodide workers, over ``MessagePort``\\ s.
 
 The delivery logic stays in Python on both sides: a worker of its own runs any
-:class:`~ping_web.delivery.Delivery` (the demo's keeps a journal in IndexedDB) behind a
+:class:`~ping_web.delivery.Delivery` (``web/ping_worker.py`` runs a ``LocalDeliveryService``) behind a
 :class:`DeliveryServer`; each device worker binds a
 :class:`PortDelivery` to its client. ``PortDelivery`` implements the
 :class:`~ping_web.delivery.Delivery` protocol by forwarding every call over its port; the
@@ -33,7 +33,7 @@ Everything here needs Pyodide (through :mod:`ping_web._ffi`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ping_web import _ffi, errors
@@ -56,6 +56,7 @@ __all__ = [
     "DeliveryUnavailable",
     "Notice",
     "PortDelivery",
+    "answer",
     "error_from_record",
     "error_record",
     "serve_delivery",
@@ -130,6 +131,19 @@ def roster_record(roster: RosterChange) -> dict[str, list[bytes]]:
 def error_record(exc: BaseException) -> dict[str, str]:
     """How an exception crosses a port or a worker boundary: ``{name, message}``."""
     return {"name": type(exc).__name__, "message": str(exc)}
+
+
+async def answer(request: dict[str, Any], call: Callable[[Any, Any], Awaitable[Any]]) -> dict[str, Any]:
+    """The reply to one request ``{id, method, args}``: ``{id, result}`` with what
+    ``call(method, args)`` returned, or ``{id, error: {name, message}}``
+    (:func:`error_record`) with what it raised. The request/reply shape of this port, and of
+    ``web/worker.js``, which answers its page the same way."""
+    request_id = request.get("id")
+    try:
+        result = await call(request.get("method"), request.get("args"))
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
+        return {"id": request_id, "error": error_record(exc)}
+    return {"id": request_id, "result": result}
 
 
 def error_from_record(record: Any) -> PingError:
@@ -321,22 +335,27 @@ class DeliveryServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, port: Any, event: Any) -> None:
-        request_id: Any = None
+        notices: list[dict[str, Any]] = []
+
+        async def call(method: Any, args: Any) -> Any:
+            self.requests += 1
+            result, notice = await self._dispatch(method, args)
+            if notice is not None:
+                notices.append(notice)
+            return result
+
         try:
             data = _ffi.from_js(event.data)
-            if not isinstance(data, dict):
-                return
-            request_id = data.get("id")
-            self.requests += 1
-            result, notice = await self._dispatch(data.get("method"), data.get("args"))
-            reply: dict[str, Any] = {"id": request_id, "result": result}
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
-            reply, notice = {"id": request_id, "error": error_record(exc)}, None
+        except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
+            return
+        if not isinstance(data, dict):
+            return
+        reply = await answer(data, call)
         try:
             port.postMessage(_ffi.js_object(reply))
         except Exception:  # noqa: BLE001 - the other side is gone: nothing to tell
             pass
-        if notice is not None:
+        for notice in notices:
             self._broadcast(port, notice)
 
     def _broadcast(self, origin: Any, notice: dict[str, Any]) -> None:

@@ -1,15 +1,20 @@
 """web/worker.js used as a library (through web/client.js) in headless Chromium.
 
-Two devices and a delivery service, each in a module worker, driven through the message
-API documented in web/README.md: progress events, requests and replies, background
-``update`` events, errors crossing as ``{name, message}`` with the PingError subclass name,
-DatabaseInUse for a second owner of a database, the delivery journal surviving a restart
-of its worker, and DeliveryUnavailable once that worker is gone.
+Devices in module workers driven through the message API documented in web/README.md:
+progress events, requests and replies, background ``update`` events, errors crossing as
+``{name, message}`` with the PingError subclass name, DatabaseInUse for a second owner of
+a database. Two devices share an in-memory delivery service in a third worker over
+MessagePorts (``PortDelivery``/``DeliveryServer``), and get DeliveryUnavailable once that
+worker is gone; two more talk through the relay that serves the page (``RelayDelivery``),
+with ``connection`` events. Waits are on worker events, never on timers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from conftest import RelayServer
 
 SCRIPT = """
 async () => {
@@ -18,17 +23,18 @@ async () => {
     try { await promise; return null; }
     catch (e) { return { name: e.name, message: e.message, typed: e instanceof PingWorkerError }; }
   };
-  const until = async (check, ms = 60000) => {
-    const end = performance.now() + ms;
+  // The value of check() once it is truthy, checked again after each event of the worker.
+  const when = async (worker, check, event = "update") => {
     for (;;) {
+      const next = new Promise((resolve) => { const off = worker.on(event, () => { off(); resolve(); }); });
       const value = await check();
       if (value) return value;
-      if (performance.now() > end) throw new Error("timed out waiting");
-      await new Promise((r) => setTimeout(r, 100));
+      await next;
     }
   };
   const out = { progress: [] };
 
+  // -- a delivery service in a worker, devices connected over MessagePorts -------------------
   const [ds, a, b] = await Promise.all([
     PingWorker.start({ wasm: false }),
     PingWorker.start({ onProgress: (p) => out.progress.push(p.stage) }),
@@ -36,7 +42,7 @@ async () => {
   ]);
   out.start = a.info;
   out.describe = await a.call("describe");
-  out.openDelivery = await ds.call("open_delivery", { storage: "proto-ds" });
+  out.openDelivery = await ds.call("open_delivery", {});
   const [ca, cb] = [new MessageChannel(), new MessageChannel()];
   await ds.call("connect", { port: ca.port1 }, [ca.port1]);
   out.connections = (await ds.call("connect", { port: cb.port1 }, [cb.port1])).connections;
@@ -50,7 +56,7 @@ async () => {
   const chat = await a.call("create_conversation", { name: "protocol" });
   out.added = await a.call("add_member", { conversation_id: chat.id, device_id: ben.device_id });
   out.sent = await a.call("send", { conversation_id: chat.id, text: "hello ben" });
-  out.benHistory = await until(async () => {
+  out.benHistory = await when(b, async () => {
     const conversations = await b.call("conversations");
     if (!conversations.some((c) => c.id === chat.id)) return null;
     const history = await b.call("history", { conversation_id: chat.id });
@@ -59,7 +65,7 @@ async () => {
   out.updates = updates;
   out.benSnapshot = await b.call("snapshot");
   await b.call("send", { conversation_id: chat.id, text: "hi ann" });
-  out.annSync = await until(async () => {
+  out.annSync = await when(a, async () => {
     const history = await a.call("history", { conversation_id: chat.id });
     return history.length === 2 ? history : null;
   });
@@ -70,37 +76,64 @@ async () => {
     badId: await errorOf(a.call("send", { conversation_id: "zz", text: "x" })),
     emptyText: await errorOf(a.call("send", { conversation_id: chat.id, text: "" })),
     noDevice: await errorOf(ds.call("sync")),
+    badArgs: await errorOf(a.call("history", [1, 2])),
   };
   const c = await PingWorker.start({ wasm: false });
   out.errors.inUse = await errorOf(c.call("open_device", { storage: "proto-a", user: "ann" }));
-  out.errors.dsInUse = await errorOf(c.call("open_delivery", { storage: "proto-ds" }));
+  out.errors.noUser = await errorOf(c.call("open_device", { storage: "proto-new" }));
   c.terminate();
 
-  // The delivery service restarts from its journal; its old ports die with its worker.
+  // The delivery service's worker goes away: its ports die with it.
   await ds.call("close");
   ds.terminate();
-  const ds2 = await PingWorker.start({ wasm: false });
-  out.reopened = await ds2.call("open_delivery", { storage: "proto-ds", wait_for_lock_ms: 3000 });
   out.errors.unavailable = await errorOf(a.call("sync"));
-  for (const w of [a, b, ds2]) w.terminate();
+  for (const w of [a, b]) w.terminate();
+
+  // -- two devices through the relay that serves this page -----------------------------------
+  const [r1, r2] = await Promise.all([PingWorker.start(), PingWorker.start()]);
+  const states = [];
+  r1.on("connection", (state) => states.push(state.status));
+  const cat = await r1.call("open_device", { storage: "proto-cat", user: "cat", relay: location.origin });
+  const dan = await r2.call("open_device", { storage: "proto-dan", user: "dan", relay: location.origin });
+  out.cat = cat;
+  out.catConnection = await when(r1, async () => {
+    const state = await r1.call("connection");
+    return state.status === "connected" ? state : null;
+  }, "connection");
+  const talk = await r1.call("create_conversation", { name: "relay" });
+  out.addUser = await r1.call("add_user", { conversation_id: talk.id, user: "dan" });
+  await r1.call("send", { conversation_id: talk.id, text: "hello dan" });
+  out.danHistory = await when(r2, async () => {
+    const conversations = await r2.call("conversations");
+    if (!conversations.some((c) => c.id === talk.id)) return null;
+    const history = await r2.call("history", { conversation_id: talk.id });
+    return history.length ? history : null;
+  });
+  out.errors.noSuchUser = await errorOf(r1.call("add_user", { conversation_id: talk.id, user: "nobody" }));
+  out.states = states;
+  out.dan = dan;
+  for (const w of [r1, r2]) w.terminate();
   return out;
 }
 """
 
 
-def test_worker_protocol(context: Any, base_url: str) -> None:
+def test_worker_protocol(context: Any, relay_server: Callable[..., RelayServer]) -> None:
+    relay = relay_server()
     page = context.new_page()
-    page.goto(f"{base_url}/web/README.md")  # any page of the origin will do
+    page.goto(f"{relay.url}/web/README.md")  # any page of the relay's origin will do
     out = page.evaluate(SCRIPT)
 
     assert out["progress"][:4] == ["pyodide", "packages", "wasm", "ready"]
     assert out["start"]["pyodide"].startswith("314.") and out["start"]["wasm_bytes"] > 100_000
-    assert out["describe"]["protocol"] == 1 and "open_device" in out["describe"]["methods"]
-    assert out["openDelivery"] == {"storage": "proto-ds", "persistent": True, "replayed": 0}
+    assert out["describe"]["protocol"] == 2 and "open_device" in out["describe"]["methods"]
+    assert out["openDelivery"] == {"persistent": False}
     assert out["connections"] == 2
     assert out["ann"]["user"] == "ann" and out["ann"]["created"] is True and len(out["ann"]["device_id"]) == 32
+    assert out["ann"]["relay"] is None
     assert out["added"] == {"epoch": 1}
     assert out["sent"]["epoch"] == 1 and out["sent"]["seq"] == 2 and out["sent"]["ciphertext_bytes"] > 0
+    assert out["sent"]["queued"] is False
 
     (message,) = out["benHistory"]
     assert message["text"] == "hello ben" and message["sender_user"] == "ann" and message["own"] is False
@@ -118,9 +151,16 @@ def test_worker_protocol(context: Any, base_url: str) -> None:
     assert errors["badId"]["name"] == "InvalidInput"
     assert errors["emptyText"]["name"] == "InvalidInput"
     assert errors["noDevice"]["name"] == "StateConflict"
+    assert errors["badArgs"]["name"] == "InvalidInput"
     assert errors["inUse"]["name"] == "DatabaseInUse" and "another tab or worker" in errors["inUse"]["message"]
-    assert errors["dsInUse"]["name"] == "DatabaseInUse"
+    assert errors["noUser"]["name"] == "InvalidInput" and "no device yet" in errors["noUser"]["message"]
     assert errors["unavailable"]["name"] == "DeliveryUnavailable"
 
-    # publish x2, claim, post commit, welcome, take welcome, post x2: all restored in order.
-    assert out["reopened"]["replayed"] >= 8
+    # Through the relay: registered and logged in with the device's key, pushed a Welcome.
+    assert out["cat"]["relay"] == relay.url
+    assert out["catConnection"]["status"] == "connected" and out["catConnection"]["push"] == "websocket"
+    assert out["states"][-1] == "connected"
+    assert out["addUser"]["epoch"] == 1 and out["addUser"]["devices"] == [out["dan"]["device_id"]]
+    (message,) = out["danHistory"]
+    assert message["text"] == "hello dan" and message["sender_user"] == "cat"
+    assert errors["noSuchUser"]["name"] == "InvalidInput"
