@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -16,9 +15,10 @@ from starlette.routing import WebSocketRoute
 
 from .config import Config
 from .errors import RelayError
+from .fanout import Fanout
 from .notify import Notifier
 from .ratelimit import RateLimiter
-from .relay import Relay
+from .relay import CursorBook, Relay, now_ms
 from .routes import ROUTES
 from .sqlstore import Backend, SqlStore
 from .stream import stream
@@ -40,6 +40,15 @@ def open_backend(config: Config, notifier: Notifier) -> Backend:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
 
 
+def _database_down(exc: Exception) -> bool:
+    """An error of the database connection (PostgreSQL restarting, the network), not a bug."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
 async def relay_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, RelayError):
         return await internal_error(request, exc)
@@ -56,6 +65,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
+    if _database_down(exc):
+        log.warning("the database did not answer: %s", exc)
+        return JSONResponse(
+            {"error": "unavailable", "detail": "the database did not answer; retry"},
+            status_code=503,
+            headers={"Retry-After": "1", "Cache-Control": "no-store"},
+        )
+    log.error("request failed", exc_info=exc)
     return JSONResponse({"error": "internal", "detail": "internal error"}, status_code=500)
 
 
@@ -64,37 +81,75 @@ async def _prune_forever(relay: Relay) -> None:
     while True:
         await asyncio.sleep(config.prune_interval)
         try:
-            cutoff = int((time.time() - config.retention_seconds) * 1000)
-            deleted = await relay.store.prune(cutoff)
+            deleted = await relay.store.prune(
+                now_ms(), int(config.retention_seconds * 1000), int(config.max_retention_seconds * 1000)
+            )
             if deleted:
                 log.info("pruned %d log entries", deleted)
         except Exception:
             log.exception("pruning failed")
 
 
+async def _flush_cursors_forever(relay: Relay) -> None:
+    while True:
+        await asyncio.sleep(relay.config.cursor_flush_interval)
+        cursors = relay.cursors.take()
+        try:
+            await relay.store.record_cursors(cursors)
+        except Exception:
+            log.warning("storing cursors failed; they are reported again", exc_info=True)
+            for (group_id, device_id), seq in cursors.items():
+                relay.cursors.report(group_id, device_id, seq)
+
+
+async def _recheck_forever(relay: Relay) -> None:
+    """Re-read what the wake-ups would have said, in case one was lost (e.g. a NOTIFY sent
+    while this process's LISTEN connection was down): each followed group's head, each
+    connected device's newest Welcome and its stream owner. One read per interval."""
+    while True:
+        await asyncio.sleep(relay.config.recheck_interval)
+        try:
+            streams = dict(relay.streams)
+            found = await relay.store.recheck(list(relay.fanout.feeds), list(streams))
+            relay.fanout.recheck(found.heads)
+            for device_id, connection in streams.items():
+                connection.recheck(found.mailboxes.get(device_id), found.owners.get(device_id))
+        except Exception:
+            log.warning("recheck failed", exc_info=True)
+
+
 def create_app(config: Config) -> Starlette:
     notifier = Notifier()
-    store = SqlStore(open_backend(config, notifier))
     lim = config.limits
+    store = SqlStore(open_backend(config, notifier), lim.rate_per_second, lim.rate_burst)
     relay = Relay(
         config=config,
         store=store,
         notifier=notifier,
         device_limiter=RateLimiter(lim.rate_per_second, lim.rate_burst),
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
+        fanout=Fanout(store, notifier, lim),
+        cursors=CursorBook(config.prunes),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
-        pruner = asyncio.create_task(_prune_forever(relay)) if config.retention_seconds > 0 else None
+        tasks: list[asyncio.Task[None]] = []
+        if config.prunes:
+            tasks.append(asyncio.create_task(_prune_forever(relay)))
+            tasks.append(asyncio.create_task(_flush_cursors_forever(relay)))
+        if config.recheck_interval > 0:
+            tasks.append(asyncio.create_task(_recheck_forever(relay)))
         try:
             yield
         finally:
-            if pruner is not None:
-                pruner.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await pruner
+                    await task
+            await relay.fanout.close()
             await store.close()
 
     app = Starlette(

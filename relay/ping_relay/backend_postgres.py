@@ -3,54 +3,88 @@
 Write transactions run at READ COMMITTED and lock the group's row (``FOR UPDATE``)
 before touching its log, so writers of one group are serialized across every relay
 process on the database; KeyPackage claims use ``FOR UPDATE SKIP LOCKED``. Reads run
-in ``REPEATABLE READ READ ONLY`` transactions (one snapshot). A transaction that hits a
-unique violation, a serialization failure or a deadlock is retried from the start.
+in ``REPEATABLE READ READ ONLY`` transactions (one snapshot), single-statement reads
+without a transaction block. A transaction that hits a unique violation, a serialization
+failure or a deadlock is retried from the start. (Pipeline mode was measured: it costs
+more CPU per transaction in psycopg than the round trips it saves on a local server.)
 
-Every committed write also sends ``NOTIFY ping_relay, '<key>'`` (delivered at commit);
-each relay process LISTENs and wakes its own stream connections, so a device
-connected to one process sees posts made through another.
+Every committed write also sends ``NOTIFY ping_relay, '<key>'`` in its own transaction
+(delivered at commit, never if it rolls back). The payload names what to wake (a group
+or a device), never the data: each relay process LISTENs and wakes its own stream
+connections, which re-read the database by sequence number. A notification lost while
+the LISTEN connection was down costs nothing: on reconnecting, the process wakes every
+stream, and each process re-checks its groups' heads on a timer anyway (``app.py``).
+
+A connection that died (the server restarted) is replaced and the transaction retried
+when nothing had run on it yet; otherwise the request fails with ``503 unavailable``
+and the client retries (posts and commits are deduplicated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import migrations
+from .errors import unavailable
 from .sqlstore import Row, Tx
 
 T = TypeVar("T")
 CHANNEL = "ping_relay"
 _RETRIES = 8
+_POOL_TIMEOUT = 10.0
+"""Seconds a request waits for a database connection (e.g. while the server restarts)."""
 _MIGRATION_LOCK = 0x70696E67  # "ping"
 log = logging.getLogger("ping_relay.postgres")
 
 
+@functools.lru_cache(maxsize=512)
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
 class _PgTx:
+    dialect = "postgres"
     lock = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
         self.keys: set[str] = set()
+        self.answered = 0
+        """Statements the server has answered (0: the connection may have been dead all along)."""
 
     def one(self, sql: str, *params: object) -> Row | None:
-        return self._conn.execute(sql.replace("?", "%s"), params).fetchone()
+        row = self._conn.execute(_pg(sql), params).fetchone()
+        self.answered += 1
+        return row
 
     def all(self, sql: str, *params: object) -> list[Row]:
-        return self._conn.execute(sql.replace("?", "%s"), params).fetchall()
+        rows = self._conn.execute(_pg(sql), params).fetchall()
+        self.answered += 1
+        return rows
 
     def run(self, sql: str, *params: object) -> int:
-        return self._conn.execute(sql.replace("?", "%s"), params).rowcount
+        cursor = self._conn.execute(_pg(sql), params)
+        self.answered += 1
+        return cursor.rowcount
+
+    def send(self, sql: str, *params: object) -> None:
+        self._conn.execute(_pg(sql), params)
+
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(_pg(sql), rows)
 
     def notify(self, key: str) -> None:
         self.keys.add(key)
@@ -63,21 +97,32 @@ class PostgresBackend:
         self._dsn = dsn
         self._wake = wake
         self._wake_all = wake_all
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=size, open=False, kwargs={"autocommit": True})
+        self._pool = ConnectionPool(
+            dsn, min_size=size, max_size=size, open=False, timeout=_POOL_TIMEOUT, kwargs={"autocommit": True}
+        )
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="relay-postgres")
         self._listener: asyncio.Task[None] | None = None
 
-    def _transaction(self, read_only: bool, fn: Callable[[Tx], T]) -> tuple[T, set[str]]:
+    def _transaction(self, mode: str, fn: Callable[[Tx], T]) -> tuple[T, set[str]]:
+        """Run ``fn`` in a transaction (``mode`` "write" or "read") or, for "query", as
+        one statement without a transaction block."""
         for attempt in range(_RETRIES):
+            tx: _PgTx | None = None
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    if read_only:
-                        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    tx = _PgTx(conn)
-                    result = fn(tx)
-                    for key in sorted(tx.keys):
-                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key))
-                return result, tx.keys
+                with self._pool.connection() as conn:
+                    if mode == "query":
+                        tx = _PgTx(conn)
+                        return fn(tx), set()
+                    with conn.transaction():
+                        if mode == "read":
+                            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        tx = _PgTx(conn)
+                        result = fn(tx)
+                        if tx.keys:
+                            conn.execute(
+                                "SELECT pg_notify(%s, k) FROM unnest(%s::text[]) k", (CHANNEL, sorted(tx.keys))
+                            )
+                    return result, tx.keys
             except (
                 psycopg.errors.UniqueViolation,
                 psycopg.errors.SerializationFailure,
@@ -86,18 +131,30 @@ class PostgresBackend:
                 if attempt == _RETRIES - 1:
                     raise
                 time.sleep(0.001 * (attempt + 1))
+            except psycopg.OperationalError as exc:
+                if (tx is None or tx.answered == 0) and attempt < _RETRIES - 1:
+                    log.info("a pooled connection was dead (%s); retrying on another", exc)
+                    continue
+                raise unavailable("the database did not answer; retry") from exc
+            except PoolTimeout as exc:
+                raise unavailable("no database connection within the timeout; retry") from exc
         raise AssertionError("unreachable")
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        result, keys = await loop.run_in_executor(self._executor, self._transaction, False, fn)
+        result, keys = await loop.run_in_executor(self._executor, self._transaction, "write", fn)
         if keys:
             self._wake(keys)
         return result
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        result, _ = await loop.run_in_executor(self._executor, self._transaction, True, fn)
+        result, _ = await loop.run_in_executor(self._executor, self._transaction, "read", fn)
+        return result
+
+    async def query(self, fn: Callable[[Tx], T]) -> T:
+        loop = asyncio.get_running_loop()
+        result, _ = await loop.run_in_executor(self._executor, self._transaction, "query", fn)
         return result
 
     def _migrate(self) -> None:
@@ -132,10 +189,10 @@ class PostgresBackend:
                         self._wake((note.payload,))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("LISTEN connection lost; reconnecting")
+            except Exception as exc:  # noqa: BLE001 - any failure of the connection: reconnect
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._wake_all()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         if self._listener is not None:

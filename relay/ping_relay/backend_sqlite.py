@@ -4,26 +4,46 @@ One writer thread (every write transaction is ``BEGIN IMMEDIATE``, so writes are
 serialized, also against other processes on the same file) and two reader threads
 (WAL: readers never block the writer). ``journal_mode=WAL``, ``synchronous=FULL``: a
 transaction is on disk when ``COMMIT`` returns.
+
+Group commit: the writer takes every write waiting in its queue (up to
+``_BATCH``) and runs them in one transaction, each in its own savepoint, in arrival
+order. A write that fails rolls back to its savepoint alone; the others commit together
+with one ``fsync``, and each caller gets its reply only after that commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import migrations
 from .sqlstore import Row, Tx
 
 T = TypeVar("T")
 _BUSY_TIMEOUT_MS = 30_000
+_BATCH = 256
+_Job = tuple[Callable[["_SqliteTx"], Any], "asyncio.Future[tuple[Any, set[str]]]", asyncio.AbstractEventLoop]
+
+
+def _settle(
+    future: asyncio.Future[tuple[Any, set[str]]], value: tuple[Any, set[str]] | None, error: BaseException | None
+) -> None:
+    if future.cancelled():
+        return
+    if error is not None or value is None:
+        future.set_exception(error or RuntimeError("a write job ended without a result"))
+    else:
+        future.set_result(value)
 
 
 class _SqliteTx:
+    dialect = "sqlite"
     lock = ""
     skip_locked = ""
 
@@ -41,6 +61,12 @@ class _SqliteTx:
     def run(self, sql: str, *params: object) -> int:
         return self._conn.execute(sql, params).rowcount
 
+    def send(self, sql: str, *params: object) -> None:
+        self._conn.execute(sql, params)
+
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        self._conn.executemany(sql, rows)
+
     def notify(self, key: str) -> None:
         self.keys.add(key)
 
@@ -49,7 +75,8 @@ class SqliteBackend:
     def __init__(self, path: str, wake: Callable[[Iterable[str]], None]) -> None:
         self._path = path
         self._wake = wake
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="relay-sqlite-write")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="relay-sqlite-write", daemon=True)
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="relay-sqlite-read")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -71,7 +98,8 @@ class SqliteBackend:
 
     def _transaction(self, begin: str, fn: Callable[[Tx], T]) -> tuple[T, set[str]]:
         conn = self._connection()
-        conn.execute(begin)
+        if begin:
+            conn.execute(begin)
         tx = _SqliteTx(conn)
         try:
             result = fn(tx)
@@ -79,19 +107,72 @@ class SqliteBackend:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        if begin:
+            conn.execute("COMMIT")
         return result, tx.keys
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < _BATCH:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        conn = self._connection()
+        outcomes: list[tuple[tuple[Any, set[str]] | None, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _, _ in batch:
+                conn.execute("SAVEPOINT job")
+                tx = _SqliteTx(conn)
+                try:
+                    value = fn(tx)
+                except Exception as exc:  # noqa: BLE001 - the error goes to this job's caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((None, exc))
+                    continue
+                conn.execute("RELEASE job")
+                outcomes.append(((value, tx.keys), None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the batch failed as a whole: every caller gets the error
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(None, exc)] * len(batch)
+        for (_, future, loop), (value, error) in zip(batch, outcomes, strict=True):
+            loop.call_soon_threadsafe(_settle, future, value, error)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        result, keys = await loop.run_in_executor(self._writer, self._transaction, "BEGIN IMMEDIATE", fn)
+        future: asyncio.Future[tuple[Any, set[str]]] = loop.create_future()
+        self._jobs.put((fn, future, loop))
+        result, keys = await future
         if keys:
             self._wake(keys)
-        return result
+        return result  # type: ignore[no-any-return]
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
         result, _ = await loop.run_in_executor(self._readers, self._transaction, "BEGIN", fn)
+        return result
+
+    async def query(self, fn: Callable[[Tx], T]) -> T:
+        loop = asyncio.get_running_loop()
+        result, _ = await loop.run_in_executor(self._readers, self._transaction, "", fn)
         return result
 
     def _migrate(self) -> int:
@@ -112,8 +193,8 @@ class SqliteBackend:
         return migrations.LATEST
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._migrate)
+        await asyncio.to_thread(self._migrate)
+        self._writer.start()
 
     async def close(self) -> None:
         def close_all() -> None:
@@ -122,7 +203,9 @@ class SqliteBackend:
                     conn.close()
                 self._connections.clear()
 
-        self._writer.shutdown(wait=True)
+        if self._writer.is_alive():
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
         close_all()
 

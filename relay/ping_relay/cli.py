@@ -23,8 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", default="", help="public origin bound into signatures (default http://HOST:PORT)")
     p.add_argument("--challenge-ttl", type=float, default=defaults.challenge_ttl, metavar="SECONDS")
     p.add_argument("--token-ttl", type=float, default=defaults.token_ttl, metavar="SECONDS")
-    p.add_argument("--retention", type=float, default=0.0, metavar="SECONDS", help="prune older log entries (0: never)")
+    p.add_argument(
+        "--retention", type=float, default=0.0, metavar="SECONDS", help="prune acknowledged log entries older than this"
+    )
+    p.add_argument(
+        "--max-retention", type=float, default=0.0, metavar="SECONDS", help="prune every log entry older than this"
+    )
     p.add_argument("--prune-interval", type=float, default=defaults.prune_interval, metavar="SECONDS")
+    p.add_argument("--cursor-flush-interval", type=float, default=defaults.cursor_flush_interval, metavar="SECONDS")
+    p.add_argument("--recheck-interval", type=float, default=defaults.recheck_interval, metavar="SECONDS")
     p.add_argument("--postgres-pool-size", type=int, default=defaults.postgres_pool_size)
     p.add_argument("--log-level", default=defaults.log_level, choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
@@ -57,7 +64,10 @@ def _config(args: argparse.Namespace) -> Config:
         challenge_ttl=args.challenge_ttl,
         token_ttl=args.token_ttl,
         retention_seconds=args.retention,
+        max_retention_seconds=args.max_retention,
         prune_interval=args.prune_interval,
+        cursor_flush_interval=args.cursor_flush_interval,
+        recheck_interval=args.recheck_interval,
         postgres_pool_size=args.postgres_pool_size,
         log_level=args.log_level,
         limits=limits,
@@ -78,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         WithStatic(app, mounts, args.index) if mounts else app,
         host=config.host,
         port=config.port,
-        http="h11",
+        http="httptools",
+        loop="uvloop",
         ws="websockets-sansio",
         ws_max_size=config.limits.ws_max_frame_bytes,
         ws_ping_interval=config.limits.ws_ping_interval,

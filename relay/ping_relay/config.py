@@ -61,8 +61,16 @@ class Config:
     challenge_ttl: float = 60.0
     token_ttl: float = 3600.0
     retention_seconds: float = 0.0
-    """Log entries older than this are pruned (0: never)."""
+    """Acknowledged log entries (every member that may read one reported a cursor at or past
+    it) older than this are pruned (0: never)."""
+    max_retention_seconds: float = 0.0
+    """Every log entry older than this is pruned, acknowledged or not (0: never)."""
     prune_interval: float = 60.0
+    cursor_flush_interval: float = 1.0
+    """How often the cursors devices reported are written to the database (retention on)."""
+    recheck_interval: float = 2.0
+    """How often each process re-reads the heads of the groups its streams follow, in case
+    a wake-up was lost (0: never)."""
     postgres_pool_size: int = 8
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
@@ -70,3 +78,7 @@ class Config:
     @property
     def public_origin(self) -> str:
         return self.origin or f"http://{self.host}:{self.port}"
+
+    @property
+    def prunes(self) -> bool:
+        return self.retention_seconds > 0 or self.max_retention_seconds > 0

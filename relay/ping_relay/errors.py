@@ -62,3 +62,19 @@ def conflict(code: str, detail: str, **data: JsonValue) -> RelayError:
 
 def gone(code: str, detail: str, **data: JsonValue) -> RelayError:
     return RelayError(410, code, detail, data)
+
+
+def rate_limited(retry_after: int) -> RelayError:
+    """429 with ``Retry-After``: the device (or client address) is over its rate."""
+    return RelayError(
+        429,
+        "rate_limited",
+        f"too many requests; retry in {retry_after} s",
+        {"retry_after": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def unavailable(detail: str) -> RelayError:
+    """503 with ``Retry-After: 1``: the database cannot be reached; nothing was acknowledged."""
+    return RelayError(503, "unavailable", detail, headers={"Retry-After": "1"})

@@ -91,6 +91,19 @@ MIGRATIONS: Final[list[list[str]]] = [
         "CREATE INDEX mailbox_by_device ON mailbox (device_id, id)",
         "CREATE INDEX mailbox_by_welcome ON mailbox (group_id, commit_seq)",
     ],
+    # 2: several processes on one database: the shared write-rate bucket of each device, the
+    # process and connection that owns each device's stream, and each member's reported cursor
+    [
+        """CREATE TABLE rate_buckets (
+            device_id {blob} PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            updated_ms BIGINT NOT NULL)""",
+        """CREATE TABLE streams (
+            device_id {blob} PRIMARY KEY,
+            owner {blob} NOT NULL,
+            since_ms BIGINT NOT NULL)""",
+        "ALTER TABLE members ADD COLUMN acked_seq BIGINT NOT NULL DEFAULT 0",
+    ],
 ]
 
 LATEST: Final = len(MIGRATIONS)

@@ -4,21 +4,77 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .config import Config
 from .notify import Notifier
 from .ratelimit import RateLimiter
-from .storage import Store
+from .storage import Device, Store
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
+
+    from .fanout import Fanout
+
+_TOKEN_CACHE_ENTRIES: Final = 100_000
 
 
 class Closable(Protocol):
     def replace(self) -> Awaitable[None]:
         """Close this connection because the same device opened another one."""
         ...
+
+    def recheck(self, newest_welcome: int | None, owner: bytes | None) -> None:
+        """Compare with the database: send Welcomes not sent yet, close if another owns the stream."""
+        ...
+
+
+class TokenCache:
+    """Token hash -> (device, expiry), in memory per process.
+
+    A token is never revoked before its expiry and a device never changes its key or user,
+    so a cached answer stays right until the token expires (the caller checks the expiry).
+    Bounded: past the bound the oldest entries go first.
+    """
+
+    def __init__(self, entries: int = _TOKEN_CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._items: dict[bytes, tuple[Device, int]] = {}
+
+    def get(self, token_hash: bytes) -> tuple[Device, int] | None:
+        return self._items.get(token_hash)
+
+    def put(self, token_hash: bytes, owner: tuple[Device, int]) -> None:
+        items = self._items
+        items[token_hash] = owner
+        if len(items) > self._entries:
+            for key in list(items)[: len(items) - self._entries]:
+                del items[key]
+
+
+class CursorBook:
+    """Cursors devices reported (the ``after`` of a fetch or a subscribe, an ``ack`` frame),
+    kept in memory and written to the database in one transaction every
+    ``cursor_flush_interval``. Off (nothing kept) when retention is off.
+
+    A cursor lost in a crash only delays pruning: cursors only move forward and a device
+    reports its cursor again on its next fetch, subscribe or ack.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._pending: dict[tuple[bytes, bytes], int] = {}
+
+    def report(self, group_id: bytes, device_id: bytes, seq: int) -> None:
+        if not self.enabled or seq <= 0:
+            return
+        key = (group_id, device_id)
+        if seq > self._pending.get(key, 0):
+            self._pending[key] = seq
+
+    def take(self) -> dict[tuple[bytes, bytes], int]:
+        pending, self._pending = self._pending, {}
+        return pending
 
 
 @dataclass(eq=False)
@@ -28,8 +84,12 @@ class Relay:
     notifier: Notifier
     device_limiter: RateLimiter
     anon_limiter: RateLimiter
+    fanout: Fanout
+    tokens: TokenCache = field(default_factory=TokenCache)
+    cursors: CursorBook = field(default_factory=lambda: CursorBook(False))
     streams: dict[bytes, Closable] = field(default_factory=dict)
-    """The open stream of each device (one per device in this process)."""
+    """The open stream of each device in this process (the database's ``streams`` table
+    names the one owner across processes)."""
 
 
 def now_ms() -> int:

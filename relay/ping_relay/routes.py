@@ -15,7 +15,7 @@ from starlette.routing import Route
 from ping_web.core.envelope import MessageKind
 
 from . import PROTOCOL_VERSION, __version__, auth, wire
-from .errors import JsonValue, RelayError, bad_request, forbidden, not_found, refuse, unauthorized
+from .errors import JsonValue, RelayError, bad_request, forbidden, not_found, rate_limited, refuse, unauthorized
 from .relay import Relay, now_ms
 from .storage import CommitRequest, Device, KeyPackageCount, Page
 
@@ -30,16 +30,6 @@ def relay_of(request: Request) -> Relay:
 
 def ok(body: dict[str, JsonValue]) -> JSONResponse:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-
-def rate_limited(retry_after: int) -> RelayError:
-    return RelayError(
-        429,
-        "rate_limited",
-        f"too many requests; retry in {retry_after} s",
-        {"retry_after": retry_after},
-        headers={"Retry-After": str(retry_after)},
-    )
 
 
 def limit_anonymous(request: Request, relay: Relay) -> None:
@@ -71,9 +61,13 @@ async def device_of_token(text: str, relay: Relay) -> tuple[Device, int]:
         token = wire.b64d(text, "token", size=auth.SECRET_SIZE)
     except RelayError:
         raise unauthorized("invalid_token", "unknown token") from None
-    owner = await relay.store.token_owner(auth.token_hash(token))
+    digest = auth.token_hash(token)
+    owner = relay.tokens.get(digest)
     if owner is None:
-        raise unauthorized("invalid_token", "unknown token")
+        owner = await relay.store.token_owner(digest)
+        if owner is None:
+            raise unauthorized("invalid_token", "unknown token")
+        relay.tokens.put(digest, owner)
     device, expires_at_ms = owner
     if expires_at_ms <= now_ms():
         raise unauthorized("token_expired", "the token has expired; authenticate again")
@@ -300,10 +294,10 @@ async def count_key_packages(request: Request) -> JSONResponse:
 
 async def claim_key_package(request: Request) -> JSONResponse:
     relay = relay_of(request)
-    await authenticate(request, relay)
+    device = await authenticate(request, relay)
     target = path_id(request, "device_id", DEVICE_ID)
     await json_body(request, relay, required=())
-    claimed = await relay.store.claim_key_package(target)
+    claimed = await relay.store.claim_key_package(target, device.device_id, now_ms())
     if claimed is None:
         raise not_found("no_key_package", "this device has no KeyPackage left")
     return ok({"key_package": wire.b64e(claimed.key_package), "last_resort": claimed.last_resort})
@@ -433,6 +427,7 @@ async def fetch(request: Request) -> JSONResponse:
         request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
     )
     page = await relay.store.read(group_id, device.device_id, after, limit, lim.page_max_bytes)
+    relay.cursors.report(group_id, device.device_id, after)
     return ok(page_json(page))
 
 
@@ -471,7 +466,7 @@ async def ack_welcomes(request: Request) -> JSONResponse:
     checked = [wire.uint(i, "ids", lo=1) for i in ids]
     if len(set(checked)) != len(checked):
         raise bad_request("bad_field", "ids: duplicates", field="ids")
-    acked = await relay.store.ack_welcomes(device.device_id, checked)
+    acked = await relay.store.ack_welcomes(device.device_id, checked, now_ms())
     return ok({"acked": acked})
 
 

@@ -14,12 +14,13 @@ entry of a commit change in one transaction; a reply is sent only after it commi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 
-from .errors import conflict, forbidden, gone, not_found
+from .errors import conflict, forbidden, gone, not_found, rate_limited
 from .notify import device_key, group_key
 from .storage import (
     Claimed,
@@ -28,9 +29,12 @@ from .storage import (
     Entry,
     GroupInfo,
     KeyPackageCount,
+    LogEntry,
+    LogPage,
     Member,
     Page,
     Posted,
+    Recheck,
     Welcome,
 )
 
@@ -40,6 +44,11 @@ Row = tuple[Any, ...]
 
 class Tx(Protocol):
     """One open transaction. SQL uses ``?`` placeholders in both dialects."""
+
+    @property
+    def dialect(self) -> str:
+        """``"postgres"`` or ``"sqlite"``."""
+        ...
 
     @property
     def lock(self) -> str:
@@ -57,6 +66,14 @@ class Tx(Protocol):
 
     def run(self, sql: str, *params: object) -> int: ...
 
+    def send(self, sql: str, *params: object) -> None:
+        """Run a statement whose result is not needed (PostgreSQL pipelines it with the commit)."""
+        ...
+
+    def many(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """Run one statement once per row of parameters."""
+        ...
+
     def notify(self, key: str) -> None:
         """Wake ``key`` once this transaction has committed."""
         ...
@@ -70,6 +87,10 @@ class Backend(Protocol):
     async def write(self, fn: Callable[[Tx], T]) -> T: ...
 
     async def read(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def query(self, fn: Callable[[Tx], T]) -> T:
+        """Like :meth:`read` for a function that runs one statement (its own snapshot)."""
+        ...
 
 
 def _bytes(value: object) -> bytes:
@@ -124,6 +145,21 @@ def _require_member(tx: Tx, group_id: bytes, device_id: bytes) -> None:
         raise forbidden("not_member", "this device is not a member of the group")
 
 
+def _chunks(items: Sequence[bytes], size: int = 500) -> list[Sequence[bytes]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+_POST_STATE = (
+    "SELECT c.epoch, c.head_seq,"
+    " (SELECT seq FROM log WHERE group_id = c.group_id AND sender_device = ? AND sender_seq = ?),"
+    " (SELECT CASE WHEN removed_seq IS NULL THEN 1 ELSE 0 END FROM members"
+    "  WHERE group_id = c.group_id AND device_id = ?)"
+    " FROM conversations c WHERE c.group_id = ?"
+)
+"""A group's epoch and head, the seq of the post if it is already in the log, and whether
+the sender is a current member (1), a removed one (0) or never was (NULL): one round trip."""
+
+
 def _duplicate(tx: Tx, group_id: bytes, envelope: MessageEnvelope) -> int | None:
     row = tx.one(
         "SELECT seq FROM log WHERE group_id = ? AND sender_device = ? AND sender_seq = ?",
@@ -135,7 +171,7 @@ def _duplicate(tx: Tx, group_id: bytes, envelope: MessageEnvelope) -> int | None
 
 
 def _append(tx: Tx, group_id: bytes, seq: int, envelope: MessageEnvelope, now_ms: int) -> None:
-    tx.run(
+    tx.send(
         "INSERT INTO log (group_id, seq, kind, epoch, sender_device, sender_seq, envelope, received_at_ms)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         group_id,
@@ -150,10 +186,48 @@ def _append(tx: Tx, group_id: bytes, seq: int, envelope: MessageEnvelope, now_ms
 
 
 class SqlStore:
-    """:class:`~ping_relay.storage.Store` over a :class:`Backend`."""
+    """:class:`~ping_relay.storage.Store` over a :class:`Backend`.
 
-    def __init__(self, backend: Backend) -> None:
+    ``rate_per_second`` and ``rate_burst`` size each device's shared write bucket: every
+    write that stores something spends one token in its own transaction (a row per device
+    in ``rate_buckets``), so the rate holds across every relay process on the database.
+    """
+
+    def __init__(self, backend: Backend, rate_per_second: float = 0.0, rate_burst: int = 0) -> None:
         self._db = backend
+        self._rate = rate_per_second
+        self._burst = float(rate_burst)
+
+    def _charge(self, t: Tx, device_id: bytes, now_ms: int) -> None:
+        """Spend one token of the device's write bucket, or refuse with 429 (rolling back)."""
+        rate, burst = self._rate, self._burst
+        if rate <= 0:
+            return
+        per_ms = rate / 1000.0
+        most, least = ("GREATEST", "LEAST") if t.dialect == "postgres" else ("MAX", "MIN")
+        refill = f"{least}(?, rate_buckets.tokens + {most}(0, ? - rate_buckets.updated_ms) * ?)"
+        row = t.one(
+            "INSERT INTO rate_buckets (device_id, tokens, updated_ms) VALUES (?, ?, ?) ON CONFLICT (device_id)"
+            f" DO UPDATE SET tokens = {refill} - 1, updated_ms = {most}(rate_buckets.updated_ms, ?)"
+            f" WHERE {refill} >= 1 RETURNING tokens",
+            device_id,
+            burst - 1.0,
+            now_ms,
+            burst,
+            now_ms,
+            per_ms,
+            now_ms,
+            burst,
+            now_ms,
+            per_ms,
+        )
+        if row is not None:
+            return
+        state = t.one("SELECT tokens, updated_ms FROM rate_buckets WHERE device_id = ?", device_id)
+        tokens = 0.0
+        if state is not None:
+            tokens = min(burst, float(state[0]) + max(0, now_ms - _int(state[1])) * per_ms)
+        raise rate_limited(max(1, math.ceil((1.0 - tokens) / rate)))
 
     async def start(self) -> None:
         await self._db.start()
@@ -186,7 +260,7 @@ class SqlStore:
             row = t.one(f"SELECT {_DEVICE} FROM devices WHERE device_id = ?", device_id)
             return None if row is None else _device(row)
 
-        return await self._db.read(tx)
+        return await self._db.query(tx)
 
     async def devices_of(self, user_id: bytes) -> list[Device]:
         def tx(t: Tx) -> list[Device]:
@@ -238,7 +312,7 @@ class SqlStore:
             )
             return None if row is None else (_device(row), _int(row[4]))
 
-        return await self._db.read(tx)
+        return await self._db.query(tx)
 
     # -- KeyPackages --------------------------------------------------------------------
 
@@ -258,6 +332,7 @@ class SqlStore:
     ) -> KeyPackageCount:
         def tx(t: Tx) -> KeyPackageCount:
             t.one("SELECT device_id FROM devices WHERE device_id = ?" + t.lock, device_id)
+            self._charge(t, device_id, now_ms)
             fresh: list[tuple[bytes, bytes]] = []
             for data in key_packages:
                 digest = hashlib.sha256(data).digest()
@@ -308,10 +383,11 @@ class SqlStore:
     async def count_key_packages(self, device_id: bytes) -> KeyPackageCount:
         return await self._db.read(lambda t: self._count(t, device_id))
 
-    async def claim_key_package(self, device_id: bytes) -> Claimed | None:
+    async def claim_key_package(self, device_id: bytes, claimer: bytes, now_ms: int) -> Claimed | None:
         def tx(t: Tx) -> Claimed | None:
             if t.one("SELECT 1 FROM devices WHERE device_id = ?", device_id) is None:
                 raise not_found("unknown_device", "no device with this id")
+            self._charge(t, claimer, now_ms)
             row = t.one(
                 "SELECT id, data FROM key_packages WHERE device_id = ? AND last_resort = 0 ORDER BY id LIMIT 1"
                 + t.skip_locked,
@@ -338,6 +414,7 @@ class SqlStore:
                 if _bytes(row[0]) == creator:
                     return False
                 raise conflict("group_exists", "a group with this id exists")
+            self._charge(t, creator, now_ms)
             t.run(
                 "INSERT INTO conversations (group_id, creator_device, epoch, head_seq, pruned_through, created_at_ms)"
                 " VALUES (?, ?, 0, 0, 0, ?)",
@@ -365,13 +442,17 @@ class SqlStore:
 
     async def post(self, envelope: MessageEnvelope, window: int, now_ms: int) -> Posted:
         group_id = envelope.conversation_id.raw
+        sender = envelope.sender_device.raw
 
         def tx(t: Tx) -> Posted:
-            epoch, head, _ = _group(t, group_id, lock=True)
-            original = _duplicate(t, group_id, envelope)
-            if original is not None:
-                return Posted(original, duplicate=True, epoch=epoch)
-            _require_member(t, group_id, envelope.sender_device.raw)
+            row = t.one(_POST_STATE + t.lock, sender, _u64(envelope.seq), sender, group_id)
+            if row is None:
+                raise not_found("unknown_group", "no group with this id")
+            epoch, head = _int(row[0]), _int(row[1])
+            if row[2] is not None:
+                return Posted(_int(row[2]), duplicate=True, epoch=epoch)
+            if row[3] != 1:
+                raise forbidden("not_member", "this device is not a member of the group")
             if envelope.kind is MessageKind.APPLICATION:
                 accepted = max(0, epoch - window) <= envelope.epoch <= epoch
             else:
@@ -384,9 +465,10 @@ class SqlStore:
                     epoch=epoch,
                     head=head,
                 )
+            self._charge(t, sender, now_ms)
             seq = head + 1
             _append(t, group_id, seq, envelope, now_ms)
-            t.run("UPDATE conversations SET head_seq = ? WHERE group_id = ?", seq, group_id)
+            t.send("UPDATE conversations SET head_seq = ? WHERE group_id = ?", seq, group_id)
             t.notify(group_key(group_id))
             return Posted(seq, duplicate=False, epoch=epoch)
 
@@ -428,6 +510,7 @@ class SqlStore:
                 membership = _membership(t, group_id, device_id)
                 if membership is None or membership[1] is not None:
                     raise conflict("not_a_member", "a removed device is not a member", device_id=device_id.hex())
+            self._charge(t, sender, now_ms)
             seq = head + 1
             _append(t, group_id, seq, commit, now_ms)
             t.run("UPDATE conversations SET epoch = ?, head_seq = ? WHERE group_id = ?", epoch + 1, seq, group_id)
@@ -512,6 +595,81 @@ class SqlStore:
 
         return await self._db.read(tx)
 
+    async def log_page(self, group_id: bytes, after: int, limit: int, max_bytes: int) -> LogPage:
+        def tx(t: Tx) -> LogPage:
+            blob = "BYTEA" if t.dialect == "postgres" else "BLOB"
+            rows = t.all(
+                "SELECT 0, CAST(NULL AS BLOB), CAST(NULL AS BLOB), head_seq, pruned_through"
+                " FROM conversations WHERE group_id = ?"
+                " UNION ALL SELECT * FROM (SELECT l.seq, l.envelope, r.removed, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
+                " FROM log l LEFT JOIN roster_changes r ON r.group_id = l.group_id AND r.seq = l.seq"
+                " WHERE l.group_id = ? AND l.seq > ? ORDER BY l.seq LIMIT ?) page ORDER BY 1".replace("BLOB", blob),
+                group_id,
+                group_id,
+                after,
+                limit,
+            )
+            if not rows or _int(rows[0][0]) != 0:
+                return LogPage([], 0, 0, more=False)
+            head, pruned = _int(rows[0][3]), _int(rows[0][4])
+            entries: list[LogEntry] = []
+            size = 0
+            cut = False
+            for row in rows[1:]:
+                data = _bytes(row[1])
+                if entries and size + len(data) > max_bytes:
+                    cut = True
+                    break
+                entries.append(LogEntry(_int(row[0]), data, b"" if row[2] is None else _bytes(row[2])))
+                size += len(data)
+            return LogPage(entries, head, pruned, more=cut or len(rows) - 1 >= limit)
+
+        return await self._db.query(tx)
+
+    async def recheck(self, group_ids: list[bytes], device_ids: list[bytes]) -> Recheck:
+        def tx(t: Tx) -> Recheck:
+            heads: dict[bytes, int] = {}
+            mailboxes: dict[bytes, int] = {}
+            owners: dict[bytes, bytes] = {}
+            for part in _chunks(group_ids):
+                for row in t.all(
+                    f"SELECT group_id, head_seq FROM conversations WHERE group_id IN ({_marks(len(part))})", *part
+                ):
+                    heads[_bytes(row[0])] = _int(row[1])
+            for part in _chunks(device_ids):
+                marks = _marks(len(part))
+                for row in t.all(
+                    f"SELECT device_id, MAX(id) FROM mailbox WHERE device_id IN ({marks}) GROUP BY device_id", *part
+                ):
+                    mailboxes[_bytes(row[0])] = _int(row[1])
+                for row in t.all(f"SELECT device_id, owner FROM streams WHERE device_id IN ({marks})", *part):
+                    owners[_bytes(row[0])] = _bytes(row[1])
+            return Recheck(heads, mailboxes, owners)
+
+        return await self._db.read(tx)
+
+    # -- streams --------------------------------------------------------------------------
+
+    async def claim_stream(self, device_id: bytes, owner: bytes, now_ms: int) -> None:
+        def tx(t: Tx) -> None:
+            t.send(
+                "INSERT INTO streams (device_id, owner, since_ms) VALUES (?, ?, ?) ON CONFLICT (device_id)"
+                " DO UPDATE SET owner = excluded.owner, since_ms = excluded.since_ms",
+                device_id,
+                owner,
+                now_ms,
+            )
+            t.notify(device_key(device_id))
+
+        await self._db.write(tx)
+
+    async def stream_owner(self, device_id: bytes) -> bytes | None:
+        def tx(t: Tx) -> bytes | None:
+            row = t.one("SELECT owner FROM streams WHERE device_id = ?", device_id)
+            return None if row is None else _bytes(row[0])
+
+        return await self._db.query(tx)
+
     # -- Welcome mailbox ------------------------------------------------------------------
 
     async def welcomes(self, device_id: bytes, after_id: int, limit: int) -> list[Welcome]:
@@ -528,7 +686,7 @@ class SqlStore:
 
         return await self._db.read(tx)
 
-    async def ack_welcomes(self, device_id: bytes, ids: list[int]) -> int:
+    async def ack_welcomes(self, device_id: bytes, ids: list[int], now_ms: int) -> int:
         def tx(t: Tx) -> int:
             if not ids:
                 return 0
@@ -536,6 +694,7 @@ class SqlStore:
             rows = t.all(f"SELECT group_id, commit_seq FROM mailbox WHERE {where}", device_id, *ids)
             if not rows:
                 return 0
+            self._charge(t, device_id, now_ms)
             t.run(f"DELETE FROM mailbox WHERE {where}", device_id, *ids)
             t.notify(device_key(device_id))  # the stream sends at most a page: room for the next ones
             for group_id, commit_seq in {(_bytes(r[0]), _int(r[1])) for r in rows}:
@@ -553,21 +712,53 @@ class SqlStore:
 
     # -- retention ------------------------------------------------------------------------
 
-    async def prune(self, cutoff_ms: int) -> int:
-        def tx(t: Tx) -> int:
-            deleted = 0
-            for row in t.all(
-                "SELECT group_id, MAX(seq) FROM log WHERE received_at_ms < ? GROUP BY group_id", cutoff_ms
-            ):
-                group_id, through = _bytes(row[0]), _int(row[1])
-                _group(t, group_id, lock=True)
-                t.run(
-                    "UPDATE conversations SET pruned_through = ? WHERE group_id = ? AND pruned_through < ?",
-                    through,
-                    group_id,
-                    through,
-                )
-                deleted += t.run("DELETE FROM log WHERE group_id = ? AND seq <= ?", group_id, through)
-            return deleted
+    async def record_cursors(self, cursors: dict[tuple[bytes, bytes], int]) -> None:
+        rows = [(seq, group_id, device_id, seq) for (group_id, device_id), seq in sorted(cursors.items())]
+        if not rows:
+            return
 
-        return await self._db.write(tx)
+        def tx(t: Tx) -> None:
+            t.many("UPDATE members SET acked_seq = ? WHERE group_id = ? AND device_id = ? AND acked_seq < ?", rows)
+
+        await self._db.write(tx)
+
+    async def prune(self, now_ms: int, retention_ms: int, max_retention_ms: int) -> int:
+        acked_cut = now_ms - retention_ms if retention_ms > 0 else -1
+        forced_cut = now_ms - max_retention_ms if max_retention_ms > 0 else -1
+        if max(acked_cut, forced_cut) < 0:
+            return 0
+        candidates = await self._db.read(
+            lambda t: t.all(
+                "SELECT group_id, MAX(CASE WHEN received_at_ms < ? THEN seq END),"
+                " MAX(CASE WHEN received_at_ms < ? THEN seq END)"
+                " FROM log WHERE received_at_ms < ? GROUP BY group_id",
+                acked_cut,
+                forced_cut,
+                max(acked_cut, forced_cut),
+            )
+        )
+        deleted = 0
+        for row in candidates:
+            group_id = _bytes(row[0])
+            old = 0 if row[1] is None else _int(row[1])
+            forced = 0 if row[2] is None else _int(row[2])
+
+            def tx(t: Tx, group_id: bytes = group_id, old: int = old, forced: int = forced) -> int:
+                _, head, pruned = _group(t, group_id, lock=True)
+                through = forced
+                if old > through:
+                    acked = head
+                    for from_seq, removed, cursor in t.all(
+                        "SELECT from_seq, removed_seq, acked_seq FROM members WHERE group_id = ?", group_id
+                    ):
+                        needs = max(_int(from_seq), _int(cursor) + 1)
+                        if removed is None or needs <= _int(removed):
+                            acked = min(acked, needs - 1)
+                    through = max(through, min(old, acked))
+                if through <= pruned:
+                    return 0
+                t.send("UPDATE conversations SET pruned_through = ? WHERE group_id = ?", through, group_id)
+                return t.run("DELETE FROM log WHERE group_id = ? AND seq <= ?", group_id, through)
+
+            deleted += await self._db.write(tx)
+        return deleted

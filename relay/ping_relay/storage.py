@@ -3,6 +3,8 @@
 Two backends implement it with the same SQL logic (``sqlstore.py``): SQLite
 (``backend_sqlite.py``, the embedded default) and PostgreSQL (``backend_postgres.py``).
 Every method is one transaction; a write returns only once it has committed (durable).
+A write that stores something for a device first spends a token of that device's
+shared write bucket (in the same transaction: 429 stores nothing).
 Refusals are :class:`~ping_relay.errors.RelayError`, raised before anything is stored.
 """
 
@@ -39,6 +41,39 @@ class Page:
     """The group's epoch (``None`` for a removed device)."""
     removed_seq: int | None
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A log entry as a group's fan-out reads it: ``removed`` holds the device ids (16
+    bytes each) a commit removed, empty for every other entry."""
+
+    seq: int
+    envelope: bytes
+    removed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Entries after a cursor, read in one statement (one snapshot) with the group's
+    ``head`` and ``pruned_through``, for the stream's per-group fan-out."""
+
+    entries: list[LogEntry]
+    head: int
+    pruned_through: int
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """What a process compares with what its streams have sent, in case a wake-up was lost."""
+
+    heads: dict[bytes, int]
+    """Each group's head seq."""
+    mailboxes: dict[bytes, int]
+    """Each device's newest Welcome id in its mailbox (devices without one are absent)."""
+    owners: dict[bytes, bytes]
+    """Each device's stream owner."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +169,7 @@ class Store(Protocol):
 
     async def count_key_packages(self, device_id: bytes) -> KeyPackageCount: ...
 
-    async def claim_key_package(self, device_id: bytes) -> Claimed | None: ...
+    async def claim_key_package(self, device_id: bytes, claimer: bytes, now_ms: int) -> Claimed | None: ...
 
     # groups and the log
     async def create_group(self, group_id: bytes, creator: bytes, now_ms: int) -> bool: ...
@@ -147,10 +182,34 @@ class Store(Protocol):
 
     async def read(self, group_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int) -> Page: ...
 
+    async def log_page(self, group_id: bytes, after: int, limit: int, max_bytes: int) -> LogPage:
+        """The log after ``after`` for the stream's fan-out (no access check: the stream
+        checked membership when the device subscribed, and follows removals itself)."""
+        ...
+
+    async def recheck(self, group_ids: list[bytes], device_ids: list[bytes]) -> Recheck: ...
+
+    # streams
+    async def claim_stream(self, device_id: bytes, owner: bytes, now_ms: int) -> None:
+        """Record ``owner`` as the device's one stream and wake the device everywhere (the
+        previous owner, in whichever process, closes with 4409)."""
+        ...
+
+    async def stream_owner(self, device_id: bytes) -> bytes | None: ...
+
     # Welcome mailbox
     async def welcomes(self, device_id: bytes, after_id: int, limit: int) -> list[Welcome]: ...
 
-    async def ack_welcomes(self, device_id: bytes, ids: list[int]) -> int: ...
+    async def ack_welcomes(self, device_id: bytes, ids: list[int], now_ms: int) -> int: ...
 
     # retention
-    async def prune(self, cutoff_ms: int) -> int: ...
+    async def record_cursors(self, cursors: dict[tuple[bytes, bytes], int]) -> None:
+        """Store ``(group_id, device_id) -> seq`` cursors the devices reported (only ever
+        moving a stored cursor forward)."""
+        ...
+
+    async def prune(self, now_ms: int, retention_ms: int, max_retention_ms: int) -> int:
+        """Delete, per group as a prefix, the entries every reader has acknowledged and that
+        are older than ``retention_ms`` (0: none), and every entry older than
+        ``max_retention_ms`` (0: none). Returns how many were deleted."""
+        ...

@@ -1,28 +1,33 @@
 """The WebSocket stream (docs/relay.md, "Stream"): one connection per device.
 
-The connection keeps, per subscribed group, the last sequence number it sent. A
-wake-up (``notify.py``) makes it re-read ``seq > last_sent`` from the database, so
-catch-up and live entries come from the same query: no gap and no duplicate at the
-hand-off, and nothing is ever pushed from a post handler. Frames wait in a bounded
-send queue; one that stays full for ``ws_send_timeout`` closes the connection (4408),
-and the device resumes from its cursors on a new one.
+The connection keeps, per subscribed group, the last sequence number it sent. A new
+subscription catches up by reading ``seq > last_sent`` from the database itself, then
+joins its group's feed (``fanout.py``), which reads each new entry once per process and
+offers it to every connection following the group; both read the log, so there is no gap
+and no duplicate at the hand-off, and nothing is ever pushed from a post handler. Frames
+wait in a bounded send queue; one that stays full for ``ws_send_timeout`` closes the
+connection (4408), and the device resumes from its cursors on a new one.
+
+One stream per device, across processes: a new connection records itself as the device's
+stream owner in the database and wakes the device's key everywhere; a connection woken
+that finds another owner closes with 4409.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Final
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import wire
-from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized
-from .notify import device_key, group_key
+from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized, unavailable
+from .fanout import Subscription, dumps, entry_frame, error_frame
+from .notify import device_key
 from .relay import Relay, now_ms
 from .routes import GROUP_ID, device_of_token, header_token
 from .storage import Device
@@ -34,6 +39,7 @@ CLOSE_SLOW_CONSUMER: Final = 4408
 CLOSE_REPLACED: Final = 4409
 CLOSE_RATE_LIMITED: Final = 4429
 CLOSE_TIMEOUT: Final = 5.0
+RETRY_DELAY: Final = 0.5
 log = logging.getLogger("ping_relay.stream")
 
 
@@ -44,14 +50,6 @@ class _Close(Exception):
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
-
-
-def dumps(frame: dict[str, JsonValue]) -> str:
-    return json.dumps(frame, separators=(",", ":"))
-
-
-def error_frame(error: RelayError, **extra: JsonValue) -> str:
-    return dumps({"type": "error", "status": error.status, **error.body(), **extra})
 
 
 class SendQueue:
@@ -69,6 +67,15 @@ class SendQueue:
         if not self._frames:
             return True  # one frame always fits, however large
         return len(self._frames) < self._max_frames and self._bytes + len(frame) <= self._max_bytes
+
+    def try_put(self, frame: str) -> bool:
+        """Queue ``frame`` if it fits now."""
+        if not self._fits(frame):
+            return False
+        self._frames.append(frame)
+        self._bytes += len(frame)
+        self._ready.set()
+        return True
 
     async def put(self, frame: str, timeout: float) -> None:
         """Queue ``frame``; :class:`_Close` 4408 if there is no room within ``timeout`` seconds."""
@@ -97,12 +104,6 @@ class SendQueue:
         return frame
 
 
-@dataclass(eq=False)
-class _Subscription:
-    group_id: bytes
-    last_sent: int
-
-
 class Connection:
     def __init__(self, ws: WebSocket, relay: Relay, device: Device, token_expires_at_ms: int) -> None:
         self.ws = ws
@@ -111,14 +112,45 @@ class Connection:
         self.expires_at_ms = token_expires_at_ms
         lim = relay.config.limits
         self.queue = SendQueue(lim.ws_queue_bytes, lim.ws_queue_frames)
-        self.subs: dict[bytes, _Subscription] = {}
+        self.subs: dict[bytes, Subscription] = {}
         self.wake = asyncio.Event()
-        self.welcome_wake = asyncio.Event()
+        """The pump has work: a subscription to catch up, a final frame, the device's key."""
+        self.device_wake = asyncio.Event()
+        """The device's key was woken: Welcomes, or another stream of the device."""
+        self.finals: deque[str] = deque()
         self.welcomes_sent: set[int] = set()
         self.replaced = asyncio.Event()
+        self.owner = os.urandom(16)
+        """This connection's id in the database's ``streams`` table."""
+
+    @property
+    def device_id(self) -> bytes:
+        return self.device.device_id
+
+    # -- what the feeds call (fanout.Sink) ---------------------------------------------------
+
+    def offer(self, frame: str) -> bool:
+        return self.queue.try_put(frame)
+
+    def release(self, sub: Subscription, final: str | None) -> None:
+        if self.subs.get(sub.group_id) is not sub:
+            return
+        if final is not None:
+            del self.subs[sub.group_id]
+            self.finals.append(final)
+        self.wake.set()
+
+    # -- what the process's recheck calls (relay.Closable) -------------------------------------
 
     async def replace(self) -> None:
         self.replaced.set()
+
+    def recheck(self, newest_welcome: int | None, owner: bytes | None) -> None:
+        if owner is not None and owner != self.owner:
+            self.replaced.set()
+        if newest_welcome is not None and newest_welcome not in self.welcomes_sent:
+            self.device_wake.set()
+            self.wake.set()
 
     async def put(self, frame: str) -> None:
         await self.queue.put(frame, self.relay.config.limits.ws_send_timeout)
@@ -126,8 +158,8 @@ class Connection:
     async def run(self) -> None:
         notifier = self.relay.notifier
         notifier.listen(device_key(self.device.device_id), self.wake)
-        notifier.listen(device_key(self.device.device_id), self.welcome_wake)
-        self.welcome_wake.set()
+        notifier.listen(device_key(self.device.device_id), self.device_wake)
+        self.device_wake.set()
         await self.put(
             dumps(
                 {
@@ -161,9 +193,10 @@ class Connection:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             notifier.unlisten(device_key(self.device.device_id), self.wake)
-            notifier.unlisten(device_key(self.device.device_id), self.welcome_wake)
-            for group_id in self.subs:
-                notifier.unlisten(group_key(group_id), self.wake)
+            notifier.unlisten(device_key(self.device.device_id), self.device_wake)
+            for sub in self.subs.values():
+                if sub.live:
+                    self.relay.fanout.leave(sub)
             self.subs.clear()
         if close is not None:
             with contextlib.suppress(Exception):
@@ -208,12 +241,26 @@ class Connection:
         frame = wire.parse_object(text.encode("utf-8", "surrogatepass"), required=("type",), optional=("groups",))
         if frame["type"] == "ping":
             return wire.parse_object_value(frame, "frame", required=("type",))
-        if frame["type"] in ("subscribe", "unsubscribe"):
+        if frame["type"] in ("subscribe", "unsubscribe", "ack"):
             frame = wire.parse_object_value(frame, "frame", required=("type", "groups"))
             if not isinstance(frame["groups"], list) or not frame["groups"]:
                 raise bad_request("bad_frame", "groups: expected a non-empty array", field="groups")
             return frame
-        raise bad_request("bad_frame", "type: expected subscribe, unsubscribe or ping", field="type")
+        raise bad_request("bad_frame", "type: expected subscribe, unsubscribe, ack or ping", field="type")
+
+    def _cursors(self, items: list[Any], key: str) -> list[tuple[bytes, int]]:
+        lim = self.relay.config.limits
+        if len(items) > lim.ws_max_subscriptions:
+            raise refuse(413, "too_many_items", "groups: too many", field="groups", limit=lim.ws_max_subscriptions)
+        wanted: list[tuple[bytes, int]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise bad_request("bad_frame", f"groups: expected objects {{group_id, {key}}}", field="groups")
+            item = wire.parse_object_value(item, "groups[]", required=("group_id", key))
+            wanted.append((wire.b64d(item["group_id"], "group_id", size=GROUP_ID), wire.uint(item[key], key)))
+        if len({g for g, _ in wanted}) != len(wanted):
+            raise bad_request("bad_frame", "groups: a group is listed twice", field="groups")
+        return wanted
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         lim = self.relay.config.limits
@@ -223,21 +270,21 @@ class Connection:
         if frame["type"] == "unsubscribe":
             ids = wire.id_list(frame["groups"], "groups", size=GROUP_ID, most=lim.ws_max_subscriptions)
             for group_id in ids:
-                if self.subs.pop(group_id, None) is not None:
-                    self.relay.notifier.unlisten(group_key(group_id), self.wake)
+                sub = self.subs.get(group_id)
+                if sub is not None:
+                    self._drop(sub)
                 await self.put(dumps({"type": "unsubscribed", "group_id": wire.b64e(group_id)}))
             return
-        wanted: list[tuple[bytes, int]] = []
-        if len(frame["groups"]) > lim.ws_max_subscriptions:
-            raise refuse(413, "too_many_items", "groups: too many", field="groups", limit=lim.ws_max_subscriptions)
-        for item in frame["groups"]:
-            if not isinstance(item, dict):
-                raise bad_request("bad_frame", "groups: expected objects {group_id, after}", field="groups")
-            item = wire.parse_object_value(item, "groups[]", required=("group_id", "after"))
-            wanted.append((wire.b64d(item["group_id"], "group_id", size=GROUP_ID), wire.uint(item["after"], "after")))
-        if len({g for g, _ in wanted}) != len(wanted):
-            raise bad_request("bad_frame", "groups: a group is listed twice", field="groups")
-        for group_id, after in wanted:
+        if frame["type"] == "ack":
+            for group_id, seq in self._cursors(frame["groups"], "seq"):
+                sub = self.subs.get(group_id)
+                if sub is None:
+                    error = refuse(409, "not_subscribed", "acknowledge only groups subscribed on this stream")
+                    await self.put(error_frame(error, group_id=wire.b64e(group_id)))
+                    continue
+                self.relay.cursors.report(group_id, self.device.device_id, min(seq, sub.last_sent))
+            return
+        for group_id, after in self._cursors(frame["groups"], "after"):
             tag: dict[str, JsonValue] = {"group_id": wire.b64e(group_id)}
             if group_id in self.subs:
                 await self.put(error_frame(refuse(409, "already_subscribed", "unsubscribe first"), **tag))
@@ -251,70 +298,93 @@ class Connection:
             except RelayError as error:
                 await self.put(error_frame(error, **tag))
                 continue
+            except Exception:
+                log.warning("subscribe failed", exc_info=True)
+                await self.put(error_frame(unavailable("the database did not answer; reconnect"), **tag))
+                continue
             if group_id in self.subs:  # subscribed meanwhile by a concurrent frame: keep that one
                 continue
             await self.put(dumps({"type": "subscribed", **tag, "after": after, "head": page.head}))
-            self.subs[group_id] = _Subscription(group_id, after)
-            self.relay.notifier.listen(group_key(group_id), self.wake)
+            self.subs[group_id] = Subscription(group_id, wire.b64e(group_id), self, after)
+            self.relay.cursors.report(group_id, self.device.device_id, after)
             self.wake.set()
 
-    async def _pump(self) -> None:
+    async def _check_owner(self) -> None:
+        owner = await self.relay.store.stream_owner(self.device.device_id)
+        if owner is not None and owner != self.owner:
+            raise _Close(CLOSE_REPLACED, "replaced")
+
+    async def _welcomes(self) -> None:
         lim = self.relay.config.limits
-        store = self.relay.store
+        for item in await self.relay.store.welcomes(self.device.device_id, 0, lim.page_max_entries):
+            if item.id in self.welcomes_sent:
+                continue
+            self.welcomes_sent.add(item.id)
+            frame: dict[str, JsonValue] = {
+                "type": "welcome",
+                "id": item.id,
+                "group_id": wire.b64e(item.group_id),
+                "commit_seq": item.commit_seq,
+                "envelope": wire.b64e(item.envelope),
+            }
+            await self.put(dumps(frame))
+
+    async def _catch_up(self, sub: Subscription) -> bool:
+        """Read and queue the entries after ``sub``'s cursor; join the feed once caught up.
+        True if there is more to do right away."""
+        lim = self.relay.config.limits
+        try:
+            page = await self.relay.store.read(
+                sub.group_id, self.device.device_id, sub.last_sent, lim.page_default_entries, lim.page_max_bytes
+            )
+        except RelayError as error:
+            if self.subs.get(sub.group_id) is sub:
+                self._drop(sub)
+                await self.put(error_frame(error, group_id=sub.tag))
+            return False
+        for entry in page.entries:
+            if self.subs.get(sub.group_id) is not sub:
+                return False
+            await self.put(entry_frame(sub.tag, entry.seq, entry.envelope))
+            sub.last_sent = entry.seq
+        if self.subs.get(sub.group_id) is not sub:
+            return False
+        if page.more:
+            return True
+        if page.removed_seq is not None:
+            self._drop(sub)
+            await self.put(dumps({"type": "removed", "group_id": sub.tag, "removed_at": page.removed_seq}))
+            return False
+        return not self.relay.fanout.join(sub)
+
+    async def _pump(self) -> None:
         while True:
             self.wake.clear()
-            busy = False
-            if self.welcome_wake.is_set():
-                self.welcome_wake.clear()
-                for item in await store.welcomes(self.device.device_id, 0, lim.page_max_entries):
-                    if item.id in self.welcomes_sent:
-                        continue
-                    self.welcomes_sent.add(item.id)
-                    frame: dict[str, JsonValue] = {
-                        "type": "welcome",
-                        "id": item.id,
-                        "group_id": wire.b64e(item.group_id),
-                        "commit_seq": item.commit_seq,
-                        "envelope": wire.b64e(item.envelope),
-                    }
-                    await self.put(dumps(frame))
-            for sub in list(self.subs.values()):
-                if self.subs.get(sub.group_id) is not sub:
-                    continue
-                tag: dict[str, JsonValue] = {"group_id": wire.b64e(sub.group_id)}
-                try:
-                    page = await store.read(
-                        sub.group_id, self.device.device_id, sub.last_sent, lim.page_default_entries, lim.page_max_bytes
-                    )
-                except RelayError as error:
-                    if self.subs.get(sub.group_id) is sub:
-                        self._drop(sub)
-                        await self.put(error_frame(error, **tag))
-                    continue
-                for entry in page.entries:
-                    if self.subs.get(sub.group_id) is not sub:
-                        break
-                    entry_frame: dict[str, JsonValue] = {
-                        "type": "entry",
-                        **tag,
-                        "seq": entry.seq,
-                        "envelope": wire.b64e(entry.envelope),
-                    }
-                    await self.put(dumps(entry_frame))
-                    sub.last_sent = entry.seq
-                if self.subs.get(sub.group_id) is not sub:
-                    continue
-                if page.more:
-                    busy = True
-                elif page.removed_seq is not None and sub.last_sent >= page.removed_seq:
-                    self._drop(sub)
-                    await self.put(dumps({"type": "removed", **tag, "removed_at": page.removed_seq}))
+            try:
+                if self.device_wake.is_set():
+                    self.device_wake.clear()
+                    await self._check_owner()
+                    await self._welcomes()
+                while self.finals:
+                    await self.put(self.finals.popleft())
+                busy = False
+                for sub in list(self.subs.values()):
+                    if not sub.live and self.subs.get(sub.group_id) is sub:
+                        busy = await self._catch_up(sub) or busy
+            except (_Close, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.warning("a stream's read failed; retrying", exc_info=True)
+                await asyncio.sleep(RETRY_DELAY)
+                self.device_wake.set()
+                continue
             if not busy:
                 await self.wake.wait()
 
-    def _drop(self, sub: _Subscription) -> None:
+    def _drop(self, sub: Subscription) -> None:
         del self.subs[sub.group_id]
-        self.relay.notifier.unlisten(group_key(sub.group_id), self.wake)
+        if sub.live:
+            self.relay.fanout.leave(sub)
 
 
 async def stream(ws: WebSocket) -> None:
@@ -334,21 +404,27 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     device: Device | None = None
     expires = 0
+    connection: Connection | None = None
     if problem is None:
         try:
             if token is None:
                 raise unauthorized("missing_token", "offer the subprotocol bearer.<token> or send Authorization")
             device, expires = await device_of_token(token, relay)
+            connection = Connection(ws, relay, device, expires)
+            await relay.store.claim_stream(device.device_id, connection.owner, now_ms())
         except RelayError as error:
             problem = error
-    if device is None or problem is not None:
+        except Exception:
+            log.warning("opening a stream failed", exc_info=True)
+            problem = unavailable("the database did not answer; reconnect")
+    if device is None or connection is None or problem is not None:
         refusal = problem or unauthorized("invalid_token", "unknown token")
+        code = {429: CLOSE_RATE_LIMITED, 503: 1011}.get(refusal.status, CLOSE_UNAUTHORIZED)
         with contextlib.suppress(Exception):
             await ws.send_text(error_frame(refusal))
-            await ws.close(CLOSE_RATE_LIMITED if refusal.status == 429 else CLOSE_UNAUTHORIZED, refusal.code)
+            await ws.close(code, refusal.code)
         return
     previous = relay.streams.get(device.device_id)
-    connection = Connection(ws, relay, device, expires)
     relay.streams[device.device_id] = connection
     if previous is not None:
         await previous.replace()

@@ -216,9 +216,10 @@ def test_fetch_pages(device) -> None:
 
 
 def test_cursor_expired(spawn) -> None:
+    """--max-retention prunes every old entry, acknowledged or not; an older cursor gets 410."""
     from relay_client import Device, recv_json, subscribe
 
-    relay = spawn("--retention", "0.5", "--prune-interval", "0.2")
+    relay = spawn("--max-retention", "0.5", "--prune-interval", "0.2")
     alice = Device(relay.url).setup()
     group = alice.create_group()
     alice.send(group, 0, b"old")
@@ -236,6 +237,58 @@ def test_cursor_expired(spawn) -> None:
         frame = recv_json(ws)
         assert frame["type"] == "error" and frame["status"] == 410 and frame["error"] == "cursor_expired"
     alice.close()
+
+
+def test_retention_prunes_what_every_reader_acknowledged(spawn) -> None:
+    """--retention prunes an entry only once every device that may read it reported a cursor
+    at or past it (a fetch's or subscribe's after, an ack frame), and it is old enough."""
+    import json
+    import time
+
+    from relay_client import Device, recv_json, subscribe
+
+    relay = spawn("--retention", "0.3", "--prune-interval", "0.1", "--cursor-flush-interval", "0.1")
+    alice, bob = Device(relay.url).setup(), Device(relay.url).setup()
+    group = alice.create_group()
+    assert alice.commit(group, 0, added=[bob.device_id]).status_code == 200  # 1
+    for i in range(3):
+        alice.send(group, 1, f"m{i}".encode())  # 2, 3, 4
+
+    def pruned() -> int:
+        return int(alice.ok("GET", f"/v1/groups/{b64e(group)}")["pruned_through"])
+
+    time.sleep(1.0)
+    assert pruned() == 0  # nobody acknowledged anything
+    alice.fetch(group, 4)  # alice has everything
+    time.sleep(1.0)
+    assert pruned() == 0  # bob has not
+    assert [s for s, _ in bob.fetch_all(group, 0)] == [1, 2, 3, 4]
+    bob.fetch(group, 2)  # bob has up to 2
+    deadline = time.monotonic() + 10
+    while pruned() != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    refused(bob.fetch(group, 1), 410, "cursor_expired")
+    assert [s for s, _ in bob.fetch_all(group, 2)] == [3, 4]
+    with bob.stream() as ws:  # an ack frame on the stream reports the cursor too
+        assert recv_json(ws)["type"] in ("ready", "welcome")
+        subscribe(ws, {group: 2})
+        frames = []
+        while not frames or frames[-1].get("seq") != 4:
+            frames.append(recv_json(ws))
+        ws.send(json.dumps({"type": "ack", "groups": [{"group_id": b64e(group), "seq": 4}]}))
+        ws.send(json.dumps({"type": "ack", "groups": [{"group_id": b64e(os.urandom(16)), "seq": 1}]}))
+        frame = recv_json(ws)
+        while frame["type"] == "welcome":
+            frame = recv_json(ws)
+        assert (frame["status"], frame["error"]) == (409, "not_subscribed")
+        while pruned() != 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    alice.send(group, 1, b"later")  # 5
+    assert [s for s, _ in bob.fetch_all(group, 4)] == [5]
+    alice.close()
+    bob.close()
 
 
 def test_roster_signature_bytes(device) -> None:

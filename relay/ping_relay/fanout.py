@@ -1,0 +1,263 @@
+"""Fan-out: one reader per group per process, feeding every stream that follows the group.
+
+A subscription starts in *catch-up*: its connection reads the log for it (``Store.read``,
+with the device's access checks) from the subscription's cursor until it has what the
+group's feed has already handed out. It then *joins* the feed, which is the only reader of
+that group in this process from then on: woken by the group's key (a post in this process,
+or ``NOTIFY`` from another), it reads the entries after the last one it handed out
+(``Store.log_page``, one statement), builds each entry's frame once and offers it to every
+joined subscription that has not had it. One read per wake-up per group, however many
+devices follow the group here.
+
+An offer never waits. A subscription whose connection cannot take a frame at once is let
+go (``Sink.release``) and goes back to catch-up, where its connection waits for room and
+closes the connection after ``ws_send_timeout`` (4408, slow consumer): one slow device never
+holds up the others. A commit that removes a joined device ends its subscription after the
+commit's entry with a ``removed`` frame; entries that were pruned past a subscription's
+cursor end it with ``410 cursor_expired``.
+
+No gap, no duplicate: a subscription joins only when its cursor is at or past the feed's
+position (the last seq the feed read), or when the feed's recent frames bridge the
+difference; the feed hands an entry to a subscription only if its seq is past the
+subscription's cursor, and entries come in seq order. Joining and offering run on the
+event loop without an ``await`` in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from .config import Limits
+from .errors import JsonValue, RelayError, gone
+from .notify import Notifier, group_key
+from .storage import Store
+
+RECENT_FRAMES: Final = 16
+"""Frames a feed keeps after handing them out, so a subscription a little behind can join."""
+RETRY_DELAY: Final = 0.5
+"""Seconds before a feed reads again after a failed read (e.g. the database restarting)."""
+log = logging.getLogger("ping_relay.fanout")
+
+
+def dumps(frame: dict[str, JsonValue]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def error_frame(error: RelayError, **extra: JsonValue) -> str:
+    return dumps({"type": "error", "status": error.status, **error.body(), **extra})
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def entry_frame(tag: str, seq: int, envelope: bytes) -> str:
+    """``{"type":"entry","group_id",seq,envelope}`` (the base64url texts need no escaping)."""
+    return f'{{"type":"entry","group_id":"{tag}","seq":{seq},"envelope":"{b64e(envelope)}"}}'
+
+
+class Sink(Protocol):
+    """What a feed needs of a stream connection."""
+
+    @property
+    def device_id(self) -> bytes: ...
+
+    def offer(self, frame: str) -> bool:
+        """Queue ``frame`` if there is room now; False (nothing queued) otherwise."""
+        ...
+
+    def release(self, sub: Subscription, final: str | None) -> None:
+        """The feed let go of ``sub``: resume it by catch-up (``final`` None), or end it with
+        ``final`` (a ``removed`` or an error frame), which the connection must deliver."""
+        ...
+
+
+@dataclass(eq=False)
+class Subscription:
+    group_id: bytes
+    tag: str
+    """The group id in base64url, as frames carry it."""
+    sink: Sink
+    last_sent: int
+    """The connection's cursor for the group: the last seq queued for it."""
+    live: bool = False
+    """Joined to the group's feed (else in catch-up)."""
+
+
+def _removes(removed: bytes, device_id: bytes) -> bool:
+    return any(removed[i : i + 16] == device_id for i in range(0, len(removed), 16))
+
+
+class GroupFeed:
+    def __init__(self, fanout: Fanout, group_id: bytes) -> None:
+        self.fanout = fanout
+        self.group_id = group_id
+        self.key = group_key(group_id)
+        self.tag = b64e(group_id)
+        self.subs: set[Subscription] = set()
+        self.position = -1
+        """The last seq read and handed out (-1: none yet; set by the first join)."""
+        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_FRAMES)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def join(self, sub: Subscription) -> bool:
+        if self.position < 0:
+            self.position = sub.last_sent
+        if sub.last_sent < self.position:
+            if not self.recent or self.recent[0][0] > sub.last_sent + 1:
+                return False
+            for seq, frame in self.recent:
+                if seq <= sub.last_sent:
+                    continue
+                if not sub.sink.offer(frame):
+                    return False
+                sub.last_sent = seq
+        self.subs.add(sub)
+        sub.live = True
+        return True
+
+    def leave(self, sub: Subscription) -> None:
+        self.subs.discard(sub)
+        sub.live = False
+        if not self.subs:
+            self.wake.set()  # let the task end
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if not self.subs:
+                    return
+                try:
+                    await self._read()
+                except Exception:
+                    log.exception("a group's fan-out failed; its streams continue by catch-up")
+                    for sub in list(self.subs):
+                        self._let_go(sub, None)
+                    return
+        finally:
+            self.fanout.ended(self)
+
+    def _let_go(self, sub: Subscription, final: str | None) -> None:
+        self.subs.discard(sub)
+        sub.live = False
+        sub.sink.release(sub, final)
+
+    async def _read(self) -> None:
+        lim = self.fanout.limits
+        while self.subs:
+            after = self.position
+            try:
+                page = await self.fanout.store.log_page(
+                    self.group_id, after, lim.page_default_entries, lim.page_max_bytes
+                )
+            except Exception:
+                log.warning("reading the log of a group failed; retrying", exc_info=True)
+                await asyncio.sleep(RETRY_DELAY)
+                self.wake.set()
+                return
+            if page.pruned_through > after:
+                expired = error_frame(
+                    gone(
+                        "cursor_expired",
+                        f"entries up to {page.pruned_through} were pruned",
+                        pruned_through=page.pruned_through,
+                        head=page.head,
+                    ),
+                    group_id=self.tag,
+                )
+                for sub in list(self.subs):
+                    if sub.last_sent < page.pruned_through:
+                        self._let_go(sub, expired)
+                self.position = max(self.position, page.pruned_through)
+                self.recent.clear()
+            for entry in page.entries:
+                frame = entry_frame(self.tag, entry.seq, entry.envelope)
+                for sub in list(self.subs):
+                    if entry.seq <= sub.last_sent:
+                        continue
+                    if not sub.sink.offer(frame):
+                        self._let_go(sub, None)
+                        continue
+                    sub.last_sent = entry.seq
+                    if entry.removed and _removes(entry.removed, sub.sink.device_id):
+                        removed: dict[str, JsonValue] = {
+                            "type": "removed",
+                            "group_id": self.tag,
+                            "removed_at": entry.seq,
+                        }
+                        self._let_go(sub, dumps(removed))
+                self.position = entry.seq
+                self.recent.append((entry.seq, frame))
+            if not page.more:
+                return
+
+
+class Fanout:
+    """The feeds of this process, one per group some stream here follows."""
+
+    def __init__(self, store: Store, notifier: Notifier, limits: Limits) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.limits = limits
+        self.feeds: dict[bytes, GroupFeed] = {}
+
+    def join(self, sub: Subscription) -> bool:
+        """Hand ``sub`` to its group's feed; False if it must catch up further first."""
+        feed = self.feeds.get(sub.group_id)
+        if feed is None:
+            feed = GroupFeed(self, sub.group_id)
+            self.feeds[sub.group_id] = feed
+            self.notifier.listen(feed.key, feed.wake)
+        if not feed.join(sub):
+            if not feed.subs and feed.task is None:
+                self._forget(feed)
+            return False
+        if feed.task is None:
+            feed.task = asyncio.create_task(feed.run(), name="ping_relay.feed")
+        feed.wake.set()  # read what was committed between the catch-up's read and now
+        return True
+
+    def leave(self, sub: Subscription) -> None:
+        feed = self.feeds.get(sub.group_id)
+        if feed is not None and sub in feed.subs:
+            feed.leave(sub)
+        sub.live = False
+
+    def ended(self, feed: GroupFeed) -> None:
+        if self.feeds.get(feed.group_id) is feed:
+            self._forget(feed)
+
+    def _forget(self, feed: GroupFeed) -> None:
+        del self.feeds[feed.group_id]
+        self.notifier.unlisten(feed.key, feed.wake)
+
+    def positions(self) -> dict[bytes, int]:
+        return {group_id: feed.position for group_id, feed in self.feeds.items()}
+
+    def recheck(self, heads: dict[bytes, int]) -> int:
+        """Wake the feeds whose group has entries they have not read; how many were woken."""
+        woken = 0
+        for group_id, head in heads.items():
+            feed = self.feeds.get(group_id)
+            if feed is not None and head > feed.position:
+                feed.wake.set()
+                woken += 1
+        return woken
+
+    async def close(self) -> None:
+        tasks = [feed.task for feed in self.feeds.values() if feed.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
