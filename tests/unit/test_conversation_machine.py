@@ -12,13 +12,13 @@ and redelivers them, replays old ones, delivers commits before or after the mess
 their epoch, and forges envelopes from genuine ones. Checked after every step: no fork, a
 cursor and meta that follow the group, nothing held that could be applied, every refused
 envelope changed nothing, no message twice, no seq reused. At the end every envelope still
-owed is delivered in log order and every device must have received every message of the
-epochs it was a member in, unless it arrived after that epoch's secrets were gone.
+owed is delivered (newest first, then in log order) and every device must have received
+every message of the epochs it was a member in, unless it arrived after that epoch's secrets
+were gone or after the device had applied its own removal.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 from collections import Counter
@@ -51,7 +51,8 @@ def device_id(index: int) -> DeviceId:
     return DeviceId(f"device-{index:09d}".encode())
 
 
-def held_key(envelope: MessageEnvelope) -> tuple[bytes, int]:
+def key_of(envelope: MessageEnvelope) -> tuple[bytes, int]:
+    """(sender, seq): one message, and one held envelope record."""
     return envelope.sender_device.raw, envelope.seq
 
 
@@ -86,11 +87,16 @@ class Book:
     """Log index -> "ok" (applied, held or ignored), "before" (older than the join),
     "expired" (its epoch's secrets were gone) or "removed" (arrived after the removal)."""
     got: Counter[tuple[bytes, int]] = field(default_factory=Counter)
+    """(sender, seq) -> how often the message was delivered to this device."""
     expired: set[tuple[bytes, int]] = field(default_factory=set)
     lost: set[tuple[bytes, int]] = field(default_factory=set)
+    """Messages that arrived after this device applied its removal."""
     seqs: set[int] = field(default_factory=set)
     """Every seq of an envelope this device sent (across restarts)."""
     staged: Staged | None = None
+
+    def copy(self) -> Book:
+        return Book(dict(self.done), Counter(self.got), set(self.expired), set(self.lost), set(self.seqs), self.staged)
 
 
 @dataclass(eq=False)
@@ -121,10 +127,11 @@ class Device:
 
 @dataclass(frozen=True)
 class Sent:
+    """An application message the log accepted."""
+
     sender: Device
     plaintext: bytes
     epoch: int
-    index: int
 
 
 @dataclass
@@ -199,17 +206,12 @@ class ConversationMachine(RuleBasedStateMachine):
             d.stored.records.update(d.conv.records(changed_only=True))
             added, removed = d.conv.held_changes()
             for envelope in removed:
-                assert held_key(envelope) in d.stored.held, f"{d}: held_changes removes {envelope} it never added"
-                del d.stored.held[held_key(envelope)]
+                assert key_of(envelope) in d.stored.held, f"{d}: held_changes removes {envelope} it never added"
+                del d.stored.held[key_of(envelope)]
             for envelope in added:
-                d.stored.held[held_key(envelope)] = envelope.encode()
+                d.stored.held[key_of(envelope)] = envelope.encode()
         d.stored.mls = d.engine.entries()
-        d.saved_book = copy.copy(d.book)
-        d.saved_book.done = dict(d.book.done)
-        d.saved_book.got = Counter(d.book.got)
-        d.saved_book.expired = set(d.book.expired)
-        d.saved_book.lost = set(d.book.lost)
-        d.saved_book.seqs = set(d.book.seqs)
+        d.saved_book = d.book.copy()
 
     def reload(self, d: Device) -> None:
         """Start the device afresh from exactly what it stored."""
@@ -227,7 +229,7 @@ class ConversationMachine(RuleBasedStateMachine):
             ),
         )
         assert d.conv is not None, f"{d}: the stored working set has no group"
-        d.book = d.saved_book
+        d.book = d.saved_book.copy()
         self.persist(d)
 
     def sent_seq(self, d: Device, envelope: MessageEnvelope) -> None:
@@ -284,7 +286,7 @@ class ConversationMachine(RuleBasedStateMachine):
             assert self.fingerprint(d) == before, f"{d}: refusing log entry {index} ({exc!r}) changed its state"
             # Only a removed device refuses an entry it took before: one it held, unapplied.
             assert removed or previous not in ("ok", "before"), f"{d} refused a replay of entry {index}: {exc!r}"
-            key = held_key(envelope)
+            key = key_of(envelope)
             if removed:
                 d.book.done[index] = "removed"
                 if envelope.kind is MessageKind.APPLICATION:
@@ -320,8 +322,8 @@ class ConversationMachine(RuleBasedStateMachine):
         envelope = conv(d).send_application(plaintext, self.now())
         self.sent_seq(d, envelope)
         if d.index in self.log.members:  # the relay refuses posts of removed devices
-            key = held_key(envelope)
-            self.sent[key] = Sent(d, plaintext, envelope.epoch, len(self.log.entries))
+            key = key_of(envelope)
+            self.sent[key] = Sent(d, plaintext, envelope.epoch)
             self.log.entries.append(envelope)
         self.persist(d)
         return envelope
@@ -444,6 +446,21 @@ class ConversationMachine(RuleBasedStateMachine):
             self.post(d)
         if then == "settle":
             self.settle(d, via_echo=False)
+
+    @rule(pick=PICK, again=st.booleans())
+    def join_from_welcome(self, pick: int, again: bool) -> None:
+        """A device added by an accepted commit joins (the relay hands out Welcomes only
+        then); a second join from the same Welcome fails and changes nothing."""
+        self.step()
+        d = self.pick(pick, [d for d in self.devices if d.welcome is not None and d.conv is None])
+        if d is None:
+            return
+        self.join(d)
+        if again:
+            before = d.engine.entries()
+            with pytest.raises(PingError):
+                Conversation.join(d.engine, d.device_id, d.welcome, self.now())  # type: ignore[arg-type]
+            assert d.engine.entries() == before
 
     @rule(pick=PICK, count=st.integers(1, 3))
     def send_messages(self, pick: int, count: int) -> None:
@@ -728,6 +745,15 @@ class ConversationMachine(RuleBasedStateMachine):
             assert epoch <= self.log.epoch
             if c.has_pending_commit:
                 assert d.book.staged is not None, f"{d} has a pending commit nobody staged"
+            # What is stored is what the conversation holds (each step persisted only changes).
+            stored = d.stored.records
+            assert (stored["meta"], stored["cursor"], stored["state"]) == (
+                c.meta.encode(),
+                c.cursor.encode(),
+                c.state.encode(),
+            ), f"{d}: stored records are stale"
+            assert decode_device_leaves(stored["leaves"]) == c.device_leaves
+            assert set(d.stored.held) == {key_of(e) for e in c.held}, f"{d}: stored held envelopes are stale"
             if c.state.removed:
                 continue
             assert all(h.epoch > epoch for h in c.held), f"{d} at epoch {epoch} still holds {c.held}"
