@@ -306,8 +306,8 @@ class SharedDevice:
         self._channel: TabChannel | None = None
         self.resent = 0
         """Calls this tab sent again to a new leader (for tests and diagnostics)."""
-        self.withheld = 0
-        self._withhold_replies = False  # tests: apply calls but answer none, like a leader dying first
+        self._withhold: Callable[[dict[str, Any]], None] | None = None
+        """Tests: replies go here instead of to their callers (a leader that dies before it answers)."""
 
     @classmethod
     async def open(
@@ -574,8 +574,8 @@ class SharedDevice:
             if self.role != LEADER:
                 return  # no longer leading: the caller asks the next leader
             reply["error"] = _error_record(exc)
-        if self._withhold_replies:
-            self.withheld += 1
+        if self._withhold is not None:
+            self._withhold(reply)
             return
         self._post(reply)
 
