@@ -208,6 +208,10 @@ class Conversation:
             group = engine.load_group(meta.id.raw)
             if group is None:
                 raise InvalidInput("the snapshot does not hold a complete group")
+            try:
+                group.clear_pending_commit()  # staged before the backup: its fate is unknown here
+            except NoPendingCommit:
+                pass
         seq = max(state.seq, records.cursor.highest_seq(device_id)) + RESTORE_SEQ_SKIP
         restored = dataclasses.replace(
             records,
