@@ -234,3 +234,34 @@ def test_a_tampered_content_hash_is_refused_and_changes_nothing() -> None:
     assert (bob.engine.entries(), bob.c.cursor, bob.c.state, bob.c.device_leaves) == before
     # The ratchet step was undone: the genuine envelope still decrypts.
     assert bob.receive(envelope, 12).plaintext == b"the real text"
+
+
+def test_a_backup_taken_while_a_commit_was_pending_restores_to_a_device_that_can_commit() -> None:
+    """The restored copy cannot know what became of a commit staged before the backup, so it
+    keeps none: neither in its state nor in MLS. It commits afresh; if the old one had won its
+    epoch, the fresh one is refused and the copy needs a rejoin."""
+    net, (alice, bob, carol) = group(b"alice", b"bob", b"carol")
+    old = bob.c.self_update(10)
+    saved = backup(bob, 11)
+
+    # The old commit lost its epoch to carol's.
+    theirs = carol.c.self_update(12)
+    commit(carol, theirs, [alice], 13)
+    restored = restore(net, bob, saved)
+    assert not restored.c.has_pending_commit
+    fresh = restored.c.self_update(14)  # before it has even seen the winner
+    assert restored.receive(theirs, 15) is None and restored.c.state.rejoin_required
+    assert fresh.seq > old.seq
+
+    # The old commit won its epoch: the copy's own echo is not its doing, and its fresh commit is refused.
+    net, (alice, bob, carol) = group(b"alice", b"bob", b"carol")
+    old = bob.c.self_update(10)
+    saved = backup(bob, 11)
+    commit(bob, old, [alice, carol], 12)
+    restored = restore(net, bob, saved)
+    with pytest.raises(UnknownOwnEnvelope):
+        restored.receive(old, 13)
+    restored.c.self_update(14)
+    restored.c.discard_commit()  # the relay refused it: the log is past that epoch
+    with pytest.raises(RejoinRequired):
+        restored.c.send_application(b"x", 15)
