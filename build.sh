@@ -309,6 +309,9 @@ start_test_postgres() {
     -o "-p $port -k $PG_TEST_DIR -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null \
     || die "PostgreSQL did not start: $(cat "$PG_TEST_DIR/server.log")"
   export PING_RELAY_TEST_POSTGRES="postgresql://relay@127.0.0.1:$port/postgres"
+  # what the relay's fault test needs to restart this cluster (pg_ctl restart)
+  export PING_RELAY_TEST_PGDATA="$PG_TEST_DIR/data" PING_RELAY_TEST_PGBIN="$PG_BIN"
+  export PING_RELAY_TEST_PGUSER="${PG_RUN[2]:-}"
   note "PostgreSQL 15 on 127.0.0.1:$port (cluster in $PG_TEST_DIR, removed on exit)"
 }
 
@@ -317,6 +320,7 @@ stop_test_postgres() {
   "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_TEST_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
   rm -rf "$PG_TEST_DIR"
   PG_TEST_DIR=""
+  unset PING_RELAY_TEST_POSTGRES PING_RELAY_TEST_PGDATA PING_RELAY_TEST_PGBIN PING_RELAY_TEST_PGUSER
 }
 
 run_relay_tests() {
@@ -328,6 +332,35 @@ run_relay_tests() {
   start_test_postgres
   "$PY" -m pytest tests/relay -q -p no:cacheprovider
   stop_test_postgres
+}
+
+# ./build.sh bench relay: bench/relay/run.py drives simulated devices against the relay
+# (SQLite, PostgreSQL with one and two processes) and the same payloads through Redis
+# Streams and NATS JetStream (Debian's redis-server and nats-server, installed if
+# missing), on a throwaway PostgreSQL. PING_RELAY_BENCH_QUICK=1 for a smoke run.
+ensure_bench_servers() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v nats-server >/dev/null || missing+=(nats-server)
+  ((${#missing[@]} == 0)) && return
+  step "Installing Debian packages for the relay benchmark: ${missing[*]}"
+  [[ $(id -u) == 0 ]] || die "need root to install: apt-get install -y ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+run_bench_relay() {
+  ensure_venv
+  ensure_relay
+  ensure_bench_servers
+  local saved="${PING_RELAY_TEST_POSTGRES:-}"
+  unset PING_RELAY_TEST_POSTGRES  # a throwaway cluster of its own
+  start_test_postgres
+  step "Relay benchmark: SQLite, PostgreSQL x1 and x2, Redis Streams, NATS JetStream (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  PYTHONPATH="$ROOT" "$PY" bench/relay/run.py
+  stop_test_postgres
+  [[ -n "$saved" ]] && export PING_RELAY_TEST_POSTGRES="$saved"
+  return 0
 }
 
 # The demo on one port: the relay (relay/, SQLite in dist/demo-relay.db unless
@@ -453,7 +486,8 @@ case "${1:-all}" in
   demo) build_all; run_demo ;;
   test) build_all; run_tests ;;
   serve) build_all; run_serve ;;
-  bench) build_all; run_bench ;;
+  bench)
+    if [[ "${2:-}" == relay ]]; then run_bench_relay; else build_all; run_bench; fi ;;
   clean) rm -rf "$DIST" "$WASM_OUT"/*.js "$WASM_OUT"/*.wasm "$WASM_OUT/BUILD_INFO" "$STAMPS" "$CACHE/wasm-bindgen" ;;
   *) die "unknown command '$1' (try: ./build.sh, ./build.sh test, build, demo, serve, lite, bench, clean)" ;;
 esac
