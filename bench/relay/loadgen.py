@@ -250,13 +250,14 @@ class Report:
 
     def summary(self) -> str:
         lat = self.latencies_ms
-        return (
+        text = (
             f"posted {self.posted}, acked {self.acked}, delivered {self.delivered}; lost {self.lost},"
             f" duplicated {self.duplicated}, out of order {self.out_of_order}, gaps {self.gaps},"
-            f" mismatched {self.mismatched}, unexpected {self.unexpected};"
-            f" fan-out p50 {percentile(lat, 0.5):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms,"
-            f" max {max(lat, default=float('nan')):.1f} ms"
+            f" mismatched {self.mismatched}, unexpected {self.unexpected}"
         )
+        if lat:
+            text += f"; fan-out p50 {percentile(lat, 0.5):.1f} ms, p99 {percentile(lat, 0.99):.1f} ms, max {max(lat):.1f} ms"
+        return text
 
 
 class Checker:
@@ -324,6 +325,7 @@ class Checker:
 
     def finish(self) -> Report:
         rep = self.report
+        rep.latencies_ms = self.latencies(list(self.posts.values()))
         rep.lost = sum(max(0, p.members - p.received) for p in self.posts.values() if p.seq is not None)
         rep.duplicated += sum(max(0, p.received - p.members) for p in self.posts.values())
         return rep

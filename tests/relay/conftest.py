@@ -52,7 +52,9 @@ class RelayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RelayProcess:
-        self.port = free_port()
+        """Start the process (again on the same port after a kill or stop)."""
+        if not self.port:
+            self.port = free_port()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "relay"), env.get("PYTHONPATH", "")])
         cmd = [sys.executable, "-m", "ping_relay", "--db", self.db, "--host", "127.0.0.1", "--port", str(self.port)]
