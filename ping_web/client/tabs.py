@@ -446,10 +446,11 @@ class SharedDevice:
             raise StateConflict("this tab's shared device is closed")
         request_id = new_request_id() if request_id is None else check_request_id(request_id)
         call = self._pending.get(request_id)
-        if call is None:
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            call = self._pending[request_id] = _Call(request_id, method, args, done)
-            done.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        if call is None or call.done.done():
+            call = self._pending[request_id] = _Call(
+                request_id, method, args, asyncio.get_running_loop().create_future()
+            )
+            call.done.add_done_callback(lambda _: self._forget(call))
             self._dispatch(call)
         elif call.method != method:
             raise InvalidInput(f"request id {request_id.hex()} is in flight for {call.method}, not {method}")
@@ -457,9 +458,15 @@ class SharedDevice:
         try:
             return await (asyncio.wait_for(asyncio.shield(call.done), timeout) if timeout else call.done)
         except TimeoutError:
+            call.done.cancel()  # a retry with this id is a new call, sent again
+            self._forget(call)
             raise LeaderUnavailable(
                 f"no leader answered {method} within {timeout:g} s; retry with the same request_id", request_id
             ) from None
+
+    def _forget(self, call: _Call) -> None:
+        if self._pending.get(call.id) is call:
+            del self._pending[call.id]
 
     def _dispatch(self, call: _Call) -> None:
         """Run the call here if this tab leads, else send it to the leader (if one is known;

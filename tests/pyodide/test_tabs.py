@@ -13,7 +13,7 @@ async def test_followers_forward_and_a_crashed_leader_is_replaced(selenium):
     import pytest
 
     from ping_web.client import MessagingClient
-    from ping_web.client.tabs import FOLLOWER, LEADER, LocalTabs, SharedDevice
+    from ping_web.client.tabs import FOLLOWER, LEADER, LeaderUnavailable, LocalTabs, SharedDevice
     from ping_web.core.envelope import MessageEnvelope, MessageKind
     from ping_web.delivery import LocalDeliveryService
     from ping_web.delivery.port import DeliveryUnavailable
@@ -31,6 +31,8 @@ async def test_followers_forward_and_a_crashed_leader_is_replaced(selenium):
 
         def __getattr__(self, name):
             method = getattr(ds, name)
+            if not asyncio.iscoroutinefunction(method):
+                return method
 
             async def call(*args):
                 if self.dead:
@@ -167,7 +169,19 @@ async def test_followers_forward_and_a_crashed_leader_is_replaced(selenium):
     assert {sent[text].seq for text in expected} == set(by_seq)
     assert set(texts(events[5])) >= {b"after close"}
 
+    # A call that times out may still be applied; retried with its id, it is applied once.
+    seven = await open_tab(call_timeout_s=0.2)
+    held = []
+    six._withhold = held.append
+    with pytest.raises(LeaderUnavailable) as timed_out:
+        await seven.send(chat.id, b"timed out")
+    six._withhold = None
+    assert len(held) == 1
+    retried = await seven.send(chat.id, b"timed out", request_id=timed_out.value.request_id)
+    assert [m.seq for m in await seven.history(chat.id) if m.plaintext == b"timed out"] == [retried.seq]
+
     # Something that holds the storage without answering as a leader.
+    await seven.close()
     await six.close()
     squatter = await origin.tab().acquire("ping_web:alice", wait=False)
     with pytest.raises(DatabaseInUse, match="does not answer"):
