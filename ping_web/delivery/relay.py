@@ -25,10 +25,12 @@ time, in call order. A conversation the relay does not know (its creator was off
 it was made) is registered by the first post, commit or fetch that finds it missing.
 
 **Push.** Once bound, a background task keeps one WebSocket to ``/v1/stream``: on
-``ready`` it subscribes every conversation this object has fetched, with the position the
-client last fetched to; entries it pushes are kept and hand the next :meth:`fetch` its
-envelopes without a request, and each one (and each Welcome) is announced to ``on_notice``
-(a :class:`~ping_web.delivery.Notice`: call ``sync()``). A closed stream reconnects with
+``ready`` it subscribes every conversation this object has fetched, from the position the
+client last fetched from (what it has applied, durably); entries it pushes are kept and
+hand the next :meth:`fetch` its envelopes without a request, and each one (and each
+Welcome) is announced to ``on_notice`` (a :class:`~ping_web.delivery.Notice`: call
+``sync()``). Positions the client reaches are acknowledged on the stream (an ``ack``
+frame, at most one a second), as a fetch over HTTP reports its own. A closed stream reconnects with
 backoff (0.5 s doubling, capped at ``backoff_cap_s``, each delay drawn from ``[d/2, d]``)
 and subscribes again from the same positions, so nothing is missed and the client's
 durable cursor decides what it applies. Without a ``WebSocket`` (Node 20 without
@@ -100,6 +102,8 @@ ACK_IDS_PER_REQUEST: Final = 1000
 SUBSCRIBE_PER_FRAME: Final = 500
 CACHE_ENTRIES: Final = 4096
 """Most pushed entries kept per conversation for the next fetch (beyond: fetched again)."""
+ACK_DELAY_S: Final = 1.0
+"""Acknowledgements of positions wait this long, to go out together in one frame."""
 CONNECT_TIMEOUT_S: Final = 10.0
 """How long a stream connection may take to say ``ready``."""
 TOKEN_MARGIN_MS: Final = 30_000
@@ -188,6 +192,11 @@ class RelayDelivery:
         self._known: dict[ConversationId, int] = {}
         self._subscribed: set[ConversationId] = set()
         self._cache: dict[ConversationId, dict[int, bytes]] = {}
+        self._acked: dict[ConversationId, int] = {}
+        self._overflowed: set[ConversationId] = set()
+        self._welcomes_news = True
+        self._to_ack: set[ConversationId] = set()
+        self._ack_scheduled = False
         self._welcome_ids: dict[bytes, int] = {}
         self._welcomes_seen: set[int] = set()
         self._device_keys: dict[bytes, bytes] = {}
@@ -202,6 +211,8 @@ class RelayDelivery:
         self._closed = False
         self.requests = 0
         """HTTP requests sent (for tests and measurements)."""
+        self.stream_errors: list[dict[str, Any]] = []
+        """The last error frames the stream sent (at most 20), for diagnostics."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -298,13 +309,21 @@ class RelayDelivery:
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
         if type(position) is not int or position < 0:
             raise InvalidInput("log positions start at 0")
+        # ``position`` is what the client has applied, durably: subscriptions resume there,
+        # and it is what this device acknowledges to the relay.
+        self._known[conversation_id] = max(self._known.get(conversation_id, 0), position)
         envelopes = self._take_cached(conversation_id, position)
         next_position = position + len(envelopes)
-        if not envelopes or conversation_id not in self._subscribed:
-            # Nothing pushed, or push is not live for it (the rest would come without a notice).
+        if conversation_id not in self._subscribed or conversation_id in self._overflowed:
+            # Push is not live for it, or dropped entries: read the log itself (a fetch over
+            # HTTP also reports the position to the relay).
+            self._overflowed.discard(conversation_id)
             more, next_position = await self._fetch_remote(conversation_id, next_position)
             envelopes += more
-        self._known[conversation_id] = max(self._known.get(conversation_id, 0), next_position)
+        else:
+            # The stream sends every entry after the subscription's position, in order and
+            # without gaps: what it has not pushed yet comes with a notice.
+            self._acknowledge(conversation_id)
         self._subscribe([conversation_id])
         return LogPage(envelopes, next_position)
 
@@ -313,6 +332,9 @@ class RelayDelivery:
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
         self._require_self(device_id, "fetch the Welcomes of")
+        if self._socket is not None and not self._welcomes_news and not self._welcome_ids:
+            return []  # the stream pushes every waiting Welcome: none came since the last look
+        self._welcomes_news = False
         envelopes: list[bytes] = []
         after = 0
         while True:
@@ -354,6 +376,12 @@ class RelayDelivery:
                 return None
             self._refused(exc.refusal, "claiming a KeyPackage")
         return b64d(reply.get("key_package"), "key_package")
+
+    async def group(self, conversation_id: ConversationId) -> dict[str, Any]:
+        """The relay's view of a conversation (``GET /v1/groups/{id}``, for a current member):
+        ``creator``, ``epoch``, ``head`` and ``members`` (``device_id``, ``from_seq``,
+        ``removed_at``), ids as base64url. For diagnostics; the client never needs it."""
+        return await self._ok("GET", f"/v1/groups/{b64e(conversation_id.raw)}", what="reading the conversation")
 
     async def devices_of(self, user_id: UserId) -> list[DeviceId]:
         reply = await self._ok("GET", f"/v1/users/{b64e(user_id.raw)}/devices", what="listing devices")
@@ -652,6 +680,29 @@ class RelayDelivery:
             if socket.send(json.dumps({"type": "subscribe", "groups": groups}, separators=(",", ":"))):
                 self._subscribed.update(chunk)
 
+    def _acknowledge(self, conversation_id: ConversationId) -> None:
+        """Report, on the stream, how far the client has applied this log (the relay's
+        retention prunes what every reader acknowledged); batched into one frame."""
+        position = self._known.get(conversation_id, 0)
+        if position > self._acked.get(conversation_id, 0):
+            self._to_ack.add(conversation_id)
+            if not self._ack_scheduled:
+                self._ack_scheduled = True
+                asyncio.get_event_loop().call_later(ACK_DELAY_S, self._send_acks)
+
+    def _send_acks(self) -> None:
+        self._ack_scheduled = False
+        todo = sorted((c for c in self._to_ack if c in self._subscribed), key=lambda c: c.raw)
+        self._to_ack.clear()
+        socket = self._socket
+        if socket is None:
+            return
+        for start in range(0, len(todo), SUBSCRIBE_PER_FRAME):
+            chunk = todo[start : start + SUBSCRIBE_PER_FRAME]
+            groups = [{"group_id": b64e(c.raw), "seq": self._known[c]} for c in chunk]
+            if socket.send(json.dumps({"type": "ack", "groups": groups}, separators=(",", ":"))):
+                self._acked.update((c, self._known[c]) for c in chunk)
+
     def _push_kind(self) -> str:
         if self._push_mode == "polling":
             return "polling"
@@ -740,6 +791,7 @@ class RelayDelivery:
                     continue
                 if frame.get("type") == "ready":
                     ready = True
+                    self._welcomes_news = True
                     self._socket = socket
                     self._subscribed.clear()
                     backoff.reset()
@@ -766,24 +818,32 @@ class RelayDelivery:
             if type(seq) is not int or not isinstance(envelope, str):
                 return
             cache = self._cache.setdefault(group, {})
-            if len(cache) < CACHE_ENTRIES and seq > self._known.get(group, 0):
-                try:
-                    cache[seq] = b64d(envelope, "envelope")
-                except PingError:
-                    return
+            if seq > self._known.get(group, 0):
+                if len(cache) >= CACHE_ENTRIES:
+                    self._overflowed.add(group)  # the next fetch reads the log over HTTP
+                else:
+                    try:
+                        cache[seq] = b64d(envelope, "envelope")
+                    except PingError:
+                        self._overflowed.add(group)
             self._notify(Notice("log", conversation_id=group))
         elif kind == "welcome":
             welcome_id = frame.get("id")
             if type(welcome_id) is int and welcome_id not in self._welcomes_seen and self._device is not None:
                 self._welcomes_seen.add(welcome_id)
+                self._welcomes_news = True
                 self._notify(Notice("welcome", device_ids=(self._device.device_id,)))
         elif kind == "removed" and group is not None:
             self._subscribed.discard(group)
             self._notify(Notice("log", conversation_id=group))
         elif kind == "error":
+            self.stream_errors = [*self.stream_errors[-19:], frame]
             status = frame.get("status")
-            if group is not None:
-                self._subscribed.discard(group)  # subscribed again by the next fetch
+            if group is not None and frame.get("error") == "already_subscribed":
+                self._subscribed.add(group)
+            elif group is not None:
+                self._subscribed.discard(group)  # the next fetch reads over HTTP, and subscribes again
+                self._notify(Notice("log", conversation_id=group))
             if status == 429 and isinstance(frame.get("retry_after"), int):
                 self._rate_wait = float(max(1, frame["retry_after"]))
             if status == 401:
