@@ -186,7 +186,6 @@ async def test_a_malformed_or_truncated_backup_is_refused_and_writes_nothing(sel
     import random
 
     import js
-
     import pytest
 
     from ping_web.client import MessagingClient
