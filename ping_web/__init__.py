@@ -11,7 +11,8 @@ from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import AddOutcome, ConversationMeta, MemberInfo
-from ping_web.delivery import Delivery, LocalDeliveryService, LogPage
+from ping_web.delivery import CommitRefused, Delivery, DeliveryUnavailable, LocalDeliveryService, LogPage
+from ping_web.delivery.relay import ConnectionState, RelayDelivery
 from ping_web.errors import (
     ContentHashMismatch,
     DatabaseInUse,
@@ -40,6 +41,8 @@ __all__ = [
     "AddOutcome",
     "Batch",
     "BatchOutcome",
+    "CommitRefused",
+    "ConnectionState",
     "ContentHashMismatch",
     "Conversation",
     "ConversationId",
@@ -47,6 +50,7 @@ __all__ = [
     "DatabaseInUse",
     "DecodeError",
     "Delivery",
+    "DeliveryUnavailable",
     "DeviceId",
     "EncryptedStorage",
     "HeaderMismatch",
@@ -65,6 +69,7 @@ __all__ = [
     "NotAMember",
     "PendingCommit",
     "PingError",
+    "RelayDelivery",
     "StateConflict",
     "Storage",
     "StorageCorrupted",
