@@ -8,10 +8,12 @@ without a transaction block. A transaction that hits a unique violation, a seria
 failure or a deadlock is retried from the start. (Pipeline mode was measured: it costs
 more CPU per transaction in psycopg than the round trips it saves on a local server.)
 
-Every committed write also sends ``NOTIFY ping_relay, '<key>'`` in its own transaction
-(delivered at commit, never if it rolls back). The payload names what to wake (a group
-or a device), never the data: each relay process LISTENs and wakes its own stream
-connections, which re-read the database by sequence number. A notification lost while
+Every committed write also sends ``NOTIFY ping_relay, '<key>/<process>'`` in its own
+transaction (delivered at commit, never if it rolls back). The payload names what to wake
+(a group or a device) and the sending process, never the data: each relay process LISTENs
+and wakes its own stream connections (its own notifications it has acted on at commit),
+which re-read the database by sequence number. A post is one statement (``sqlstore.py``)
+that locks, checks, appends and notifies in one round trip. A notification lost while
 the LISTEN connection was down costs nothing: on reconnecting, the process wakes every
 stream, and each process re-checks its groups' heads on a timer anyway (``app.py``).
 
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,9 +61,12 @@ class _PgTx:
     lock = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    def __init__(self, conn: psycopg.Connection[Row], tag: str = "") -> None:
         self._conn = conn
+        self._tag = tag
         self.keys: set[str] = set()
+        self.sent: set[str] = set()
+        """Keys whose NOTIFY a statement of this transaction sent itself."""
         self.answered = 0
         """Statements the server has answered (0: the connection may have been dead all along)."""
 
@@ -89,8 +95,14 @@ class _PgTx:
     def notify(self, key: str) -> None:
         self.keys.add(key)
 
+    def notified(self, key: str) -> str:
+        self.sent.add(key)
+        return f"{key}/{self._tag}"
+
 
 class PostgresBackend:
+    dialect = "postgres"
+
     def __init__(
         self, dsn: str, wake: Callable[[Iterable[str]], None], wake_all: Callable[[], None], size: int
     ) -> None:
@@ -102,6 +114,8 @@ class PostgresBackend:
         )
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="relay-postgres")
         self._listener: asyncio.Task[None] | None = None
+        self._tag = secrets.token_hex(6)
+        """This process in notification payloads (``key/tag``): its own are not woken twice."""
 
     def _transaction(self, mode: str, fn: Callable[[Tx], T]) -> tuple[T, set[str]]:
         """Run ``fn`` in a transaction (``mode`` "write" or "read") or, for "query", as
@@ -154,7 +168,9 @@ class PostgresBackend:
 
     async def query(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        result, _ = await loop.run_in_executor(self._executor, self._transaction, "query", fn)
+        result, keys = await loop.run_in_executor(self._executor, self._transaction, "query", fn)
+        if keys:
+            self._wake(keys)
         return result
 
     def _migrate(self) -> None:
@@ -186,7 +202,9 @@ class PostgresBackend:
                         self._wake_all()  # notifications may have been missed while reconnecting
                     ready.set()
                     async for note in conn.notifies():
-                        self._wake((note.payload,))
+                        key, _, tag = note.payload.partition("/")
+                        if tag != self._tag:  # this process woke its own streams at commit
+                            self._wake((key,))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the connection: reconnect

@@ -70,8 +70,14 @@ class _SqliteTx:
     def notify(self, key: str) -> None:
         self.keys.add(key)
 
+    def notified(self, key: str) -> str:
+        self.keys.add(key)
+        return key
+
 
 class SqliteBackend:
+    dialect = "sqlite"
+
     def __init__(self, path: str, wake: Callable[[Iterable[str]], None]) -> None:
         self._path = path
         self._wake = wake

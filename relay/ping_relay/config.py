@@ -71,7 +71,7 @@ class Config:
     recheck_interval: float = 2.0
     """How often each process re-reads the heads of the groups its streams follow, in case
     a wake-up was lost (0: never)."""
-    postgres_pool_size: int = 8
+    postgres_pool_size: int = 16
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
 

@@ -13,6 +13,7 @@ entry of a commit change in one transaction; a reply is sent only after it commi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -78,8 +79,17 @@ class Tx(Protocol):
         """Wake ``key`` once this transaction has committed."""
         ...
 
+    def notified(self, key: str) -> str:
+        """The statement about to run sends the notification of ``key`` itself (PostgreSQL:
+        ``pg_notify`` inside it, with the returned payload); the backend only wakes this
+        process. Returns the payload to send."""
+        ...
+
 
 class Backend(Protocol):
+    @property
+    def dialect(self) -> str: ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -151,13 +161,42 @@ def _chunks(items: Sequence[bytes], size: int = 500) -> list[Sequence[bytes]]:
 
 _POST_STATE = (
     "SELECT c.epoch, c.head_seq,"
-    " (SELECT seq FROM log WHERE group_id = c.group_id AND sender_device = ? AND sender_seq = ?),"
+    " (SELECT seq FROM log WHERE group_id = c.group_id AND sender_device = ? AND sender_seq = ?) AS original,"
     " (SELECT CASE WHEN removed_seq IS NULL THEN 1 ELSE 0 END FROM members"
-    "  WHERE group_id = c.group_id AND device_id = ?)"
+    "  WHERE group_id = c.group_id AND device_id = ?) AS member"
     " FROM conversations c WHERE c.group_id = ?"
 )
 """A group's epoch and head, the seq of the post if it is already in the log, and whether
 the sender is a current member (1), a removed one (0) or never was (NULL): one round trip."""
+
+
+_I63 = (1 << 63) - 1
+
+
+@functools.lru_cache(maxsize=2)
+def _post_statement_sql(limited: bool) -> str:
+    """The post as one PostgreSQL statement (``SqlStore._post_statement``). Returns one row:
+    epoch, head before the post, the seq of an earlier copy, membership (1 current), and
+    whether the entry was stored; no row for an unknown group."""
+    refill = "LEAST(?, rate_buckets.tokens + GREATEST(0, ? - rate_buckets.updated_ms) * ?)"
+    bucket = (
+        "INSERT INTO rate_buckets (device_id, tokens, updated_ms) SELECT ?, ?, ? FROM ok ON CONFLICT (device_id)"
+        f" DO UPDATE SET tokens = {refill} - 1, updated_ms = GREATEST(rate_buckets.updated_ms, ?)"
+        f" WHERE {refill} >= 1 RETURNING 1"
+        if limited
+        else "SELECT 1 FROM ok"
+    )
+    return (
+        f"WITH s AS ({_POST_STATE} FOR UPDATE),"
+        " ok AS (SELECT s.* FROM s WHERE s.original IS NULL AND s.member = 1 AND CASE WHEN ? = 1"
+        " THEN ? BETWEEN GREATEST(0, s.epoch - ?) AND s.epoch ELSE ? = s.epoch END),"
+        f" b AS ({bucket}),"
+        " l AS (INSERT INTO log (group_id, seq, kind, epoch, sender_device, sender_seq, envelope, received_at_ms)"
+        " SELECT ?, ok.head_seq + 1, ?, ?, ?, ?, ?, ? FROM ok, b RETURNING seq),"
+        " u AS (UPDATE conversations SET head_seq = l.seq FROM l WHERE conversations.group_id = ? RETURNING 1),"
+        " n AS (SELECT pg_notify('ping_relay', ?) FROM u)"
+        " SELECT s.epoch, s.head_seq, s.original, s.member, (SELECT COUNT(*) FROM n) FROM s"
+    )
 
 
 def _duplicate(tx: Tx, group_id: bytes, envelope: MessageEnvelope) -> int | None:
@@ -472,7 +511,47 @@ class SqlStore:
             t.notify(group_key(group_id))
             return Posted(seq, duplicate=False, epoch=epoch)
 
+        if self._db.dialect == "postgres" and envelope.epoch <= _I63:
+            return await self._post_statement(envelope, window, now_ms, tx)
         return await self._db.write(tx)
+
+    async def _post_statement(
+        self, envelope: MessageEnvelope, window: int, now_ms: int, fallback: Callable[[Tx], Posted]
+    ) -> Posted:
+        """PostgreSQL: the whole post as one statement (its own transaction): lock the group's
+        row, check dedupe, membership and epoch, spend a write token, append, move the head,
+        notify. The same rules as the transaction in :meth:`post`, in one round trip."""
+        group_id = envelope.conversation_id.raw
+        sender = envelope.sender_device.raw
+        application = 1 if envelope.kind is MessageKind.APPLICATION else 0
+
+        def statement(t: Tx) -> Posted | None:
+            payload = t.notified(group_key(group_id))
+            limited = self._rate > 0
+            params: list[object] = [sender, _u64(envelope.seq), sender, group_id]
+            params += [application, envelope.epoch, window, envelope.epoch]
+            if limited:
+                per_ms = self._rate / 1000.0
+                params += [sender, self._burst - 1.0, now_ms]
+                params += [self._burst, now_ms, per_ms, now_ms, self._burst, now_ms, per_ms]
+            params += [group_id, int(envelope.kind), envelope.epoch, sender, _u64(envelope.seq), envelope.encode()]
+            params += [now_ms, group_id, payload]
+            row = t.one(_post_statement_sql(limited), *params)
+            if row is None:
+                raise not_found("unknown_group", "no group with this id")
+            epoch, head, original, member, stored = _int(row[0]), _int(row[1]), row[2], row[3], row[4]
+            if original is not None:
+                return Posted(_int(original), duplicate=True, epoch=epoch)
+            if member != 1:
+                raise forbidden("not_member", "this device is not a member of the group")
+            if not stored:
+                return None  # refused by the epoch window or the rate: the transaction says why
+            return Posted(head + 1, duplicate=False, epoch=epoch)
+
+        posted = await self._db.query(statement)
+        if posted is None:
+            return await self._db.write(fallback)
+        return posted
 
     async def commit(self, request: CommitRequest, now_ms: int) -> Posted:
         group_id = request.group_id
