@@ -15,7 +15,7 @@ from ping_web.client.conversations import as_envelope
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId
-from ping_web.errors import NotAMember, PingError, UnknownConversation, WasmTrap
+from ping_web.errors import PingError, StateConflict, UnknownConversation, WasmTrap
 
 
 class Sync(ClientBase):
@@ -125,7 +125,7 @@ class Sync(ClientBase):
             position = self._log_positions.get(conversation_id, 0)
             try:
                 page = await delivery.fetch(conversation_id, position)
-            except (NotAMember, UnknownConversation) as exc:
+            except StateConflict as exc:  # this log is unreadable here (not a member, another relay)
                 outcome.rejected.append((conversation_id.raw, exc))  # the others go on
                 continue
             envelopes += page.envelopes

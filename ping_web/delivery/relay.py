@@ -731,7 +731,9 @@ class RelayDelivery:
                 else:
                     await self._poll_once()
                     backoff.reset()
-                    self._set_state(CONNECTED, attempt=0, retry_in_s=None, detail="")
+                    why = "asked for" if self._push_mode == "polling" else "this host has no WebSocket"
+                    detail = f"polling every {self._poll_interval_s:g} s ({why})"
+                    self._set_state(CONNECTED, attempt=0, retry_in_s=None, detail=detail)
                     await self._sleep_or_wake(self._poll_interval_s)
                     continue
             except asyncio.CancelledError:

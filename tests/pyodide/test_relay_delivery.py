@@ -136,6 +136,8 @@ def test_clients_chat_through_the_relay(selenium, relay):
 async def _polling(selenium, url):
     import asyncio
 
+    from pyodide.code import run_js
+
     from ping_web.client import MessagingClient
     from ping_web.core.ids import UserId
     from ping_web.delivery.relay import RelayDelivery
@@ -143,9 +145,15 @@ async def _polling(selenium, url):
 
     heard = asyncio.Event()
     da = RelayDelivery(url, push="polling", poll_interval_s=0.2)
-    db = RelayDelivery(url, push="polling", poll_interval_s=0.2, on_notice=lambda notice: heard.set())
-    alice = await MessagingClient.open(MemoryStorage(), b"ann", delivery=da)
-    bob = await MessagingClient.open(MemoryStorage(), b"ben", delivery=db)
+    # A host without WebSocket (Node 20 without --experimental-websocket): "auto" polls.
+    websocket = run_js("globalThis.WebSocket")
+    run_js("delete globalThis.WebSocket")
+    try:
+        db = RelayDelivery(url, poll_interval_s=0.2, on_notice=lambda notice: heard.set())
+        alice = await MessagingClient.open(MemoryStorage(), b"ann", delivery=da)
+        bob = await MessagingClient.open(MemoryStorage(), b"ben", delivery=db)
+    finally:
+        run_js("(w) => { globalThis.WebSocket = w; }")(websocket)
     await bob.publish_key_packages(1)
     chat = await alice.create_conversation()
     (device,) = await da.devices_of(UserId(b"ben"))
@@ -158,6 +166,7 @@ async def _polling(selenium, url):
     messages = (await bob.sync()).messages
     assert [m.plaintext for m in messages] == [b"polled"]
     assert db.state.push == "polling" and db.state.status == "connected"
+    assert "no WebSocket" in db.state.detail and "asked for" in da.state.detail
     await da.close()
     await db.close()
 
