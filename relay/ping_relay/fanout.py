@@ -4,10 +4,11 @@ A subscription starts in *catch-up*: its connection reads the log for it (``Stor
 with the device's access checks) from the subscription's cursor until it has what the
 group's feed has already handed out. It then *joins* the feed, which is the only reader of
 that group in this process from then on: woken by the group's key (a post in this process,
-or ``NOTIFY`` from another), it reads the entries after the last one it handed out
-(``Store.log_page``, one statement), builds each entry's frame once and offers it to every
-joined subscription that has not had it. One read per wake-up per group, however many
-devices follow the group here.
+or ``NOTIFY`` from another), it is read together with every other feed woken meanwhile
+(``Store.log_pages``: one query for a batch of groups, each from the last entry its feed
+handed out); each entry's frame is built once and offered to every joined subscription
+that has not had it. At most one read per wake-up per group, however many devices follow
+the group here, and one query for many groups under load.
 
 An offer never waits. A subscription whose connection cannot take a frame at once is let
 go (``Sink.release``) and goes back to catch-up, where its connection waits for room and
@@ -37,12 +38,14 @@ from typing import Final, Protocol
 from .config import Limits
 from .errors import JsonValue, RelayError, gone
 from .notify import Notifier, group_key
-from .storage import Store
+from .storage import LogPage, Store
 
 RECENT_FRAMES: Final = 16
 """Frames a feed keeps after handing them out, so a subscription a little behind can join."""
 RETRY_DELAY: Final = 0.5
-"""Seconds before a feed reads again after a failed read (e.g. the database restarting)."""
+"""Seconds before feeds are read again after a failed read (e.g. the database restarting)."""
+READ_BATCH: Final = 128
+"""Most groups read by one query."""
 log = logging.getLogger("ping_relay.fanout")
 
 
@@ -95,9 +98,19 @@ def _removes(removed: bytes, device_id: bytes) -> bool:
     return any(removed[i : i + 16] == device_id for i in range(0, len(removed), 16))
 
 
+class _Wake:
+    """What the notifier sets for a feed: marks it for the process's next batch read."""
+
+    def __init__(self, fanout: Fanout, feed: GroupFeed) -> None:
+        self._fanout = fanout
+        self._feed = feed
+
+    def set(self) -> None:
+        self._fanout.mark(self._feed)
+
+
 class GroupFeed:
     def __init__(self, fanout: Fanout, group_id: bytes) -> None:
-        self.fanout = fanout
         self.group_id = group_id
         self.key = group_key(group_id)
         self.tag = b64e(group_id)
@@ -105,8 +118,7 @@ class GroupFeed:
         self.position = -1
         """The last seq read and handed out (-1: none yet; set by the first join)."""
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_FRAMES)
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        self.wake = _Wake(fanout, self)
 
     def join(self, sub: Subscription) -> bool:
         if self.position < 0:
@@ -124,92 +136,66 @@ class GroupFeed:
         sub.live = True
         return True
 
-    def leave(self, sub: Subscription) -> None:
-        self.subs.discard(sub)
-        sub.live = False
-        if not self.subs:
-            self.wake.set()  # let the task end
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                if not self.subs:
-                    return
-                try:
-                    await self._read()
-                except Exception:
-                    log.exception("a group's fan-out failed; its streams continue by catch-up")
-                    for sub in list(self.subs):
-                        self._let_go(sub, None)
-                    return
-        finally:
-            self.fanout.ended(self)
-
-    def _let_go(self, sub: Subscription, final: str | None) -> None:
+    def let_go(self, sub: Subscription, final: str | None) -> None:
         self.subs.discard(sub)
         sub.live = False
         sub.sink.release(sub, final)
 
-    async def _read(self) -> None:
-        lim = self.fanout.limits
-        while self.subs:
-            after = self.position
-            try:
-                page = await self.fanout.store.log_page(
-                    self.group_id, after, lim.page_default_entries, lim.page_max_bytes
-                )
-            except Exception:
-                log.warning("reading the log of a group failed; retrying", exc_info=True)
-                await asyncio.sleep(RETRY_DELAY)
-                self.wake.set()
-                return
-            if page.pruned_through > after:
-                expired = error_frame(
-                    gone(
-                        "cursor_expired",
-                        f"entries up to {page.pruned_through} were pruned",
-                        pruned_through=page.pruned_through,
-                        head=page.head,
-                    ),
-                    group_id=self.tag,
-                )
-                for sub in list(self.subs):
-                    if sub.last_sent < page.pruned_through:
-                        self._let_go(sub, expired)
-                self.position = max(self.position, page.pruned_through)
-                self.recent.clear()
-            for entry in page.entries:
-                frame = entry_frame(self.tag, entry.seq, entry.envelope)
-                for sub in list(self.subs):
-                    if entry.seq <= sub.last_sent:
-                        continue
-                    if not sub.sink.offer(frame):
-                        self._let_go(sub, None)
-                        continue
-                    sub.last_sent = entry.seq
-                    if entry.removed and _removes(entry.removed, sub.sink.device_id):
-                        removed: dict[str, JsonValue] = {
-                            "type": "removed",
-                            "group_id": self.tag,
-                            "removed_at": entry.seq,
-                        }
-                        self._let_go(sub, dumps(removed))
-                self.position = entry.seq
-                self.recent.append((entry.seq, frame))
-            if not page.more:
-                return
+    def dispatch(self, page: LogPage) -> None:
+        """Hand out a page read after ``position``."""
+        if page.pruned_through > self.position:
+            expired = error_frame(
+                gone(
+                    "cursor_expired",
+                    f"entries up to {page.pruned_through} were pruned",
+                    pruned_through=page.pruned_through,
+                    head=page.head,
+                ),
+                group_id=self.tag,
+            )
+            for sub in list(self.subs):
+                if sub.last_sent < page.pruned_through:
+                    self.let_go(sub, expired)
+            self.position = max(self.position, page.pruned_through)
+            self.recent.clear()
+        for entry in page.entries:
+            if entry.seq <= self.position:
+                continue
+            frame = entry_frame(self.tag, entry.seq, entry.envelope)
+            for sub in list(self.subs):
+                if entry.seq <= sub.last_sent:
+                    continue
+                if not sub.sink.offer(frame):
+                    self.let_go(sub, None)
+                    continue
+                sub.last_sent = entry.seq
+                if entry.removed and _removes(entry.removed, sub.sink.device_id):
+                    removed: dict[str, JsonValue] = {"type": "removed", "group_id": self.tag, "removed_at": entry.seq}
+                    self.let_go(sub, dumps(removed))
+            self.position = entry.seq
+            self.recent.append((entry.seq, frame))
 
 
 class Fanout:
-    """The feeds of this process, one per group some stream here follows."""
+    """The feeds of this process, one per group some stream here follows, and the one task
+    that reads the log for all of them, a batch of woken feeds per query."""
 
     def __init__(self, store: Store, notifier: Notifier, limits: Limits) -> None:
         self.store = store
         self.notifier = notifier
         self.limits = limits
         self.feeds: dict[bytes, GroupFeed] = {}
+        self._pending: dict[bytes, GroupFeed] = {}
+        self._ready = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    def mark(self, feed: GroupFeed) -> None:
+        """``feed``'s group has (or may have) entries it has not read: read it soon."""
+        if feed.subs and self.feeds.get(feed.group_id) is feed:
+            self._pending[feed.group_id] = feed
+            self._ready.set()
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read_forever(), name="ping_relay.fanout")
 
     def join(self, sub: Subscription) -> bool:
         """Hand ``sub`` to its group's feed; False if it must catch up further first."""
@@ -219,45 +205,78 @@ class Fanout:
             self.feeds[sub.group_id] = feed
             self.notifier.listen(feed.key, feed.wake)
         if not feed.join(sub):
-            if not feed.subs and feed.task is None:
+            if not feed.subs:
                 self._forget(feed)
             return False
-        if feed.task is None:
-            feed.task = asyncio.create_task(feed.run(), name="ping_relay.feed")
-        feed.wake.set()  # read what was committed between the catch-up's read and now
+        self.mark(feed)  # read what was committed between the catch-up's read and now
         return True
 
     def leave(self, sub: Subscription) -> None:
         feed = self.feeds.get(sub.group_id)
         if feed is not None and sub in feed.subs:
-            feed.leave(sub)
+            feed.subs.discard(sub)
+            if not feed.subs:
+                self._forget(feed)
         sub.live = False
 
-    def ended(self, feed: GroupFeed) -> None:
-        if self.feeds.get(feed.group_id) is feed:
-            self._forget(feed)
-
     def _forget(self, feed: GroupFeed) -> None:
-        del self.feeds[feed.group_id]
-        self.notifier.unlisten(feed.key, feed.wake)
+        if self.feeds.get(feed.group_id) is feed:
+            del self.feeds[feed.group_id]
+            self._pending.pop(feed.group_id, None)
+            self.notifier.unlisten(feed.key, feed.wake)
 
-    def positions(self) -> dict[bytes, int]:
-        return {group_id: feed.position for group_id, feed in self.feeds.items()}
+    async def _read_forever(self) -> None:
+        lim = self.limits
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._pending:
+                batch = list(self._pending.values())[:READ_BATCH]
+                for feed in batch:
+                    del self._pending[feed.group_id]
+                try:
+                    pages = await self.store.log_pages(
+                        [(feed.group_id, feed.position) for feed in batch], lim.page_default_entries, lim.page_max_bytes
+                    )
+                except Exception:
+                    log.warning("reading the log of %d groups failed; retrying", len(batch), exc_info=True)
+                    await asyncio.sleep(RETRY_DELAY)
+                    for feed in batch:
+                        self.mark(feed)
+                    continue
+                for feed in batch:
+                    page = pages.get(feed.group_id)
+                    if page is None or self.feeds.get(feed.group_id) is not feed:
+                        continue
+                    try:
+                        feed.dispatch(page)
+                    except Exception:
+                        log.exception("a group's fan-out failed; its streams continue by catch-up")
+                        for sub in list(feed.subs):
+                            feed.let_go(sub, None)
+                        self._forget(feed)
+                        continue
+                    if not feed.subs:
+                        self._forget(feed)
+                    elif page.more:
+                        self.mark(feed)
 
     def recheck(self, heads: dict[bytes, int]) -> int:
-        """Wake the feeds whose group has entries they have not read; how many were woken."""
+        """Mark the feeds whose group has entries they have not read; how many were marked."""
         woken = 0
         for group_id, head in heads.items():
             feed = self.feeds.get(group_id)
             if feed is not None and head > feed.position:
-                feed.wake.set()
+                self.mark(feed)
                 woken += 1
         return woken
 
+    def wake_all(self) -> None:
+        for feed in list(self.feeds.values()):
+            self.mark(feed)
+
     async def close(self) -> None:
-        tasks = [feed.task for feed in self.feeds.values() if feed.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._reader is not None:
+            self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._reader

@@ -9,8 +9,8 @@ process through ``NOTIFY`` (``backend_postgres.py``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
+from typing import Protocol
 
 
 def group_key(group_id: bytes) -> str:
@@ -21,16 +21,22 @@ def device_key(device_id: bytes) -> str:
     return "d" + device_id.hex()
 
 
+class Wakeable(Protocol):
+    """An ``asyncio.Event``, or anything else woken by ``set()``."""
+
+    def set(self) -> None: ...
+
+
 class Notifier:
-    """Keys to asyncio events. Call only from the event loop's thread."""
+    """Keys to events. Call only from the event loop's thread."""
 
     def __init__(self) -> None:
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Wakeable]] = {}
 
-    def listen(self, key: str, event: asyncio.Event) -> None:
+    def listen(self, key: str, event: Wakeable) -> None:
         self._events.setdefault(key, set()).add(event)
 
-    def unlisten(self, key: str, event: asyncio.Event) -> None:
+    def unlisten(self, key: str, event: Wakeable) -> None:
         events = self._events.get(key)
         if events is not None:
             events.discard(event)

@@ -224,6 +224,47 @@ def _append(tx: Tx, group_id: bytes, seq: int, envelope: MessageEnvelope, now_ms
     )
 
 
+_LOG_PAGES = (
+    "SELECT w.g, c.head_seq, c.pruned_through, l.seq, l.envelope, r.removed"
+    " FROM unnest(?::bytea[], ?::bigint[]) AS w(g, after)"
+    " JOIN conversations c ON c.group_id = w.g"
+    " LEFT JOIN LATERAL (SELECT seq, envelope FROM log WHERE group_id = w.g AND seq > w.after ORDER BY seq LIMIT ?)"
+    " l ON true LEFT JOIN roster_changes r ON r.group_id = w.g AND r.seq = l.seq ORDER BY w.g, l.seq"
+)
+"""PostgreSQL: the log of many groups after their cursors, in one statement."""
+
+
+def _page(head: int, pruned: int, rows: list[Row], limit: int, max_bytes: int) -> LogPage:
+    """``rows`` of ``(seq, envelope, removed)`` as a page: cut before ``max_bytes`` (at least one entry)."""
+    entries: list[LogEntry] = []
+    size = 0
+    cut = False
+    for row in rows:
+        data = _bytes(row[1])
+        if entries and size + len(data) > max_bytes:
+            cut = True
+            break
+        entries.append(LogEntry(_int(row[0]), data, b"" if row[2] is None else _bytes(row[2])))
+        size += len(data)
+    return LogPage(entries, head, pruned, more=cut or len(rows) >= limit)
+
+
+def _log_page(t: Tx, group_id: bytes, after: int, limit: int, max_bytes: int) -> LogPage:
+    """One group's log after ``after`` with its head, in one read transaction."""
+    row = t.one("SELECT head_seq, pruned_through FROM conversations WHERE group_id = ?", group_id)
+    if row is None:
+        return LogPage([], 0, 0, more=False)
+    rows = t.all(
+        "SELECT l.seq, l.envelope, r.removed FROM log l"
+        " LEFT JOIN roster_changes r ON r.group_id = l.group_id AND r.seq = l.seq"
+        " WHERE l.group_id = ? AND l.seq > ? ORDER BY l.seq LIMIT ?",
+        group_id,
+        after,
+        limit,
+    )
+    return _page(_int(row[0]), _int(row[1]), rows, limit, max_bytes)
+
+
 class SqlStore:
     """:class:`~ping_relay.storage.Store` over a :class:`Backend`.
 
@@ -674,36 +715,22 @@ class SqlStore:
 
         return await self._db.read(tx)
 
-    async def log_page(self, group_id: bytes, after: int, limit: int, max_bytes: int) -> LogPage:
-        def tx(t: Tx) -> LogPage:
-            blob = "BYTEA" if t.dialect == "postgres" else "BLOB"
-            rows = t.all(
-                "SELECT 0, CAST(NULL AS BLOB), CAST(NULL AS BLOB), head_seq, pruned_through"
-                " FROM conversations WHERE group_id = ?"
-                " UNION ALL SELECT * FROM (SELECT l.seq, l.envelope, r.removed, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)"
-                " FROM log l LEFT JOIN roster_changes r ON r.group_id = l.group_id AND r.seq = l.seq"
-                " WHERE l.group_id = ? AND l.seq > ? ORDER BY l.seq LIMIT ?) page ORDER BY 1".replace("BLOB", blob),
-                group_id,
-                group_id,
-                after,
-                limit,
-            )
-            if not rows or _int(rows[0][0]) != 0:
-                return LogPage([], 0, 0, more=False)
-            head, pruned = _int(rows[0][3]), _int(rows[0][4])
-            entries: list[LogEntry] = []
-            size = 0
-            cut = False
-            for row in rows[1:]:
-                data = _bytes(row[1])
-                if entries and size + len(data) > max_bytes:
-                    cut = True
-                    break
-                entries.append(LogEntry(_int(row[0]), data, b"" if row[2] is None else _bytes(row[2])))
-                size += len(data)
-            return LogPage(entries, head, pruned, more=cut or len(rows) - 1 >= limit)
+    async def log_pages(self, cursors: list[tuple[bytes, int]], limit: int, max_bytes: int) -> dict[bytes, LogPage]:
+        def tx(t: Tx) -> dict[bytes, LogPage]:
+            if t.dialect != "postgres":
+                return {group_id: _log_page(t, group_id, after, limit, max_bytes) for group_id, after in cursors}
+            rows = t.all(_LOG_PAGES, [g for g, _ in cursors], [a for _, a in cursors], limit)
+            found: dict[bytes, tuple[int, int, list[Row]]] = {}
+            for row in rows:
+                group_id = _bytes(row[0])
+                page = found.setdefault(group_id, (_int(row[1]), _int(row[2]), []))
+                if row[3] is not None:
+                    page[2].append(row[3:])
+            return {g: _page(head, pruned, entries, limit, max_bytes) for g, (head, pruned, entries) in found.items()}
 
-        return await self._db.query(tx)
+        if self._db.dialect == "postgres":
+            return await self._db.query(tx)
+        return await self._db.read(tx)
 
     async def recheck(self, group_ids: list[bytes], device_ids: list[bytes]) -> Recheck:
         def tx(t: Tx) -> Recheck:

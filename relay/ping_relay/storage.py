@@ -55,8 +55,8 @@ class LogEntry:
 
 @dataclass(frozen=True, slots=True)
 class LogPage:
-    """Entries after a cursor, read in one statement (one snapshot) with the group's
-    ``head`` and ``pruned_through``, for the stream's per-group fan-out."""
+    """Entries after a cursor, read in one snapshot with the group's ``head`` and
+    ``pruned_through``, for the stream's per-group fan-out."""
 
     entries: list[LogEntry]
     head: int
@@ -182,9 +182,10 @@ class Store(Protocol):
 
     async def read(self, group_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int) -> Page: ...
 
-    async def log_page(self, group_id: bytes, after: int, limit: int, max_bytes: int) -> LogPage:
-        """The log after ``after`` for the stream's fan-out (no access check: the stream
-        checked membership when the device subscribed, and follows removals itself)."""
+    async def log_pages(self, cursors: list[tuple[bytes, int]], limit: int, max_bytes: int) -> dict[bytes, LogPage]:
+        """The log of each ``(group_id, after)`` after its cursor, for the stream's fan-out (no
+        access check: the stream checked membership when the device subscribed, and follows
+        removals itself); groups that do not exist are absent."""
         ...
 
     async def recheck(self, group_ids: list[bytes], device_ids: list[bytes]) -> Recheck: ...
