@@ -32,13 +32,20 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from memory_engine import MAX_PAST_EPOCHS, MemoryEngine, MemoryNetwork, open_message
 
 from ping_web.core.conversation import MAX_HOLD_AHEAD, Conversation, ConversationRecords
-from ping_web.core.cursor import SyncCursor
+from ping_web.core.cursor import WINDOW, SyncCursor
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.hlc import Hlc
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import ConversationMeta, decode_device_leaves, encode_device_leaves
 from ping_web.core.state import ConversationState, decode_held
-from ping_web.errors import NotAMember, PendingCommit, PingError, UnknownOwnEnvelope
+from ping_web.errors import (
+    NotAMember,
+    PendingCommit,
+    PingError,
+    RejoinRequired,
+    StateConflict,
+    UnknownOwnEnvelope,
+)
 
 CONVERSATION = ConversationId(b"conversation-001")
 USERS = (b"alice", b"bob", b"alice", b"carol", b"bob", b"carol")
@@ -85,18 +92,35 @@ class Book:
 
     done: dict[int, str] = field(default_factory=dict)
     """Log index -> "ok" (applied, held or ignored), "before" (older than the join),
-    "expired" (its epoch's secrets were gone) or "removed" (arrived after the removal)."""
+    "expired" (its epoch's secrets were gone), "removed" (arrived after the removal) or
+    "foreign" (sent by this device's lost copy after the backup it was restored from)."""
     got: Counter[tuple[bytes, int]] = field(default_factory=Counter)
     """(sender, seq) -> how often the message was delivered to this device."""
     expired: set[tuple[bytes, int]] = field(default_factory=set)
     lost: set[tuple[bytes, int]] = field(default_factory=set)
     """Messages that arrived after this device applied its removal."""
     seqs: set[int] = field(default_factory=set)
-    """Every seq of an envelope this device sent (across restarts)."""
+    """Every seq this copy of the device used (across restarts; a copy restored from a backup
+    starts from the backup's: two copies restored from one backup may reuse each other's
+    seqs, but only in commits the log refuses, as ``Device.logged`` checks)."""
     staged: Staged | None = None
+    stuck_at: int | None = None
+    """A copy restored from a backup stops at the epoch of a commit its lost copy made after
+    the backup (that commit is not its doing): it can read no further and needs a rejoin."""
 
     def copy(self) -> Book:
-        return Book(dict(self.done), Counter(self.got), set(self.expired), set(self.lost), set(self.seqs), self.staged)
+        return Book(dict(self.done), Counter(self.got), set(self.expired), set(self.lost), set(self.seqs),
+                    self.staged, self.stuck_at)  # fmt: skip
+
+
+@dataclass
+class Backup:
+    """A device's backup of the conversation: MLS snapshot, records, identity."""
+
+    snapshot: bytes
+    records: ConversationRecords
+    identity: list[tuple[bytes, bytes]]
+    book: Book
 
 
 @dataclass(eq=False)
@@ -116,6 +140,10 @@ class Device:
     welcome_index: int = -1
     reserved: bool = False
     dropped: set[int] = field(default_factory=set)
+    backup: Backup | None = None
+    restored: bool = False
+    logged: set[int] = field(default_factory=set)
+    """The seqs of this device's envelopes in the log (of all its copies)."""
 
     @property
     def name(self) -> str:
@@ -181,8 +209,8 @@ class ConversationMachine(RuleBasedStateMachine):
         return pool[pick % len(pool)] if pool else None
 
     def senders(self) -> list[Device]:
-        """Devices that believe they may send (not removed as far as they know)."""
-        return [d for d in self.joined() if not conv(d).state.removed]
+        """Devices that may commit: not removed as far as they know, no rejoin needed."""
+        return [d for d in self.joined() if not conv(d).state.removed and not conv(d).state.rejoin_required]
 
     def fingerprint(self, d: Device) -> tuple[Any, ...]:
         """Everything a device keeps, compared without touching records()' change tracking."""
@@ -232,6 +260,10 @@ class ConversationMachine(RuleBasedStateMachine):
         d.book = d.saved_book.copy()
         self.persist(d)
 
+    def logged(self, d: Device, envelope: MessageEnvelope) -> None:
+        assert envelope.seq not in d.logged, f"the log holds two envelopes of {d} with seq {envelope.seq}"
+        d.logged.add(envelope.seq)
+
     def sent_seq(self, d: Device, envelope: MessageEnvelope) -> None:
         assert envelope.sender_device == d.device_id
         assert envelope.seq not in d.book.seqs, f"{d} sent seq {envelope.seq} twice"
@@ -280,6 +312,7 @@ class ConversationMachine(RuleBasedStateMachine):
         previous = d.book.done.get(index)
         before = self.fingerprint(d)
         epoch, removed = c.epoch(), c.state.removed
+        high = c.cursor.highest_seq(envelope.sender_device)
         try:
             result = c.process(envelope, self.now())
         except PingError as exc:
@@ -291,6 +324,9 @@ class ConversationMachine(RuleBasedStateMachine):
                 d.book.done[index] = "removed"
                 if envelope.kind is MessageKind.APPLICATION:
                     d.book.lost.add(key)
+            elif isinstance(exc, UnknownOwnEnvelope) and d.restored and envelope.sender_device == d.device_id:
+                d.book.done[index] = "foreign"  # sent by a lost copy after the backup this one came from
+                self.stuck(d, envelope)
             elif envelope.kind is MessageKind.APPLICATION and epoch - envelope.epoch > MAX_PAST_EPOCHS:
                 d.book.done[index] = "expired"
                 d.book.expired.add(key)
@@ -301,6 +337,13 @@ class ConversationMachine(RuleBasedStateMachine):
             self.persist(d)
             return
         messages = self.collect(d, result)
+        if d.restored and envelope.sender_device == d.device_id:
+            self.stuck(d, envelope)  # ignored: a seq this copy used in a commit the log refused
+        if previous is None and envelope.kind is MessageKind.APPLICATION and not messages:
+            # A new message from another member, neither delivered nor held, was dropped as seen.
+            dropped = envelope.sender_device != d.device_id and envelope.epoch >= c.cursor.min_epoch
+            if dropped and key_of(envelope) not in {key_of(e) for e in c.held}:
+                assert high - envelope.seq >= WINDOW, f"{d} dropped genuine log entry {index} as seen"
         if previous is not None:
             assert not messages and self.fingerprint(d) == before, f"{d}: a replay of entry {index} changed state"
             return
@@ -308,6 +351,12 @@ class ConversationMachine(RuleBasedStateMachine):
             self.record(d, message)
         d.book.done[index] = "ok"
         self.persist(d)
+
+    def stuck(self, d: Device, own: MessageEnvelope) -> None:
+        """A restored copy did not apply a commit of a lost copy of its device: its epoch
+        ends there (if it has not passed it: that would have been its own commit)."""
+        if own.kind is MessageKind.COMMIT and conv(d).epoch() <= own.epoch:
+            d.book.stuck_at = min(own.epoch, NEVER if d.book.stuck_at is None else d.book.stuck_at)
 
     def undelivered(self, d: Device, *, dropped: bool = False) -> list[int]:
         return [
@@ -322,6 +371,7 @@ class ConversationMachine(RuleBasedStateMachine):
         envelope = conv(d).send_application(plaintext, self.now())
         self.sent_seq(d, envelope)
         if d.index in self.log.members:  # the relay refuses posts of removed devices
+            self.logged(d, envelope)
             key = key_of(envelope)
             self.sent[key] = Sent(d, plaintext, envelope.epoch)
             self.log.entries.append(envelope)
@@ -367,6 +417,7 @@ class ConversationMachine(RuleBasedStateMachine):
                 new.reserved = False
             return
         staged.index = len(log.entries)
+        self.logged(d, staged.commit)
         log.entries.append(staged.commit)
         log.epoch += 1
         log.canonical[log.epoch] = open_message(staged.commit.payload).body["s"]
@@ -438,7 +489,7 @@ class ConversationMachine(RuleBasedStateMachine):
         if catch_up:
             for index in self.undelivered(d, dropped=True):
                 self.deliver(d, index)
-        return None if conv(d).state.removed else d
+        return d if d in self.senders() else None
 
     def after_staging(self, d: Device, then: str) -> None:
         """Leave the commit in the outbox, post it, or post it and learn the verdict at once."""
@@ -468,10 +519,13 @@ class ConversationMachine(RuleBasedStateMachine):
         d = self.pick(pick, self.joined())
         if d is None:
             return
-        if conv(d).state.removed:
+        state = conv(d).state
+        refusal = (NotAMember if state.removed else RejoinRequired if state.rejoin_required
+                   else StateConflict if state.needs_self_update else None)  # fmt: skip
+        if refusal is not None:
             before = self.fingerprint(d)
-            with pytest.raises(NotAMember):
-                conv(d).send_application(b"after removal", self.now())
+            with pytest.raises(refusal):
+                conv(d).send_application(b"refused", self.now())
             assert self.fingerprint(d) == before
             return
         for _ in range(count):
@@ -574,6 +628,42 @@ class ConversationMachine(RuleBasedStateMachine):
         self.reload(d)
         assert self.fingerprint(d) == before, f"{d} came back from its stored state changed"
 
+    @rule(pick=PICK)
+    def take_backup(self, pick: int) -> None:
+        self.step()
+        d = self.pick(pick, self.senders())
+        if d is None:
+            return
+        c = conv(d)
+        records = ConversationRecords(c.meta, c.cursor.copy(), c.device_leaves, c.state.copy(), c.held)
+        d.backup = Backup(c.export_state_snapshot(self.now()), records, d.engine.identity_entries(), d.book.copy())
+
+    @rule(pick=PICK)
+    def lose_and_restore(self, pick: int) -> None:
+        """The device is lost and set up again from its last backup: it reads on, refuses
+        what its lost copy sent after the backup, and sends only after a commit of its own."""
+        self.step()
+        d = self.pick(pick, [d for d in self.joined() if d.backup is not None])
+        if d is None:
+            return
+        backup = d.backup
+        assert backup is not None
+        staged = d.book.staged
+        if staged is not None and not staged.posted:  # the outbox went with the device
+            for new in staged.added:
+                new.reserved = False
+        records = dataclasses.replace(
+            backup.records, cursor=backup.records.cursor.copy(), state=backup.records.state.copy()
+        )
+        d.engine = MemoryEngine.restore(self.net, backup.identity)
+        d.conv = Conversation.restore_snapshot(d.engine, d.device_id, backup.snapshot, records)
+        assert d.conv.state.needs_self_update and not d.conv.has_pending_commit
+        assert d.conv.epoch() == records.meta.epoch
+        d.book = backup.book.copy()
+        d.book.staged = None
+        d.stored, d.dropped, d.restored = Stored(), set(), True
+        self.persist(d)
+
     @rule(pick=PICK, op=st.sampled_from(["send", "update", "deliver", "settle"]), k=PICK)
     def crash_before_persisting(self, pick: int, op: str, k: int) -> None:
         """An operation whose batch never reached storage: as if it never happened (its
@@ -585,9 +675,9 @@ class ConversationMachine(RuleBasedStateMachine):
         self.persisting = False
         try:
             c = conv(d)
-            if op == "send" and not c.state.removed:
+            if op == "send" and d in self.senders() and not c.state.needs_self_update:
                 c.send_application(b"lost in the crash", self.now())
-            elif op == "update" and not c.state.removed and d.book.staged is None:
+            elif op == "update" and d in self.senders() and d.book.staged is None:
                 c.self_update(self.now())
             elif op == "deliver" and self.undelivered(d):
                 for index in self.undelivered(d)[k % 4 :]:
@@ -767,7 +857,7 @@ class ConversationMachine(RuleBasedStateMachine):
         if self.clean:
             self.drain()
             for d in self.senders():
-                if d.index in self.log.members:
+                if d.index in self.log.members and not conv(d).state.needs_self_update:
                     self.send(d)
             self.drain()
             self.check_everything_delivered()
@@ -797,19 +887,30 @@ class ConversationMachine(RuleBasedStateMachine):
                 return
         raise AssertionError("the log did not settle")
 
+    def last_epoch(self, d: Device) -> int:
+        """The last epoch whose messages the device can read."""
+        removed = self.log.removed_at.get(d.index, NEVER) - 1
+        return removed if d.book.stuck_at is None else min(removed, d.book.stuck_at)
+
     def check_everything_delivered(self) -> None:
         for d in self.joined():
             c = conv(d)
-            if d.index in self.log.removed_at:
+            if d.book.stuck_at is not None and d.book.stuck_at < self.log.removed_at.get(d.index, NEVER):
+                assert c.epoch() == d.book.stuck_at
+            elif d.index in self.log.removed_at:
                 assert c.state.removed and c.epoch() == self.log.removed_at[d.index]
-                continue
-            assert c.epoch() == self.log.epoch and not c.has_pending_commit and d.book.staged is None
-            assert c.held == [], f"{d} still holds {c.held} at the end"
+            else:
+                assert c.epoch() == self.log.epoch and not c.has_pending_commit and d.book.staged is None
+                assert c.held == [], f"{d} still holds {c.held} at the end"
         for key, info in self.sent.items():
             for d in self.joined():
-                member = d.join_epoch <= info.epoch < self.log.removed_at.get(d.index, NEVER)
+                member = d.join_epoch <= info.epoch <= self.last_epoch(d)
                 if info.sender is d or not member or key in d.book.expired or key in d.book.lost:
                     assert d.book.got[key] == 0
+                elif info.sender.restored and conv(d).cursor.highest_seq(info.sender.device_id) - key[1] >= WINDOW:
+                    # Sent before its sender was restored, arrived after the restored copy's first
+                    # envelope (2**32 seqs on): the cursor treats it as seen.
+                    assert d.book.got[key] <= 1
                 else:
                     assert d.book.got[key] == 1, f"{d} never got {info.plaintext!r} (epoch {info.epoch})"
 
