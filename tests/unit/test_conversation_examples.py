@@ -1,4 +1,5 @@
-"""Conversation over the in-memory engine: the hardest cases the state machine found, as examples."""
+"""Conversation over the in-memory engine, as examples: the cases the state machine found
+hardest, and the restore paths step by step."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Phone:
         return self.device_id, self.engine.key_package()
 
     def receive(self, envelope: MessageEnvelope, now: int) -> IncomingMessage | None:
-        return self.c.process(MessageEnvelope.decode(envelope.encode()), now)
+        return self.c.process(wire(envelope), now)
 
 
 def wire(envelope: MessageEnvelope) -> MessageEnvelope:
