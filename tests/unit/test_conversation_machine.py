@@ -174,7 +174,7 @@ class Log:
     removed_at: dict[int, int] = field(default_factory=dict)
 
 
-FORGERIES = ("seq", "hlc", "sender", "epoch", "payload", "hash", "kind", "own", "pending")
+FORGERIES = ("seq", "hlc", "sender", "epoch", "payload", "hash", "kind", "own", "pending", "echo")
 PICK = st.integers(0, 1 << 16)
 THEN = st.sampled_from(["settle", "post", "stage", "settle"])
 
@@ -820,6 +820,11 @@ class ConversationMachine(RuleBasedStateMachine):
                 return None
             forged = replace(genuine, sender_device=d.device_id, seq=pending.seq, epoch=pending.epoch)
             return rebuild(forged, MessageKind.COMMIT, genuine.payload)
+        if how == "echo":  # this device's pending commit itself, under a later seq
+            staged = d.book.staged
+            if pending is None or staged is None:
+                return None
+            return replace(staged.commit, seq=pending.seq + shift)
         assert how == "own"
         seq = max(c.state.seq, c.cursor.highest_seq(d.device_id)) + shift
         return replace(genuine, sender_device=d.device_id, seq=seq)
