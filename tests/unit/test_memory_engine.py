@@ -200,7 +200,7 @@ def test_altered_bytes_never_pass(which: int, position: int, bit: int) -> None:
     altered = bytearray(genuine)
     altered[position % len(altered)] ^= 1 << bit
     before = dict(gb._engine.entries())
-    with pytest.raises((DecodeError, MlsError, HeaderMismatch)):
+    with pytest.raises(PingError):  # undecodable, unverifiable, or for another epoch or header
         gb.process_message(bytes(altered), b"aad", b"")
     assert gb._engine.entries() == before
     assert gb.process_message(genuine, b"aad", b"").kind in (ProcessedKind.APPLICATION, ProcessedKind.COMMIT)
