@@ -98,6 +98,8 @@ class Outbox(ClientBase):
         if pending is not None:  # the request that made it failed, in this same batch
             self._requests.commit_discarded(batch, conversation.id, pending.seq, self._clock())
         await self._writer.submit(batch)
+        if pending is not None:  # a settle of it still running learns its fate (``_settle``)
+            self._lost_commits.add((conversation.id, pending.seq))
 
     async def _post(self, envelope: MessageEnvelope) -> bool:
         """Post an envelope that is already durable; take it out of the outbox once posted."""
@@ -131,12 +133,21 @@ class Outbox(ClientBase):
         the caller, who may make the change again on the new epoch."""
         delivery = self._require_delivery()
         welcome, roster = await self._commit_parts(conversation, commit)
+        pending = conversation.state.pending
+        lost = (conversation.id, commit.seq)
+        if pending is None or pending.seq != commit.seq:
+            # Settled meanwhile by a concurrent sync (``_flush_outbox``): merged, or lost.
+            if lost not in self._lost_commits:
+                return
+            self._lost_commits.discard(lost)
+            raise StateConflict("another member's commit took this epoch; ours was discarded, retry")
         try:
             accepted = await delivery.commit(commit.encode(), welcome, roster)
         except CommitRefused:
             pending = conversation.state.pending
             if pending is not None and pending.seq == commit.seq:
                 await self.discard_commit(conversation.id)
+                self._lost_commits.discard(lost)
             raise
         if accepted:
             pending = conversation.state.pending
@@ -148,7 +159,6 @@ class Outbox(ClientBase):
         # not recognise a repeated commit: its echo then confirms it).
         await self._pull()
         pending = conversation.state.pending
-        lost = (conversation.id, commit.seq)
         if pending is not None and pending.seq == commit.seq:
             await self.discard_commit(conversation.id)
             await self._pull()
@@ -173,7 +183,7 @@ class Outbox(ClientBase):
         welcome = await self._outbox_welcome(commit)
         pending = conversation.state.pending
         if pending is None or pending.seq != commit.seq:
-            return (None if welcome is None else welcome.envelope.encode()), RosterChange()
+            return None, RosterChange()  # settled meanwhile: nothing to hand over
         devices_at = {leaf: device for device, leaf in conversation.device_leaves.items()}
         keys_at = {member.leaf_index: member.signature_key for member in conversation.members()}
         removed = tuple(devices_at[leaf] for leaf in pending.removed_leaves if leaf in devices_at)
