@@ -315,11 +315,11 @@ class RelayDelivery:
         envelopes = self._take_cached(conversation_id, position)
         next_position = position + len(envelopes)
         if conversation_id not in self._subscribed or conversation_id in self._overflowed:
-            # Push is not live for it, or dropped entries: read the log itself (a fetch over
-            # HTTP also reports the position to the relay).
+            # Push is not live for it, or dropped entries: read the log itself, from
+            # ``position`` (a fetch over HTTP reports its ``after`` to the relay as what this
+            # device has applied, so never one past what the client has).
             self._overflowed.discard(conversation_id)
-            more, next_position = await self._fetch_remote(conversation_id, next_position)
-            envelopes += more
+            envelopes, next_position = await self._fetch_remote(conversation_id, position)
         else:
             # The stream sends every entry after the subscription's position, in order and
             # without gaps: what it has not pushed yet comes with a notice.
