@@ -39,7 +39,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import migrations
-from .errors import unavailable
+from .errors import RelayError, unavailable
 from .sqlstore import Row, Tx
 
 T = TypeVar("T")
@@ -125,18 +125,15 @@ class PostgresBackend:
             try:
                 with self._pool.connection() as conn:
                     if mode == "query":
-                        tx = _PgTx(conn)
-                        return fn(tx), set()
+                        tx = _PgTx(conn, self._tag)
+                        return fn(tx), tx.sent
                     with conn.transaction():
                         if mode == "read":
                             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                        tx = _PgTx(conn)
+                        tx = _PgTx(conn, self._tag)
                         result = fn(tx)
-                        if tx.keys:
-                            conn.execute(
-                                "SELECT pg_notify(%s, k) FROM unnest(%s::text[]) k", (CHANNEL, sorted(tx.keys))
-                            )
-                    return result, tx.keys
+                        self._notify(conn, tx.keys)
+                    return result, tx.keys | tx.sent
             except (
                 psycopg.errors.UniqueViolation,
                 psycopg.errors.SerializationFailure,
@@ -153,6 +150,57 @@ class PostgresBackend:
             except PoolTimeout as exc:
                 raise unavailable("no database connection within the timeout; retry") from exc
         raise AssertionError("unreachable")
+
+    def _notify(self, conn: psycopg.Connection[Row], keys: set[str]) -> None:
+        if keys:
+            payloads = [f"{key}/{self._tag}" for key in sorted(keys)]
+            conn.execute("SELECT pg_notify(%s, k) FROM unnest(%s::text[]) k", (CHANNEL, payloads))
+
+    def _each(self, fns: Sequence[Callable[[Tx], T]]) -> tuple[list[T | Exception], set[str]]:
+        """Run each function in its own savepoint of one transaction; a refusal or a
+        conflict rolls back that function alone and is returned in its place."""
+        for attempt in range(_RETRIES):
+            answered = 0
+            try:
+                with self._pool.connection() as conn:
+                    results: list[T | Exception] = []
+                    keys: set[str] = set()
+                    sent: set[str] = set()
+                    with conn.transaction():
+                        for fn in fns:
+                            tx = _PgTx(conn, self._tag)
+                            try:
+                                with conn.transaction():
+                                    results.append(fn(tx))
+                            except (
+                                RelayError,
+                                psycopg.errors.UniqueViolation,
+                                psycopg.errors.SerializationFailure,
+                                psycopg.errors.DeadlockDetected,
+                            ) as exc:
+                                results.append(exc)
+                                continue
+                            finally:
+                                answered += tx.answered
+                            keys |= tx.keys
+                            sent |= tx.sent
+                        self._notify(conn, keys)
+                    return results, keys | sent
+            except psycopg.OperationalError as exc:
+                if answered == 0 and attempt < _RETRIES - 1:
+                    log.info("a pooled connection was dead (%s); retrying on another", exc)
+                    continue
+                raise unavailable("the database did not answer; retry") from exc
+            except PoolTimeout as exc:
+                raise unavailable("no database connection within the timeout; retry") from exc
+        raise AssertionError("unreachable")
+
+    async def write_each(self, fns: Sequence[Callable[[Tx], T]]) -> list[T | Exception]:
+        loop = asyncio.get_running_loop()
+        results, keys = await loop.run_in_executor(self._executor, self._each, fns)
+        if keys:
+            self._wake(keys)
+        return results
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import migrations
+from .errors import RelayError
 from .sqlstore import Row, Tx
 
 T = TypeVar("T")
@@ -175,6 +176,16 @@ class SqliteBackend:
         loop = asyncio.get_running_loop()
         result, _ = await loop.run_in_executor(self._readers, self._transaction, "BEGIN", fn)
         return result
+
+    async def write_each(self, fns: Sequence[Callable[[Tx], T]]) -> list[T | Exception]:
+        """Each function as its own write (the writer commits queued writes together anyway)."""
+        results: list[T | Exception] = []
+        for fn in fns:
+            try:
+                results.append(await self.write(fn))
+            except RelayError as exc:
+                results.append(exc)
+        return results
 
     async def query(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ entry of a commit change in one transaction; a reply is sent only after it commi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import math
@@ -21,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 
-from .errors import conflict, forbidden, gone, not_found, rate_limited
+from .errors import RelayError, conflict, forbidden, gone, not_found, rate_limited
 from .notify import device_key, group_key
 from .storage import (
     Claimed,
@@ -100,6 +101,11 @@ class Backend(Protocol):
 
     async def query(self, fn: Callable[[Tx], T]) -> T:
         """Like :meth:`read` for a function that runs one statement (its own snapshot)."""
+        ...
+
+    async def write_each(self, fns: Sequence[Callable[[Tx], T]]) -> list[T | Exception]:
+        """Run each function in its own savepoint of one write transaction (PostgreSQL); a
+        refusal or a conflict is returned in that function's place."""
         ...
 
 
@@ -277,6 +283,8 @@ class SqlStore:
         self._db = backend
         self._rate = rate_per_second
         self._burst = float(rate_burst)
+        self._post_queues: dict[bytes, list[tuple[Callable[[Tx], Posted | None], asyncio.Future[Posted | None]]]] = {}
+        self._post_writers: dict[bytes, asyncio.Task[None]] = {}
 
     def _charge(self, t: Tx, device_id: bytes, now_ms: int) -> None:
         """Spend one token of the device's write bucket, or refuse with 429 (rolling back)."""
@@ -553,15 +561,53 @@ class SqlStore:
             return Posted(seq, duplicate=False, epoch=epoch)
 
         if self._db.dialect == "postgres" and envelope.epoch <= _I63:
-            return await self._post_statement(envelope, window, now_ms, tx)
+            return await self._post_queued(envelope, window, now_ms, tx)
         return await self._db.write(tx)
 
-    async def _post_statement(
+    async def _post_queued(
         self, envelope: MessageEnvelope, window: int, now_ms: int, fallback: Callable[[Tx], Posted]
     ) -> Posted:
-        """PostgreSQL: the whole post as one statement (its own transaction): lock the group's
-        row, check dedupe, membership and epoch, spend a write token, append, move the head,
-        notify. The same rules as the transaction in :meth:`post`, in one round trip."""
+        """PostgreSQL: posts to one group wait for the group's previous write, then go
+        together: alone as one statement, or several, each in its own savepoint, in one
+        transaction (one WAL flush for all). A group's row is locked through its commit's
+        flush, so this is what lets a busy group take more than one post per flush."""
+        group_id = envelope.conversation_id.raw
+        future: asyncio.Future[Posted | None] = asyncio.get_running_loop().create_future()
+        self._post_queues.setdefault(group_id, []).append((self._post_statement(envelope, window, now_ms), future))
+        if group_id not in self._post_writers:
+            self._post_writers[group_id] = asyncio.create_task(self._write_posts(group_id))
+        posted = await future
+        if posted is None:  # refused (epoch window, rate) or a conflict: the transaction says why, or retries
+            return await self._db.write(fallback)
+        return posted
+
+    async def _write_posts(self, group_id: bytes) -> None:
+        try:
+            while batch := self._post_queues.pop(group_id, None):
+                fns = [fn for fn, _ in batch]
+                results: list[Posted | Exception | None]
+                try:
+                    alone = len(fns) == 1
+                    results = [await self._db.query(fns[0])] if alone else list(await self._db.write_each(fns))
+                except Exception as exc:  # noqa: BLE001 - every post of the batch gets the error
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, RelayError) or (isinstance(result, Exception) and len(batch) == 1):
+                        future.set_exception(result)
+                    elif isinstance(result, Exception):
+                        future.set_result(None)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._post_writers.pop(group_id, None)
+
+    def _post_statement(self, envelope: MessageEnvelope, window: int, now_ms: int) -> Callable[[Tx], Posted | None]:
+        """The post as one PostgreSQL statement: lock the group's row, check dedupe,
+        membership and epoch, spend a write token, append, move the head, notify. The same
+        rules as the transaction in :meth:`post`; ``None`` when the epoch window or the rate
+        refused it (the transaction then says why)."""
         group_id = envelope.conversation_id.raw
         sender = envelope.sender_device.raw
         application = 1 if envelope.kind is MessageKind.APPLICATION else 0
@@ -586,13 +632,10 @@ class SqlStore:
             if member != 1:
                 raise forbidden("not_member", "this device is not a member of the group")
             if not stored:
-                return None  # refused by the epoch window or the rate: the transaction says why
+                return None
             return Posted(head + 1, duplicate=False, epoch=epoch)
 
-        posted = await self._db.query(statement)
-        if posted is None:
-            return await self._db.write(fallback)
-        return posted
+        return statement
 
     async def commit(self, request: CommitRequest, now_ms: int) -> Posted:
         group_id = request.group_id
