@@ -624,12 +624,19 @@ class RedisPopulation(Population):
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), within)
 
     async def _listen(self, r: Receiver, client: Any, started: asyncio.Event) -> None:
+        import redis.asyncio as aioredis
+
         key = b"g:" + r.device.group.hex().encode()
         last = b"0-0"  # a fresh stream: everything in it was posted during the run
         await client.ping()
         started.set()
         while True:
-            reply = await client.xread({key: last}, block=0, count=1000)
+            try:
+                reply = await client.xread({key: last}, block=0, count=1000)
+            except (OSError, aioredis.RedisError):  # a dropped connection: read on from the last id
+                r.reconnects += 1
+                await asyncio.sleep(0.1)
+                continue
             now = time.perf_counter()
             for _, items in reply:
                 for entry_id, fields in items:
