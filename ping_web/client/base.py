@@ -408,7 +408,7 @@ class ClientBase:
     ) -> MessageEnvelope:  # ``client.conversations``
         raise NotImplementedError
 
-    async def _post(self, envelope: MessageEnvelope) -> bool:  # ``client.outbox``
+    async def _post(self, envelope: MessageEnvelope) -> None:  # ``client.outbox``
         raise NotImplementedError
 
     async def _hand_over(self, envelope: MessageEnvelope) -> None:  # ``client.outbox``

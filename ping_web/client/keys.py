@@ -87,8 +87,9 @@ def history_prefix(conversation_id: ConversationId) -> bytes:
     return conversation_id.raw
 
 
-def history_key(message: IncomingMessage) -> bytes:
-    """History is ordered by HLC, then sender and seq: the order a reader expects."""
+def history_key(message: IncomingMessage | MessageEnvelope) -> bytes:
+    """History is ordered by HLC, then sender and seq: the order a reader expects. (A sent
+    envelope names its own message's key: they share these fields.)"""
     return _HISTORY.pack(
         message.conversation_id.raw, message.hlc.wall_ms, message.hlc.counter, message.sender_device.raw, message.seq
     )

@@ -7,7 +7,10 @@ posts it again (receivers drop the duplicate by sender and seq).
 
 A sent message the delivery service could not take (unreachable) stays in the outbox and
 the send still returns; until the outbox is empty again, each send posts the whole outbox
-in seq order, so a sender's messages reach the log in order.
+in seq order, so a sender's messages reach the log in order. A message the log refuses
+because its epoch is too old (it waited offline while the group moved on) is never
+dropped: the client catches up and sends its plaintext again in the current epoch, and the
+new message replaces the old one in history and outbox in one batch.
 
 An own commit stays pending until the delivery service decides. It is handed over with its
 Welcome (for the devices it adds) and its roster change in one call, taken or refused as a
@@ -22,6 +25,7 @@ this device holds the epoch: the conversation then needs a rejoin and never send
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from ping_web.client import keys
 from ping_web.client.base import ClientBase
@@ -32,6 +36,11 @@ from ping_web.core.ids import ConversationId, DeviceId
 from ping_web.delivery.base import CommitRefused, DeliveryUnavailable, RosterChange
 from ping_web.errors import PingError, RejoinRequired, StateConflict, StorageCorrupted
 from ping_web.storage.base import Batch
+
+
+MAX_RESENDS: Final = 4
+"""How often one message is sent again in a newer epoch within one post (the group would
+have to move on by three epochs between each catch-up and post to use them all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +110,44 @@ class Outbox(ClientBase):
         if pending is not None:  # a settle of it still running learns its fate (``_settle``)
             self._lost_commits.add((conversation.id, pending.seq))
 
-    async def _post(self, envelope: MessageEnvelope) -> bool:
-        """Post an envelope that is already durable; take it out of the outbox once posted."""
+    async def _post(self, envelope: MessageEnvelope) -> None:
+        """Post an envelope that is already durable; take it out of the outbox once posted.
+
+        An application message the log refuses (its epoch is too old) is sent again in the
+        current epoch (:meth:`_send_again`), never dropped.
+        """
         delivery = self._require_delivery()
-        accepted = await delivery.post(envelope.encode())
-        await self._outbox_done(keys.outbox_key_of(envelope))
-        return accepted
+        for _ in range(MAX_RESENDS):
+            if await delivery.post(envelope.encode()) or envelope.kind is not MessageKind.APPLICATION:
+                await self._outbox_done(keys.outbox_key_of(envelope))
+                return
+            envelope = await self._send_again(envelope)
+        raise StateConflict(
+            f"the delivery service refused a message {MAX_RESENDS} times as being of an old epoch; "
+            "it stays in the outbox and is sent again by the next sync()"
+        )
+
+    async def _send_again(self, refused: MessageEnvelope) -> MessageEnvelope:
+        """Catch up, then encrypt a refused message's plaintext again in the current epoch;
+        the new envelope replaces the old one in history and outbox in one batch."""
+        await self._pull()
+        conversation = await self._get(refused.conversation_id)
+        old_history = keys.history_key(refused)
+        stored = await self._storage.get(keys.HISTORY, old_history)
+        if stored is None:
+            raise StorageCorrupted(f"the sent message {refused.seq} of {refused.conversation_id.hex} is not in history")
+        try:
+            plaintext = IncomingMessage.decode(stored).plaintext
+        except PingError as exc:
+            raise StorageCorrupted(f"history entry {old_history.hex()} is unreadable: {exc}") from None
+        now = self._clock()
+        envelope = self._run(lambda: conversation.send_application(plaintext, now))
+        own = IncomingMessage.from_envelope(envelope, plaintext, self.user_id)
+        batch = self._capture([conversation], history=[own], outbox=[envelope])
+        batch.delete(keys.HISTORY, old_history)
+        batch.delete(keys.OUTBOX, keys.outbox_key_of(refused))
+        await self._writer.submit(batch)
+        return envelope
 
     async def _hand_over(self, envelope: MessageEnvelope) -> None:
         """Post a message just sent. If earlier ones still wait in the outbox, post them all,

@@ -15,10 +15,14 @@ for a commit the log refused, and a commit the log took never lacks its Welcome.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.errors import PingError, StateConflict
+
+EPOCH_WINDOW: Final = 2
+"""Application and proposal envelopes are taken for the log's epoch and the two before it
+(members keep the past epochs' secrets); older ones are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +111,9 @@ class Delivery(Protocol):
 
     async def post(self, envelope: bytes) -> bool:
         """Append an application or proposal envelope to its conversation's log; ``False``
-        if the log refused it (an epoch it no longer takes). Posting the same envelope
-        again is harmless: receivers drop the copy, and the relay keeps it once."""
+        if the log refused it: its epoch is more than :data:`EPOCH_WINDOW` behind the log's
+        (the client then sends the message again in the current epoch). Posting the same
+        envelope again is harmless: receivers drop the copy, and the relay keeps it once."""
         ...
 
     async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import DeviceSigner, LogPage, RosterChange
+from ping_web.delivery.base import EPOCH_WINDOW, DeviceSigner, LogPage, RosterChange
 from ping_web.errors import InvalidInput, StateConflict
 
 
@@ -49,6 +49,9 @@ class LocalDeliveryService:
             raise InvalidInput("welcomes go to mailboxes: send them with their commit (commit)")
         if decoded.kind is MessageKind.COMMIT:
             return self._append_commit(decoded, envelope)
+        current = self._next_commit_epoch.get(decoded.conversation_id)
+        if current is not None and not current - EPOCH_WINDOW <= decoded.epoch <= current:
+            return False
         self._logs[decoded.conversation_id].append(bytes(envelope))
         return True
 

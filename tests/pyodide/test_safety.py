@@ -238,3 +238,31 @@ async def test_a_malformed_or_truncated_backup_is_refused_and_writes_nothing(sel
         await MessagingClient.restore(storage, "not bytes")  # type: ignore[arg-type]
     restored = await MessagingClient.restore(storage, backup)
     assert [m.plaintext for m in await restored.history(chat)] == [b"kept in the backup"]
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_message_the_log_refuses_as_too_old_is_sent_again_never_dropped(selenium):
+    from ping_web.client import MessagingClient
+    from ping_web.core.envelope import MessageEnvelope
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.storage import MemoryStorage
+
+    ds = LocalDeliveryService()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    await bob.publish_key_packages(1)
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_members(chat, [(bob.device_id, await ds.claim_key_package(bob.device_id))])
+    await bob.sync()
+    old_epoch = (await bob.conversation(chat)).epoch()
+    for _ in range(3):  # the group moves on while bob is away
+        await alice.self_update(chat)
+
+    sent = await bob.send(chat, b"written on the train")  # made in bob's old epoch; the log refuses it
+    assert sent.epoch == old_epoch
+    log = [MessageEnvelope.decode(raw) for raw in (await ds.fetch(chat, 0)).envelopes]
+    from_bob = [e for e in log if e.sender_device == bob.device_id]
+    assert len(from_bob) == 1 and from_bob[0].epoch == old_epoch + 3 and from_bob[0].seq > sent.seq
+    assert await bob.outbox() == []
+    assert [m.plaintext for m in await bob.history(chat)] == [b"written on the train"]
+    assert [m.plaintext for m in (await alice.sync()).messages] == [b"written on the train"]
