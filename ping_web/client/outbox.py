@@ -37,7 +37,6 @@ from ping_web.delivery.base import CommitRefused, DeliveryUnavailable, RosterCha
 from ping_web.errors import PingError, RejoinRequired, StateConflict, StorageCorrupted
 from ping_web.storage.base import Batch
 
-
 MAX_RESENDS: Final = 4
 """How often one message is sent again in a newer epoch within one post (the group would
 have to move on by three epochs between each catch-up and post to use them all)."""
