@@ -6,6 +6,11 @@ seq applied and a WINDOW-bit int whose bit ``i`` says seq ``high - i`` was appli
 delivers one sender's envelopes arriving out of order (within WINDOW) exactly once, and
 rejects replays. A seq more than WINDOW below the highest is treated as already seen.
 
+The window is kept per *incarnation* of a sender, ``seq >> 32``: a device restored from a
+backup continues 2**32 seqs higher (it cannot know how many its lost copy used), so the
+lost copy's messages, which may still arrive, keep a window of their own instead of
+falling below the restored copy's.
+
 Rules (``docs/design.md``, ordering and dedupe):
 
 * application: new iff ``(device, seq)`` is unseen and ``epoch >= min_epoch``. Not
@@ -22,6 +27,7 @@ keeps it until the state is committed (the copy costs what :meth:`encode` costs 
 
 from __future__ import annotations
 
+import struct
 from typing import Any, ClassVar, Final
 
 from ping_web.core import codec
@@ -37,6 +43,8 @@ CURSOR_MAX_SIZE: Final = 4 << 20
 """Largest encoded cursor read back (about 60 bytes per device: ~70 000 devices)."""
 
 _KEYS: Final = frozenset({"v", "e", "m", "t", "d"})
+_INCARNATION_BITS: Final = 32
+_INCARNATION: Final = struct.Struct(">I")
 _APPLICATION: Final = MessageKind.APPLICATION
 _COMMIT: Final = MessageKind.COMMIT
 _WELCOME: Final = MessageKind.WELCOME
@@ -47,7 +55,7 @@ class SyncCursor:
 
     __slots__ = ("_seen", "epoch", "hlc", "min_epoch")
     __hash__ = None  # type: ignore[assignment]  # mutable
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     def __init__(self, epoch: int = 0, *, min_epoch: int | None = None) -> None:
         """A cursor for a device that created (epoch 0) or joined the group at ``epoch``.
@@ -60,12 +68,13 @@ class SyncCursor:
         """The epoch this device's membership began: nothing older was encrypted for it."""
         self.hlc: Hlc = Hlc.ZERO
         """The highest HLC among applied envelopes."""
-        self._seen: dict[bytes, tuple[int, int]] = {}  # device bytes -> (highest seq, window bits)
+        # (device bytes, incarnation) -> (highest seq, window bits)
+        self._seen: dict[tuple[bytes, int], tuple[int, int]] = {}
 
     def highest_seq(self, device: DeviceId) -> int:
         """The highest seq applied from ``device`` (0 if none): restores a send counter."""
-        state = self._seen.get(device.raw)
-        return 0 if state is None else state[0]
+        raw = device.raw
+        return max((high for (key, _), (high, _) in self._seen.items() if key == raw), default=0)
 
     def is_new(self, kind: MessageKind, epoch: int, device: DeviceId, seq: int) -> bool:
         """Whether an envelope still needs applying (False: drop it, it is done or stale)."""
@@ -77,7 +86,7 @@ class SyncCursor:
                 return False
         elif epoch < self.epoch:
             return False
-        state = self._seen.get(device.raw)
+        state = self._seen.get((device.raw, seq >> _INCARNATION_BITS))
         if state is None:
             return True
         high, bits = state
@@ -93,7 +102,7 @@ class SyncCursor:
         the delivery service rejected.
         """
         codec.uint(seq, "seq", lo=1)
-        key = device.raw
+        key = (device.raw, seq >> _INCARNATION_BITS)
         high, bits = self._seen.get(key, (0, 0))
         if seq > high:
             shift = seq - high
@@ -131,12 +140,18 @@ class SyncCursor:
     def __repr__(self) -> str:
         return f"SyncCursor(epoch={self.epoch}, min_epoch={self.min_epoch}, hlc={self.hlc}, devices={len(self._seen)})"
 
-    def _state(self) -> tuple[int, int, Hlc, dict[bytes, tuple[int, int]]]:
+    def _state(self) -> tuple[int, int, Hlc, dict[tuple[bytes, int], tuple[int, int]]]:
         return self.epoch, self.min_epoch, self.hlc, self._seen
 
     def encode(self) -> bytes:
+        """Version 2: the ``d`` map's keys are a device id (16 bytes) for incarnation 0, or the
+        device id and the incarnation as u32 big-endian (20 bytes) for later ones."""
         devices = {
-            key: [high, bits.to_bytes((bits.bit_length() + 7) // 8, "big")] for key, (high, bits) in self._seen.items()
+            device + (_INCARNATION.pack(incarnation) if incarnation else b""): [
+                high,
+                bits.to_bytes((bits.bit_length() + 7) // 8, "big"),
+            ]
+            for (device, incarnation), (high, bits) in self._seen.items()
         }
         return codec.encode(
             {"v": self.VERSION, "e": self.epoch, "m": self.min_epoch, "t": self.hlc.to_cbor(), "d": devices}
@@ -144,12 +159,25 @@ class SyncCursor:
 
     @classmethod
     def decode(cls, data: bytes) -> SyncCursor:
-        with codec.record(data, "SyncCursor", keys=_KEYS, versions=(cls.VERSION,), max_size=CURSOR_MAX_SIZE) as m:
+        """Read version 2, or version 1 (whose keys are all device ids: incarnation 0)."""
+        with codec.record(data, "SyncCursor", keys=_KEYS, versions=(1, cls.VERSION), max_size=CURSOR_MAX_SIZE) as m:
             cursor = cls(m["e"], min_epoch=codec.uint(m["m"], "min_epoch"))  # None would mean "= epoch"
             cursor.hlc = Hlc.from_cbor(m["t"])
             for key, entry in codec.bytes_map(m["d"], "devices").items():
-                device = DeviceId(key)
-                cursor._seen[device.raw] = _window_from_cbor(entry, f"devices[{device.hex}]")
+                device = DeviceId(key[:16])
+                incarnation = 0
+                if len(key) == 20 and m["v"] >= 2:
+                    (incarnation,) = _INCARNATION.unpack(key[16:])
+                    if incarnation == 0:
+                        raise InvalidInput(f"devices[{key.hex()}]: incarnation 0 is written as the device id alone")
+                elif len(key) != 16:
+                    raise InvalidInput(
+                        f"devices: a key of {len(key)} bytes is neither a device id nor one with an incarnation"
+                    )
+                high, bits = _window_from_cbor(entry, f"devices[{key.hex()}]")
+                if high >> _INCARNATION_BITS != incarnation:
+                    raise InvalidInput(f"devices[{key.hex()}]: highest seq {high} is not of incarnation {incarnation}")
+                cursor._seen[(device.raw, incarnation)] = high, bits
             return cursor
 
 

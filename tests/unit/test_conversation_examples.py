@@ -268,12 +268,6 @@ def test_a_backup_taken_while_a_commit_was_pending_restores_to_a_device_that_can
         restored.c.send_application(b"x", 15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation: the cursor treats every seq more than WINDOW below a sender's highest as "
-    "seen, and a restored copy's seqs start RESTORE_SEQ_SKIP (2**32) above the backup's, so a message "
-    "its lost copy sent, arriving after the restored copy's first envelope, is dropped as a replay",
-)
 def test_a_message_of_the_lost_copy_arriving_after_the_restored_copys_commit_is_delivered() -> None:
     net, (alice, bob, _) = group(b"alice", b"bob", b"carol")
     saved = backup(bob, 10)

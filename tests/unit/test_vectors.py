@@ -136,3 +136,27 @@ def test_cursor_vector_state() -> None:
         seen = set(fields["seen_in_window"][device_hex])
         for seq in range(max(1, high - WINDOW + 1), high + 2):
             assert cursor.is_new(MessageKind.APPLICATION, fields["epoch"], device, seq) == (seq not in seen)
+
+
+def test_a_version_1_cursor_still_decodes() -> None:
+    (vector,) = [v for v in VECTORS["vectors"] if v["type"] == "SyncCursor"]
+    assert SyncCursor.decode(h(vector["cbor_v1"])) == build_cursor(vector["fields"])
+
+
+def test_a_restored_senders_incarnation_keeps_a_window_of_its_own() -> None:
+    sender = DeviceId(bytes(range(16)))
+    cursor = SyncCursor(0)
+    cursor.mark_seen(sender, 5, Hlc(1, 0))
+    restored = 5 + (1 << 32) + 1  # what a copy restored from a backup at seq 5 sends first
+    cursor.mark_seen(sender, restored, Hlc(2, 0))
+    # The lost copy's later messages are still new; its old ones and the restored one are not.
+    assert [cursor.is_new(MessageKind.APPLICATION, 0, sender, seq) for seq in (5, 6, 7, restored)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert cursor.highest_seq(sender) == restored
+    encoded = cursor.encode()
+    assert SyncCursor.decode(encoded) == cursor
+    assert bytes(range(16)) + (1).to_bytes(4, "big") in encoded  # the incarnation's own key
