@@ -11,12 +11,14 @@ from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import AddOutcome, ConversationMeta, MemberInfo
-from ping_web.delivery import CommitRefused, Delivery, DeliveryUnavailable, LocalDeliveryService, LogPage
+from ping_web.delivery import Delivery, LocalDeliveryService, LogPage
 from ping_web.delivery.relay import ConnectionState, RelayDelivery
 from ping_web.errors import (
+    CommitRefused,
     ContentHashMismatch,
     DatabaseInUse,
     DecodeError,
+    DeliveryUnavailable,
     HeaderMismatch,
     InvalidInput,
     MlsError,

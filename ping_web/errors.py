@@ -99,3 +99,15 @@ class RejoinRequired(StateConflict):
     """This device's copy of the conversation was restored from a backup that is no longer
     current: it cannot prove that it alone holds its epoch's sending keys, so it no longer
     sends there. Rejoin the conversation (another member adds this device again)."""
+
+
+class DeliveryUnavailable(PingError):
+    """The delivery service did not answer (the network or the relay is down, its worker is
+    gone, the port closed, or it timed out). Nothing is lost: the client's outbox keeps what
+    was not handed over; retry with ``sync()`` once the service is back."""
+
+
+class CommitRefused(StateConflict):
+    """The delivery service refused a commit for a reason other than a lost race for the
+    epoch (its roster names a device it does not know, or one already in or out of the
+    group). The commit never entered the log: the committer discards it."""

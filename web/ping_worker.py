@@ -32,10 +32,10 @@ from ping_web import _ffi
 from ping_web.client import MessagingClient
 from ping_web.core.envelope import IncomingMessage
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery import Delivery, DeliveryUnavailable, LocalDeliveryService, Notice
+from ping_web.delivery import Delivery, LocalDeliveryService, Notice
 from ping_web.delivery.port import DeliveryServer, PortDelivery, answer, error_record
 from ping_web.delivery.relay import ConnectionState, RelayDelivery
-from ping_web.errors import DatabaseInUse, InvalidInput, PingError, StateConflict
+from ping_web.errors import DatabaseInUse, DeliveryUnavailable, InvalidInput, PingError, StateConflict
 from ping_web.storage import MemoryStorage, Storage
 from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.storage.indexeddb import IndexedDbStorage

@@ -39,8 +39,16 @@ from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import AddOutcome, ConversationMeta, decode_device_leaves
 from ping_web.core.state import ConversationState, decode_held
-from ping_web.delivery.base import Delivery, DeliveryUnavailable
-from ping_web.errors import InvalidInput, PingError, StateConflict, StorageCorrupted, UnknownConversation, WasmTrap
+from ping_web.delivery.base import Delivery
+from ping_web.errors import (
+    DeliveryUnavailable,
+    InvalidInput,
+    PingError,
+    StateConflict,
+    StorageCorrupted,
+    UnknownConversation,
+    WasmTrap,
+)
 from ping_web.mls.engine import OpenMlsEngine
 from ping_web.mls.openmls import MlsRuntime
 from ping_web.storage.base import Batch, Storage
@@ -61,27 +69,16 @@ def decode_log_position(data: bytes) -> int:
         return codec.uint(m["p"], "position")
 
 
+@dataclass(frozen=True, slots=True)
 class ClientSigner:
     """The device as its delivery service sees it (a :class:`~ping_web.delivery.DeviceSigner`):
     ids, public key, and signatures by its MLS key (``Identity.sign_with_label``), made by
     whatever wasm instance the client has at the time."""
 
-    __slots__ = ("_client",)
-
-    def __init__(self, client: ClientBase) -> None:
-        self._client = client
-
-    @property
-    def user_id(self) -> UserId:
-        return self._client.user_id
-
-    @property
-    def device_id(self) -> DeviceId:
-        return self._client.device_id
-
-    @property
-    def public_key(self) -> bytes:
-        return self._client._record.public_key
+    user_id: UserId
+    device_id: DeviceId
+    public_key: bytes
+    _client: ClientBase = field(repr=False)
 
     def sign(self, label: str, content: bytes) -> bytes:
         return self._client._run(lambda: self._client._engine.identity.sign_with_label(label, content))
@@ -146,7 +143,8 @@ class ClientBase:
     def signer(self) -> ClientSigner:
         """This device for a delivery service (:meth:`~ping_web.delivery.Delivery.bind`):
         ids, public key, and signatures by its MLS key; the key never leaves the wasm module."""
-        return ClientSigner(self)
+        record = self._record
+        return ClientSigner(record.user_id, record.device_id, record.public_key, self)
 
     @property
     def device_group_id(self) -> ConversationId | None:

@@ -33,8 +33,15 @@ from ping_web.core import codec
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId
-from ping_web.delivery.base import CommitRefused, DeliveryUnavailable, RosterChange
-from ping_web.errors import PingError, RejoinRequired, StateConflict, StorageCorrupted
+from ping_web.delivery.base import RosterChange
+from ping_web.errors import (
+    CommitRefused,
+    DeliveryUnavailable,
+    PingError,
+    RejoinRequired,
+    StateConflict,
+    StorageCorrupted,
+)
 from ping_web.storage.base import Batch
 
 MAX_RESENDS: Final = 4

@@ -47,6 +47,7 @@ from ping_web.client.base import BatchOutcome
 from ping_web.client.client import MessagingClient
 from ping_web.client.opening import wall_clock_ms
 from ping_web.client.requests import check_request_id, new_request_id, recorded_error
+from ping_web.core import codec
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import AddOutcome, ConversationMeta
@@ -69,9 +70,8 @@ __all__ = [
     "TabHost",
 ]
 
-LEADER: Final = "leader"
-FOLLOWER: Final = "follower"
-CLOSED: Final = "closed"
+# The roles of a tab (``SharedDevice.role``).
+ROLES = LEADER, FOLLOWER, CLOSED = ("leader", "follower", "closed")
 TAB_ID_BYTES: Final = 16
 RETAKE_DELAY_S: Final = 1.0
 """Pause before asking for the lock again after this tab failed to take over."""
@@ -162,15 +162,11 @@ async def open_indexeddb(name: str, lock: HeldLock, *, encrypt: bool = True) -> 
 
 
 def _bytes(value: Any, what: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise InvalidInput(f"tab call: {what} must be bytes, got {type(value).__name__}")
-    return value
+    return codec.byte_string(value, f"tab call: {what}")
 
 
 def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list) or len(value) > _WIRE_LIMIT:
-        raise InvalidInput(f"tab call: {what} must be an array of at most {_WIRE_LIMIT} items")
-    return value
+    return codec.items(value, f"tab call: {what}", hi=_WIRE_LIMIT)
 
 
 def _args(args: Any, count: int, method: str) -> list[Any]:

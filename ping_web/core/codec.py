@@ -314,6 +314,27 @@ def array(value: Any, what: str, *, size: int) -> list[Any] | tuple[Any, ...]:
     return value
 
 
+def items(value: Any, what: str, *, hi: int = U64_MAX) -> list[Any]:
+    """``value`` as an array (a list) of at most ``hi`` items of any kind."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"{what}: expected an array, got {type(value).__name__}")
+    if len(value) > hi:
+        raise InvalidInput(f"{what}: {len(value)} items is over the limit of {hi}")
+    return value
+
+
+def byte_strings(value: Any, what: str, *, hi: int = U64_MAX) -> list[bytes]:
+    """``value`` as an array of at most ``hi`` byte strings."""
+    return [byte_string(item, what) for item in items(value, what, hi=hi)]
+
+
+def mapping(value: Any, what: str) -> dict[str, Any]:
+    """``value`` as a map keyed by text (an object of a JSON or structured-clone message)."""
+    if not isinstance(value, dict) or any(type(key) is not str for key in value):
+        raise InvalidInput(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
 def bytes_map(value: Any, what: str) -> dict[bytes, Any]:
     """``value`` as a map keyed by byte strings (an empty map is fine)."""
     if not isinstance(value, dict) or any(type(key) is not bytes for key in value):

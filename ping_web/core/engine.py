@@ -61,14 +61,13 @@ class Member:
 class MlsGroup(Protocol):
     """One MLS group as this device sees it."""
 
-    @property
-    def group_id(self) -> bytes: ...
+    group_id: bytes
+    """Fixed for the group's life (it is the conversation id)."""
+    own_leaf_index: int
+    """This member's leaf: fixed while it is a member."""
 
     @property
     def epoch(self) -> int: ...
-
-    @property
-    def own_leaf_index(self) -> int: ...
 
     @property
     def is_active(self) -> bool:

@@ -9,16 +9,9 @@ import :mod:`ping_web.core`, :mod:`ping_web.errors` and :mod:`ping_web._ffi`; ne
 storage, mls or client.
 """
 
-from ping_web.delivery.base import (
-    CommitRefused,
-    Delivery,
-    DeliveryUnavailable,
-    DeviceSigner,
-    LogPage,
-    Notice,
-    RosterChange,
-)
+from ping_web.delivery.base import Delivery, DeviceSigner, LogPage, Notice, RosterChange
 from ping_web.delivery.local import LocalDeliveryService
+from ping_web.errors import CommitRefused, DeliveryUnavailable
 
 __all__ = [
     "CommitRefused",

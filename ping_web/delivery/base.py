@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.errors import PingError, StateConflict
 
 EPOCH_WINDOW: Final = 2
 """Application and proposal envelopes are taken for the log's epoch and the two before it
@@ -80,18 +79,6 @@ class DeviceSigner(Protocol):
     def public_key(self) -> bytes: ...
 
     def sign(self, label: str, content: bytes) -> bytes: ...
-
-
-class DeliveryUnavailable(PingError):
-    """The delivery service did not answer (the network or the relay is down, its worker is
-    gone, the port closed, or it timed out). Nothing is lost: the client's outbox keeps what
-    was not handed over; retry with ``sync()`` once the service is back."""
-
-
-class CommitRefused(StateConflict):
-    """The delivery service refused a commit for a reason other than a lost race for the
-    epoch (its roster names a device it does not know, or one already in or out of the
-    group). The commit never entered the log: the committer discards it."""
 
 
 @runtime_checkable

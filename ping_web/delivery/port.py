@@ -37,18 +37,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ping_web import _ffi, errors
+from ping_web.core import codec
 from ping_web.core.envelope import MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import (
-    CommitRefused,
-    Delivery,
-    DeliveryUnavailable,
-    DeviceSigner,
-    LogPage,
-    Notice,
-    RosterChange,
-)
-from ping_web.errors import InvalidInput, PingError
+from ping_web.delivery.base import Delivery, DeviceSigner, LogPage, Notice, RosterChange
+from ping_web.errors import CommitRefused, DeliveryUnavailable, InvalidInput, PingError
 
 __all__ = [
     "METHODS",
@@ -85,22 +78,27 @@ MAX_LIST: Final = 10_000
 # -- conversions at the port ------------------------------------------------------------------
 
 
+def message_data(event: Any) -> dict[str, Any] | None:
+    """A port message's data as a Python dict; ``None`` for anything else (dropped: a
+    malformed message never raises into JavaScript)."""
+    try:
+        data = _ffi.from_js(event.data)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _raw(value: Any, what: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise InvalidInput(f"delivery bridge: {what} must be bytes (Uint8Array), got {type(value).__name__}")
-    return value
+    """A ``Uint8Array`` argument, as bytes."""
+    return codec.byte_string(value, f"delivery bridge: {what}")
 
 
 def _raw_list(value: Any, what: str) -> list[bytes]:
-    if not isinstance(value, list) or len(value) > MAX_LIST:
-        raise InvalidInput(f"delivery bridge: {what} must be an array of at most {MAX_LIST} Uint8Arrays")
-    return [_raw(item, what) for item in value]
+    return codec.byte_strings(value, f"delivery bridge: {what}", hi=MAX_LIST)
 
 
 def _int(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"delivery bridge: {what} must be an integer, got {type(value).__name__}")
-    return value
+    return codec.uint(value, f"delivery bridge: {what}")
 
 
 _DELIVERY_ERRORS: Final[dict[str, type[PingError]]] = {
@@ -260,11 +258,8 @@ class PortDelivery:
             self._waiting.pop(request_id, None)
 
     def _on_message(self, event: Any) -> None:
-        try:
-            data = _ffi.from_js(event.data)
-        except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
-            return
-        if not isinstance(data, dict):
+        data = message_data(event)
+        if data is None:
             return
         if "notice" in data:
             self._notice(data)
@@ -344,11 +339,8 @@ class DeliveryServer:
                 notices.append(notice)
             return result
 
-        try:
-            data = _ffi.from_js(event.data)
-        except Exception:  # noqa: BLE001 - a malformed message is dropped, never raised into JS
-            return
-        if not isinstance(data, dict):
+        data = message_data(event)
+        if data is None:
             return
         reply = await answer(data, call)
         try:

@@ -55,19 +55,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 from ping_web import _ffi
+from ping_web.core import codec
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import (
-    CommitRefused,
-    DeliveryUnavailable,
-    DeviceSigner,
-    LogPage,
-    Notice,
-    RosterChange,
-)
+from ping_web.delivery.base import DeviceSigner, LogPage, Notice, RosterChange
 from ping_web.delivery.relay_wire import (
     BEARER_PREFIX,
     CHALLENGE_SIZE,
@@ -85,16 +79,24 @@ from ping_web.delivery.relay_wire import (
     roster_content,
     stream_url,
 )
-from ping_web.errors import InvalidInput, NotAMember, PingError, StateConflict, UnknownConversation
+from ping_web.errors import (
+    CommitRefused,
+    DeliveryUnavailable,
+    InvalidInput,
+    NotAMember,
+    PingError,
+    StateConflict,
+    UnknownConversation,
+)
 
 __all__ = ["ConnectionState", "RelayDelivery", "RelayRefused"]
 
-CONNECTING: Final = "connecting"
-CONNECTED: Final = "connected"
-RECONNECTING: Final = "reconnecting"
-OFFLINE: Final = "offline"
-REPLACED: Final = "replaced"
-CLOSED: Final = "closed"
+T = TypeVar("T")
+
+# The statuses of a connection (``ConnectionState.status``).
+STATUSES = CONNECTING, CONNECTED, RECONNECTING, OFFLINE, REPLACED, CLOSED = (
+    "connecting", "connected", "reconnecting", "offline", "replaced", "closed",
+)  # fmt: skip
 
 PAGE_LIMIT: Final = 1000
 KEY_PACKAGES_PER_REQUEST: Final = 100
@@ -208,7 +210,8 @@ class RelayDelivery:
         self._online_listener: _ffi.ListenerHandle | None = None
         self._state = ConnectionState(CONNECTING if push != "off" else CONNECTED, push="none")
         self._rate_wait = 1.0
-        self._closed = False
+        self.closed = False
+        """True once :meth:`close` ran (read it; do not set it)."""
         self.requests = 0
         """HTTP requests sent (for tests and measurements)."""
         self.stream_errors: list[dict[str, Any]] = []
@@ -221,10 +224,6 @@ class RelayDelivery:
         return self._state
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def device_id(self) -> DeviceId | None:
         return None if self._device is None else self._device.device_id
 
@@ -235,18 +234,10 @@ class RelayDelivery:
         if state == self._state:
             return
         self._state = state
-        if self.on_state is not None:
-            try:
-                self.on_state(state)
-            except Exception:  # noqa: BLE001 - a listener never breaks the connection
-                pass
+        _tell(self.on_state, state)
 
     def _notify(self, notice: Notice) -> None:
-        if self.on_notice is not None:
-            try:
-                self.on_notice(notice)
-            except Exception:  # noqa: BLE001 - a listener never breaks the connection
-                pass
+        _tell(self.on_notice, notice)
 
     # -- Delivery ----------------------------------------------------------------------------
 
@@ -255,7 +246,7 @@ class RelayDelivery:
         if self._device is not None and self._device.device_id != device.device_id:
             raise InvalidInput("this RelayDelivery already acts for another device; make one per device")
         self._device = device
-        if self._push_mode != "off" and self._runner is None and not self._closed:
+        if self._push_mode != "off" and self._runner is None and not self.closed:
             self._runner = asyncio.ensure_future(self._run())
             if _ffi.IN_PYODIDE:
                 self._online_listener = _ffi.listen_global("online", self._wake.set)
@@ -392,9 +383,9 @@ class RelayDelivery:
 
     async def close(self) -> None:
         """Stop push and refuse further calls. Idempotent."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()
@@ -434,7 +425,7 @@ class RelayDelivery:
     async def _call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> dict[str, Any]:
         """One request, repeated while the relay does not answer or is busy (see the module
         docstring); the reply object, or :class:`_Refused`."""
-        if self._closed:
+        if self.closed:
             raise DeliveryUnavailable("this RelayDelivery is closed")
         loop = asyncio.get_event_loop()
         patience = 0.0 if self._state.status == OFFLINE else self._retry_for_s
@@ -885,22 +876,26 @@ def _parse_reply(text: str) -> dict[str, Any]:
     return _dict(value, "reply")
 
 
+def _tell(listener: Callable[[T], None] | None, value: T) -> None:
+    """Call an application's listener; one that raises never breaks the connection."""
+    if listener is None:
+        return
+    try:
+        listener(value)
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
 def _dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidInput(f"relay reply: {what} is not an object")
-    return value
+    return codec.mapping(value, f"relay reply: {what}")
 
 
 def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidInput(f"relay reply: {what} is not an array")
-    return value
+    return codec.items(value, f"relay reply: {what}")
 
 
 def _int(value: Any, what: str) -> int:
-    if type(value) is not int:
-        raise InvalidInput(f"relay reply: {what} is not an integer")
-    return value
+    return codec.uint(value, f"relay reply: {what}")
 
 
 def _retry_after(header: str | None, refusal: Refusal) -> float:

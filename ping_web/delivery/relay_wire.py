@@ -19,9 +19,8 @@ from ping_web.core.envelope import MessageEnvelope
 from ping_web.core.ids import DeviceId
 from ping_web.errors import InvalidInput
 
-LABEL_REGISTER: Final = "relay-register"
-LABEL_AUTH: Final = "relay-auth"
-LABEL_ROSTER: Final = "relay-roster"
+# What each signature is for (``docs/relay.md``): registering, logging in, a roster change.
+LABEL_REGISTER, LABEL_AUTH, LABEL_ROSTER = "relay-register", "relay-auth", "relay-roster"
 SUBPROTOCOL: Final = "ping-relay.v1"
 BEARER_PREFIX: Final = "bearer."
 CHALLENGE_SIZE: Final = 32

@@ -16,8 +16,7 @@ async def test_followers_forward_and_a_crashed_leader_is_replaced(selenium):
     from ping_web.client.tabs import FOLLOWER, LEADER, LeaderUnavailable, LocalTabs, SharedDevice
     from ping_web.core.envelope import MessageEnvelope, MessageKind
     from ping_web.delivery import LocalDeliveryService
-    from ping_web.delivery.port import DeliveryUnavailable
-    from ping_web.errors import DatabaseInUse, InvalidInput
+    from ping_web.errors import DatabaseInUse, DeliveryUnavailable, InvalidInput
     from ping_web.storage import MemoryStorage
     from ping_web.testing import FaultyStorage
 
