@@ -613,7 +613,7 @@ class RedisPopulation(Population):
         import redis.asyncio as aioredis
 
         ready = []
-        for d in self.devices:
+        for i, d in enumerate(self.devices):
             r = Receiver(d, [], self.checker, cursor=0)
             self.receivers.append(r)
             client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True)
@@ -621,6 +621,8 @@ class RedisPopulation(Population):
             started = asyncio.Event()
             ready.append(started)
             self._tasks.append(asyncio.create_task(self._listen(r, client, started)))
+            if i % 50 == 49:  # do not overflow the server's accept backlog
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), within)
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), within)
 
     async def _listen(self, r: Receiver, client: Any, started: asyncio.Event) -> None:
@@ -628,7 +630,12 @@ class RedisPopulation(Population):
 
         key = b"g:" + r.device.group.hex().encode()
         last = b"0-0"  # a fresh stream: everything in it was posted during the run
-        await client.ping()
+        while True:
+            try:
+                await client.ping()
+                break
+            except (OSError, aioredis.RedisError):
+                await asyncio.sleep(0.1)
         started.set()
         while True:
             try:
