@@ -75,11 +75,14 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
         rng = random.Random(5)
         in_flight = 0
         most_in_flight = 0
+        gate = asyncio.Event()  # the test holds writes here while it looks
+        gate.set()
 
         async def commit(self, batch: Batch) -> None:
             JitteryStorage.in_flight += 1
             JitteryStorage.most_in_flight = max(JitteryStorage.most_in_flight, JitteryStorage.in_flight)
             try:
+                await JitteryStorage.gate.wait()
                 await asyncio.sleep(self.rng.uniform(0, 0.01))
                 await super().commit(batch)
             finally:
@@ -96,6 +99,7 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
         await b.join(outcome.welcome)
         convs.append(conv)
 
+    JitteryStorage.gate.clear()  # the first write will wait, in flight, until the test has looked
     sends = [asyncio.ensure_future(a.send(convs[i % 2], f"m{i}".encode())) for i in range(40)]
     for _ in range(5):
         await asyncio.sleep(0)
@@ -103,6 +107,7 @@ async def test_no_lock_is_held_across_a_write_and_batches_land_in_order(selenium
     # batch: nothing (no lock, no busy flag) waited for the write.
     assert JitteryStorage.in_flight == 1
     assert a.pending_writes >= 39, a.pending_writes
+    JitteryStorage.gate.set()
     envelopes = await asyncio.gather(*sends)
     assert JitteryStorage.most_in_flight == 1  # one FIFO writer
     for conv in convs:
