@@ -640,8 +640,14 @@ class RedisPopulation(Population):
         while True:
             try:
                 reply = await client.xread({key: last}, block=0, count=1000)
-            except (OSError, aioredis.RedisError):  # a dropped connection: read on from the last id
+            except Exception as exc:  # noqa: BLE001 - any failure: a new connection, on from the last id
                 r.reconnects += 1
+                if not r.fatal:
+                    r.fatal.append(f"reconnected after {type(exc).__name__}: {exc}"[:120])
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+                client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True)
+                self.readers.append(client)
                 await asyncio.sleep(0.1)
                 continue
             now = time.perf_counter()
