@@ -616,7 +616,7 @@ class RedisPopulation(Population):
         for i, d in enumerate(self.devices):
             r = Receiver(d, [], self.checker, cursor=0)
             self.receivers.append(r)
-            client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True)
+            client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True, socket_timeout=None)
             self.readers.append(client)
             started = asyncio.Event()
             ready.append(started)
@@ -639,19 +639,19 @@ class RedisPopulation(Population):
         started.set()
         while True:
             try:
-                reply = await client.xread({key: last}, block=0, count=1000)
+                reply = await client.xread({key: last}, block=1000, count=1000)  # within any client timeout
             except Exception as exc:  # noqa: BLE001 - any failure: a new connection, on from the last id
                 r.reconnects += 1
                 if not r.fatal:
                     r.fatal.append(f"reconnected after {type(exc).__name__}: {exc}"[:120])
                 with contextlib.suppress(Exception):
                     await client.aclose()
-                client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True)
+                client = aioredis.Redis.from_url(self.redis_url, single_connection_client=True, socket_timeout=None)
                 self.readers.append(client)
                 await asyncio.sleep(0.1)
                 continue
             now = time.perf_counter()
-            for _, items in reply:
+            for _, items in reply or ():
                 for entry_id, fields in items:
                     last = entry_id
                     r.cursor += 1
