@@ -1,17 +1,16 @@
 //! A device's signing identity: Ed25519 key pair plus the BasicCredential of its user.
 
-use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme};
-use openmls_basic_credential::SignatureKeyPair;
+use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use openmls_traits::signatures::Signer as _;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::Serialize as _;
 use wasm_bindgen::prelude::*;
 
+pub use crate::crypto::CIPHERSUITE;
 use crate::error::{code, mls_error, Error, Result};
 use crate::provider::Provider;
+use crate::signer::SignatureKeyPair;
 
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-const SIGNATURE_SCHEME: SignatureScheme = SignatureScheme::ED25519;
 const MAX_USER_ID_LEN: usize = 255;
 
 /// Prefix of everything `signWithLabel` signs (see [`Identity::sign_with_label`]).
@@ -75,7 +74,7 @@ impl Identity {
     /// Generate a new Ed25519 key pair for `user_id` and store it in the provider.
     pub fn create(provider: &Provider, user_id: &[u8]) -> Result<Identity> {
         check_user_id(user_id)?;
-        let signer = SignatureKeyPair::new(SIGNATURE_SCHEME).map_err(|e| mls_error(code::CREATE, e))?;
+        let signer = SignatureKeyPair::new(provider.crypto()).map_err(|e| mls_error(code::CREATE, e))?;
         provider
             .storage()
             .atomically(|| signer.store(provider.storage()))
@@ -86,7 +85,7 @@ impl Identity {
     /// Load the key pair with `public_key` from the provider.
     pub fn load(provider: &Provider, user_id: &[u8], public_key: &[u8]) -> Result<Identity> {
         check_user_id(user_id)?;
-        let signer = SignatureKeyPair::read(provider.storage(), public_key, SIGNATURE_SCHEME)
+        let signer = SignatureKeyPair::read(provider.storage(), public_key)
             .ok_or_else(|| Error::new(code::NOT_FOUND, "no signature key pair with that public key"))?;
         Ok(Identity::from_parts(signer, user_id))
     }

@@ -4,11 +4,17 @@
 //! conversations, envelopes, ordering and persistence live in Python (`ping_web`).
 
 mod bytes;
+mod chunks;
+mod crypto;
 mod error;
 mod group;
 mod identity;
+#[cfg(any(test, target_arch = "wasm32"))]
+mod mem;
 mod provider;
+mod signer;
 mod storage;
+mod value;
 
 pub use group::{inspect_key_package, Group};
 pub use identity::Identity;

@@ -1,14 +1,15 @@
-//! The OpenMLS provider: RustCrypto for crypto and randomness, [`WorkingSet`] for storage.
+//! The OpenMLS provider: [`Crypto`] (ciphersuite 0x0001) for crypto and randomness,
+//! [`WorkingSet`] for storage.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use openmls::prelude::KeyPackage;
-use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use wasm_bindgen::prelude::*;
 
 use crate::bytes::{decode_changes, encode_changes};
+use crate::crypto::Crypto;
 use crate::error::Result;
 use crate::storage::{group_prefix, WorkingSet};
 
@@ -19,7 +20,7 @@ const VALIDATED_CAP: usize = 4096;
 #[wasm_bindgen]
 #[derive(Default)]
 pub struct Provider {
-    crypto: RustCrypto,
+    crypto: Crypto,
     storage: WorkingSet,
     /// KeyPackages `inspectKeyPackage` validated (signature, ciphersuite, lifetime), keyed
     /// by their exact bytes, so that `addMembers` given the same bytes right after does not
@@ -43,19 +44,19 @@ impl Provider {
 }
 
 impl OpenMlsProvider for Provider {
-    type CryptoProvider = RustCrypto;
-    type RandProvider = RustCrypto;
+    type CryptoProvider = Crypto;
+    type RandProvider = Crypto;
     type StorageProvider = WorkingSet;
 
     fn storage(&self) -> &WorkingSet {
         &self.storage
     }
 
-    fn crypto(&self) -> &RustCrypto {
+    fn crypto(&self) -> &Crypto {
         &self.crypto
     }
 
-    fn rand(&self) -> &RustCrypto {
+    fn rand(&self) -> &Crypto {
         &self.crypto
     }
 }

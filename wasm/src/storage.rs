@@ -9,21 +9,45 @@
 //! Key layout (all entries carry the OpenMLS storage version in their last two bytes):
 //! - group-scoped: `0x01 || u16 len || json(group_id) || label || 0x00 || json(sub_key) || u16 version`
 //! - global:       `0x02 || label || 0x00 || json(key) || u16 version`
+//! - a chunk of a group-scoped value: `value key || 0xff || path` ([`crate::chunks`])
 //!
 //! so every entry of one group shares the prefix [`group_prefix`], which makes a per-group
-//! export, import or drop a prefix scan (QueuedProposal rows included).
-//! Values are JSON (OpenMLS needs a self-describing format).
+//! export, import or drop a prefix scan (QueuedProposal rows and chunks included).
+//!
+//! Values (OpenMLS needs a self-describing format), told apart by their first byte:
+//! - format 1, JSON text (first byte `{`, `[`, `"`, a digit, `-`, `t`, `f` or `n`): what every
+//!   value was before format 2, and what the identity's signature key pair still is (written
+//!   once; backups carry it and tools read it as JSON);
+//! - `0x02 || body`: format 2 ([`crate::value`]), the whole value: every other value;
+//! - `0x03 || top chunk`: format 2, a group-scoped value of more than [`chunks::WHOLE_MAX`]
+//!   bytes split into chunks, each its own entry, so a change rewrites only the chunks it
+//!   touches.
+//!
+//! Every format is read wherever it is found; a value is written in the current format when
+//! OpenMLS next writes it. So a database written before format 2 opens as it is and moves to
+//! format 2 value by value, each in the batch of the operation that changed it.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Bound;
 
 use openmls_traits::storage::{traits, StorageProvider, CURRENT_VERSION};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::ser::SerializeSeq;
+use serde::{de::DeserializeOwned, Serialize, Serializer};
+
+use crate::{chunks, value};
 
 const GROUP_SCOPE: u8 = 0x01;
 const GLOBAL_SCOPE: u8 = 0x02;
 const SEPARATOR: u8 = 0x00;
+/// First byte of a format-2 value stored whole.
+pub const FORMAT2_WHOLE: u8 = 0x02;
+/// First byte of the top chunk of a format-2 value split into chunks.
+pub const FORMAT2_CHUNKED: u8 = 0x03;
+/// Between a value's key and the path of one of its chunks.
+const CHUNK_SEPARATOR: u8 = 0xff;
 
 /// Error of the working set: only (de)serialization can fail.
 #[derive(Debug)]
@@ -41,8 +65,55 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(value).map_err(|e| StorageError(e.to_string()))
 }
 
-fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| StorageError(e.to_string()))
+fn storage_error(e: impl fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+/// The prefix of every chunk of the value stored under `key`.
+fn chunk_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.extend_from_slice(key);
+    out.push(CHUNK_SEPARATOR);
+    out
+}
+
+/// The format-2 encoding of the value stored under `key` (`stored`), whatever its format;
+/// `entries` holds its chunks if it has any. Not generic: one copy for every type read.
+fn stored_body<'a>(
+    entries: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    key: &[u8],
+    stored: &'a [u8],
+) -> Result<Cow<'a, [u8]>, StorageError> {
+    match stored.first() {
+        Some(&FORMAT2_WHOLE) => Ok(Cow::Borrowed(&stored[1..])),
+        Some(&FORMAT2_CHUNKED) => {
+            let prefix = chunk_prefix(key);
+            let chunk = |path: &[u8]| entries.get(&[prefix.as_slice(), path].concat()).map(|v| v.as_slice());
+            chunks::assemble(&stored[1..], &chunk)
+                .map(Cow::Owned)
+                .map_err(|e| StorageError(e.0))
+        }
+        // Format 1 is read by way of format 2 (a generic JSON value, then its format-2
+        // encoding), rather than by a JSON decoder for every type.
+        _ => {
+            let json: serde_json::Value = serde_json::from_slice(stored).map_err(storage_error)?;
+            value::to_vec(&json).map(Cow::Owned).map_err(storage_error)
+        }
+    }
+}
+
+/// A list and one more item, serialized as one sequence (appending without cloning).
+struct Appended<'a, V>(&'a [V], &'a V);
+
+impl<V: Serialize> Serialize for Appended<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len() + 1))?;
+        for item in self.0 {
+            seq.serialize_element(item)?;
+        }
+        seq.serialize_element(self.1)?;
+        seq.end()
+    }
 }
 
 /// Prefix shared by every entry of the group whose serialized id is `group_id_json`.
@@ -106,6 +177,8 @@ pub struct WorkingSet {
     journal: RefCell<Option<UndoLog>>,
     /// Open savepoints, innermost last: value each key had when each was taken.
     savepoints: RefCell<Vec<UndoLog>>,
+    #[cfg(test)]
+    json_only: std::cell::Cell<bool>,
 }
 
 fn record_first(log: &RefCell<Option<UndoLog>>, key: &[u8], current: &dyn Fn() -> Option<Vec<u8>>) {
@@ -199,6 +272,7 @@ impl WorkingSet {
         }
     }
 
+    #[cfg(test)]
     fn get_raw(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.entries.borrow().get(key).cloned()
     }
@@ -206,7 +280,7 @@ impl WorkingSet {
     fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
         self.entries
             .borrow()
-            .range(prefix.to_vec()..)
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
             .collect()
@@ -287,15 +361,115 @@ impl WorkingSet {
         self.entries.borrow().is_empty()
     }
 
-    // -- typed helpers used by the StorageProvider implementation --
+    // -- values: typed helpers used by the StorageProvider implementation --
 
-    fn write<V: Serialize + ?Sized>(&self, key: Vec<u8>, value: &V) -> Result<(), StorageError> {
-        self.put(key, to_json(value)?);
+    fn put_if_changed(&self, key: Vec<u8>, value: Vec<u8>) {
+        if self.entries.borrow().get(&key) != Some(&value) {
+            self.put(key, value);
+        }
+    }
+
+    /// Store a value in format 1 (JSON): only the identity's signature key pair, which
+    /// backups carry and tools read as JSON.
+    fn write_json<V: Serialize + ?Sized>(&self, key: Vec<u8>, value: &V) -> Result<(), StorageError> {
+        self.put_if_changed(key, to_json(value)?);
         Ok(())
     }
 
+    /// Store a value in format 2; a large group-scoped one in chunks (only changed chunks
+    /// are written).
+    /// Each type gets one serializer only: what is written in JSON and what in format 2
+    /// never share a call site, which keeps the module small.
+    fn write<V: Serialize + ?Sized>(&self, key: Vec<u8>, value: &V) -> Result<(), StorageError> {
+        #[cfg(test)]
+        if self.writes_json() {
+            let chunk_prefix = chunk_prefix(&key);
+            self.write_json(key, value)?;
+            self.delete_prefix(&chunk_prefix);
+            return Ok(());
+        }
+        let body = value::to_vec(value).map_err(storage_error)?;
+        self.store(key, &body);
+        Ok(())
+    }
+
+    /// Store a value's format-2 encoding `body` under `key` (not generic: one copy for every
+    /// type written).
+    #[inline(never)]
+    fn store(&self, key: Vec<u8>, body: &[u8]) {
+        let chunk_prefix = chunk_prefix(&key);
+        // Only group-scoped values change often enough to be worth chunks.
+        let split = if key.first() == Some(&GROUP_SCOPE) {
+            chunks::split(body)
+        } else {
+            None
+        };
+        match split {
+            None => {
+                let mut record = Vec::with_capacity(1 + body.len());
+                record.push(FORMAT2_WHOLE);
+                record.extend_from_slice(body);
+                self.put_if_changed(key, record);
+                self.delete_prefix(&chunk_prefix);
+            }
+            Some(split) => {
+                let mut record = Vec::with_capacity(1 + split.top().len());
+                record.push(FORMAT2_CHUNKED);
+                record.extend_from_slice(split.top());
+                self.put_if_changed(key, record);
+                let existing = self.count_with_prefix(&chunk_prefix);
+                let mut chunk_key = chunk_prefix.clone();
+                let mut found = 0;
+                for (path, bytes) in split.chunks() {
+                    chunk_key.truncate(chunk_prefix.len());
+                    chunk_key.extend_from_slice(path);
+                    let same = match self.entries.borrow().get(&chunk_key) {
+                        Some(old) => {
+                            found += 1;
+                            old == bytes
+                        }
+                        None => false,
+                    };
+                    if !same {
+                        self.put(chunk_key.clone(), bytes.to_vec());
+                    }
+                }
+                if existing > found {
+                    // Chunks the value no longer has (it shrank or changed shape).
+                    let kept: BTreeSet<&[u8]> = split.chunks().map(|(path, _)| path).collect();
+                    for stale in self.keys_with_prefix(&chunk_prefix) {
+                        if !kept.contains(&stale[chunk_prefix.len()..]) {
+                            self.delete(&stale);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_with_prefix(&self, prefix: &[u8]) -> usize {
+        self.entries
+            .borrow()
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count()
+    }
+
     fn read<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, StorageError> {
-        self.get_raw(key).map(|bytes| from_json(&bytes)).transpose()
+        let entries = self.entries.borrow();
+        match entries.get(key) {
+            None => Ok(None),
+            Some(stored) => {
+                let body = stored_body(&entries, key, stored)?;
+                value::from_slice(&body).map(Some).map_err(storage_error)
+            }
+        }
+    }
+
+    /// Delete the value under `key`, chunks included.
+    fn delete_value(&self, key: &[u8]) {
+        self.delete(key);
+        self.delete_prefix(&chunk_prefix(key));
     }
 
     fn write_group<G: Serialize, V: Serialize + ?Sized>(
@@ -316,19 +490,29 @@ impl WorkingSet {
     }
 
     fn delete_group<G: Serialize>(&self, group_id: &G, label: &[u8]) -> Result<(), StorageError> {
-        self.delete(&group_key(group_id, label, &())?);
+        self.delete_value(&group_key(group_id, label, &())?);
         Ok(())
     }
 
-    /// Append to a list stored as a JSON array of values.
-    fn append<V: Serialize>(&self, key: Vec<u8>, item: &V) -> Result<(), StorageError> {
-        let mut list: Vec<serde_json::Value> = self.read(&key)?.unwrap_or_default();
-        list.push(serde_json::to_value(item).map_err(|e| StorageError(e.to_string()))?);
-        self.write(key, &list)
+    /// Append to a list stored as a sequence of values.
+    fn append<V: Serialize + DeserializeOwned>(&self, key: Vec<u8>, item: &V) -> Result<(), StorageError> {
+        let list: Vec<V> = self.read(&key)?.unwrap_or_default();
+        self.write(key, &Appended(&list, item))
     }
 
     fn read_list<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Vec<V>, StorageError> {
         Ok(self.read(key)?.unwrap_or_default())
+    }
+
+    /// Tests write every value in format 1 to make a database as it was before format 2.
+    #[cfg(test)]
+    fn writes_json(&self) -> bool {
+        self.json_only.get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn write_json_only(&self, on: bool) {
+        self.json_only.set(on);
     }
 }
 
@@ -470,7 +654,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         public_key: &P,
         key_pair: &K,
     ) -> Result<(), Self::Error> {
-        self.write(global_key(SIGNATURE_KEY_PAIR, public_key)?, key_pair)
+        self.write_json(global_key(SIGNATURE_KEY_PAIR, public_key)?, key_pair)
     }
 
     fn write_encryption_key_pair<K: traits::EncryptionKey<CURRENT_VERSION>, P: traits::HpkeKeyPair<CURRENT_VERSION>>(
@@ -668,15 +852,20 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         proposal_ref: &R,
     ) -> Result<(), Self::Error> {
         let refs_key = group_key(group_id, PROPOSAL_QUEUE_REFS, &())?;
-        let wanted = serde_json::to_value(proposal_ref).map_err(|e| StorageError(e.to_string()))?;
-        let mut refs: Vec<serde_json::Value> = self.read_list(&refs_key)?;
-        refs.retain(|r| *r != wanted);
-        if refs.is_empty() {
-            self.delete(&refs_key);
-        } else {
-            self.write(refs_key, &refs)?;
+        let wanted = value::to_vec(proposal_ref).map_err(storage_error)?;
+        let refs: Vec<R> = self.read_list(&refs_key)?;
+        let mut kept = Vec::with_capacity(refs.len());
+        for r in &refs {
+            if value::to_vec(r).map_err(storage_error)? != wanted {
+                kept.push(r);
+            }
         }
-        self.delete(&group_key(group_id, QUEUED_PROPOSAL, proposal_ref)?);
+        if kept.is_empty() {
+            self.delete_value(&refs_key);
+        } else {
+            self.write(refs_key, &kept)?;
+        }
+        self.delete_value(&group_key(group_id, QUEUED_PROPOSAL, proposal_ref)?);
         Ok(())
     }
 
@@ -743,7 +932,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         &self,
         public_key: &P,
     ) -> Result<(), Self::Error> {
-        self.delete(&global_key(SIGNATURE_KEY_PAIR, public_key)?);
+        self.delete_value(&global_key(SIGNATURE_KEY_PAIR, public_key)?);
         Ok(())
     }
 
@@ -751,7 +940,7 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         &self,
         public_key: &K,
     ) -> Result<(), Self::Error> {
-        self.delete(&global_key(ENCRYPTION_KEY_PAIR, public_key)?);
+        self.delete_value(&global_key(ENCRYPTION_KEY_PAIR, public_key)?);
         Ok(())
     }
 
@@ -761,17 +950,17 @@ impl StorageProvider<CURRENT_VERSION> for WorkingSet {
         epoch: &E,
         leaf_index: u32,
     ) -> Result<(), Self::Error> {
-        self.delete(&group_key(group_id, EPOCH_KEY_PAIRS, &(epoch, leaf_index))?);
+        self.delete_value(&group_key(group_id, EPOCH_KEY_PAIRS, &(epoch, leaf_index))?);
         Ok(())
     }
 
     fn delete_key_package<R: traits::HashReference<CURRENT_VERSION>>(&self, hash_ref: &R) -> Result<(), Self::Error> {
-        self.delete(&global_key(KEY_PACKAGE, hash_ref)?);
+        self.delete_value(&global_key(KEY_PACKAGE, hash_ref)?);
         Ok(())
     }
 
     fn delete_psk<I: traits::PskId<CURRENT_VERSION>>(&self, psk_id: &I) -> Result<(), Self::Error> {
-        self.delete(&global_key(PSK, psk_id)?);
+        self.delete_value(&global_key(PSK, psk_id)?);
         Ok(())
     }
 }
@@ -782,7 +971,7 @@ mod tests {
     use openmls_traits::storage::{traits, Entity, Key, StorageProvider, CURRENT_VERSION};
     use serde::{Deserialize, Serialize};
 
-    use super::{group_prefix, Change, WorkingSet};
+    use super::{group_prefix, Change, WorkingSet, FORMAT2_CHUNKED, FORMAT2_WHOLE};
 
     // Stand-ins for OpenMLS's entities: the working set only serializes them.
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -800,6 +989,7 @@ mod tests {
     struct Tree(String);
     impl Entity<CURRENT_VERSION> for Tree {}
     impl traits::TreeSync<CURRENT_VERSION> for Tree {}
+    impl traits::LeafNode<CURRENT_VERSION> for Tree {}
 
     #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
     struct PublicKey(Vec<u8>);
@@ -999,10 +1189,11 @@ mod tests {
         global_key.extend_from_slice(br#"[1,2]"#);
         global_key.extend_from_slice(&version);
 
+        // Group-scoped values in format 2 (0x02, then CBOR: the text "t"); global ones in JSON.
         assert_eq!(
             changes,
             vec![
-                (group_key, Some(br#""t""#.to_vec())),
+                (group_key, Some(b"\x02\x61t".to_vec())),
                 (global_key, Some(br#""kp""#.to_vec()))
             ]
         );
@@ -1088,6 +1279,157 @@ mod tests {
         assert_eq!(queued, vec![(Ref(2), Proposal("p2".into()))]);
         ws.remove_proposal(&group, &Ref(2)).unwrap();
         assert!(ws.entries_with_prefix(&group_prefix(&[5; 16])).is_empty());
+    }
+
+    /// A secret tree in miniature: what OpenMLS rewrites after every message.
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Secrets {
+        context: Vec<u8>,
+        ratchets: Vec<Option<Ratchet>>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    struct Ratchet {
+        secret: Vec<u8>,
+        generation: u32,
+    }
+
+    fn ratchet(fill: u8, generation: u32) -> Option<Ratchet> {
+        Some(Ratchet {
+            secret: vec![fill; 32],
+            generation,
+        })
+    }
+    impl Entity<CURRENT_VERSION> for Secrets {}
+    impl traits::MessageSecrets<CURRENT_VERSION> for Secrets {}
+
+    fn secrets(members: usize) -> Secrets {
+        Secrets {
+            context: vec![1; 100],
+            ratchets: (0..members).map(|i| ratchet(i as u8, 0)).collect(),
+        }
+    }
+
+    fn message_secrets(ws: &WorkingSet, group: &GroupId) -> Option<Secrets> {
+        ws.message_secrets(group).unwrap()
+    }
+
+    #[test]
+    fn large_values_are_chunked_and_a_change_writes_only_its_chunks() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[3; 16]);
+        let mut value = secrets(40);
+        ws.write_message_secrets(&group, &value).unwrap();
+        let first = ws.checkpoint();
+        assert!(first.len() > 2, "{}", first.len());
+        let top = first
+            .iter()
+            .filter(|(_, v)| v.as_ref().unwrap()[0] == FORMAT2_CHUNKED)
+            .count();
+        assert_eq!(top, 1);
+        assert!(first.iter().all(|(k, _)| k.starts_with(&group_prefix(&[3; 16]))));
+        assert_eq!(message_secrets(&ws, &group), Some(value.clone()));
+
+        // One ratchet moves: one chunk is written.
+        value.ratchets[7] = ratchet(0xaa, 1);
+        ws.write_message_secrets(&group, &value).unwrap();
+        let changes = ws.checkpoint();
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].1.as_ref().unwrap().len() < 64);
+        assert_eq!(message_secrets(&ws, &group), Some(value.clone()));
+        // Writing the same value again writes nothing.
+        ws.write_message_secrets(&group, &value).unwrap();
+        assert!(!ws.has_changes());
+
+        // A fresh working set restored from the stored entries reads the same value.
+        let fresh = WorkingSet::default();
+        fresh.restore(
+            ws.entries_with_prefix(&[])
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+        );
+        assert_eq!(message_secrets(&fresh, &group), Some(value.clone()));
+
+        // Fewer members: chunks no longer used are deleted; small again: stored whole.
+        ws.write_message_secrets(&group, &secrets(35)).unwrap();
+        let changes = ws.checkpoint();
+        assert!(changes.iter().any(|(_, v)| v.is_none()));
+        assert_eq!(message_secrets(&ws, &group), Some(secrets(35)));
+        let small = Secrets {
+            context: vec![2],
+            ratchets: vec![None],
+        };
+        ws.write_message_secrets(&group, &small).unwrap();
+        ws.checkpoint();
+        assert_eq!(ws.len(), 1);
+        assert_eq!(ws.entries_with_prefix(&[])[0].1[0], FORMAT2_WHOLE);
+        assert_eq!(message_secrets(&ws, &group), Some(small));
+
+        // Deleting a chunked value deletes its chunks.
+        ws.write_message_secrets(&group, &value).unwrap();
+        StorageProvider::<CURRENT_VERSION>::delete_message_secrets(&ws, &group).unwrap();
+        assert!(ws.is_empty());
+    }
+
+    #[test]
+    fn format_1_values_are_read_and_written_again_in_format_2() {
+        let old = WorkingSet::default();
+        old.write_json_only(true);
+        let group = GroupId::from_slice(&[4; 16]);
+        old.write_message_secrets(&group, &secrets(40)).unwrap();
+        old.write_tree(&group, &Tree("t".into())).unwrap();
+        old.queue_proposal(&group, &Ref(1), &Proposal("p1".into())).unwrap();
+        old.queue_proposal(&group, &Ref(2), &Proposal("p2".into())).unwrap();
+        let stored = old.checkpoint();
+        assert!(stored.iter().all(|(_, v)| v.as_ref().unwrap()[0] == b'{'
+            || v.as_ref().unwrap()[0] == b'['
+            || v.as_ref().unwrap()[0] == b'"'));
+
+        let ws = WorkingSet::default();
+        ws.restore(stored);
+        assert_eq!(message_secrets(&ws, &group), Some(secrets(40)));
+        assert_eq!(tree(&ws, &group), Some(Tree("t".into())));
+        let queued: Vec<(Ref, Proposal)> = ws.queued_proposals(&group).unwrap();
+        assert_eq!(queued.len(), 2);
+        assert!(!ws.has_changes()); // reading migrates nothing
+
+        // Written again: format 2, in the next checkpoint.
+        let mut value = secrets(40);
+        value.ratchets[0] = None;
+        ws.write_message_secrets(&group, &value).unwrap();
+        ws.remove_proposal(&group, &Ref(1)).unwrap();
+        ws.append_own_leaf_node(&group, &Tree("leaf".into())).unwrap();
+        let changes = ws.checkpoint();
+        let firsts: Vec<u8> = changes.iter().filter_map(|(_, v)| v.as_ref().map(|v| v[0])).collect();
+        assert!(
+            firsts.contains(&FORMAT2_CHUNKED) && firsts.contains(&FORMAT2_WHOLE),
+            "{firsts:?}"
+        );
+        assert!(firsts.iter().all(|b| *b != b'{' && *b != b'['));
+        assert_eq!(message_secrets(&ws, &group), Some(value));
+        let queued: Vec<(Ref, Proposal)> = ws.queued_proposals(&group).unwrap();
+        assert_eq!(queued, vec![(Ref(2), Proposal("p2".into()))]);
+        let leaves: Vec<Tree> = ws.own_leaf_nodes(&group).unwrap();
+        assert_eq!(leaves, vec![Tree("leaf".into())]);
+        ws.append_own_leaf_node(&group, &Tree("second".into())).unwrap();
+        let leaves: Vec<Tree> = ws.own_leaf_nodes(&group).unwrap();
+        assert_eq!(leaves.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_chunk_is_a_storage_error() {
+        let ws = WorkingSet::default();
+        let group = GroupId::from_slice(&[5; 16]);
+        ws.write_message_secrets(&group, &secrets(40)).unwrap();
+        let changes = ws.checkpoint();
+        let (chunk, _) = changes
+            .iter()
+            .find(|(_, v)| v.as_ref().unwrap()[0] != FORMAT2_CHUNKED)
+            .unwrap();
+        ws.restore(vec![(chunk.clone(), None)]);
+        let err = ws.message_secrets::<GroupId, Secrets>(&group).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 
     #[test]
