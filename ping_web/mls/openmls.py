@@ -27,6 +27,9 @@ Change = tuple[bytes, bytes | None]
 _U32 = struct.Struct(">I")
 _PROCESSED_HEADER = struct.Struct(">BBIQ")
 _DELETED = 0xFFFF_FFFF
+# Head of a ...WithChanges input: flags, then the first field's length.
+_WITH_CHANGES_HEAD = struct.Struct(">BI")
+_CHECKPOINT_FIRST = 1
 
 # Bytes passed into wasm go through reusable Uint8Arrays (measured in Pyodide: writing into an
 # existing array with .assign() costs a fraction of a to_js() copy). wasm-bindgen copies
@@ -70,10 +73,11 @@ def encode_byte_list(items: Iterable[bytes]) -> bytes:
     return b"".join(_U32.pack(len(item)) + item for item in items)
 
 
-def _fields(data: bytes) -> Iterator[bytes | None]:
-    """The length-prefixed fields of ``data`` in order; the DELETED length stands for ``None``."""
+def _fields(data: bytes, start: int = 0) -> Iterator[bytes | None]:
+    """The length-prefixed fields of ``data`` (from ``start``) in order; the DELETED length
+    stands for ``None``."""
     view = memoryview(data)
-    pos = 0
+    pos = start
     while pos < len(view):
         (size,) = _U32.unpack_from(view, pos)
         pos += 4
@@ -96,9 +100,15 @@ def encode_changes(changes: Iterable[Change]) -> bytes:
     return bytes(out)
 
 
-def decode_changes(data: bytes) -> list[Change]:
-    fields = _fields(data)
+def decode_changes(data: bytes, start: int = 0) -> list[Change]:
+    fields = _fields(data, start)
     return [(key or b"", value) for key, value in zip(fields, fields, strict=True)]
+
+
+def _require_bytes(*values: object) -> None:
+    for value in values:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise errors.InvalidInput(f"expected bytes, got {type(value).__name__}")
 
 
 # -- the runtime -----------------------------------------------------------------------------
@@ -176,20 +186,62 @@ class MlsRuntime:
 
 
 class Provider:
-    """Crypto plus the key/value working set OpenMLS reads and writes."""
+    """Crypto plus the key/value working set OpenMLS reads and writes.
+
+    Sending and receiving a message is one crossing into wasm each: the call also reports
+    every change since the last checkpoint, and :meth:`checkpoint` hands that report out
+    without another call. What the provider tracks for that:
+
+    * ``_report``: the last such report (raw bytes and where its change list starts), which
+      is every change since the last checkpoint as long as nothing else changed the working
+      set since (``_dirty`` is false);
+    * ``_checkpoint_due``: :meth:`checkpoint` handed a report out, so wasm still counts those
+      changes; the next message call takes its checkpoint first, any other mutating call
+      takes it before it runs.
+    """
 
     def __init__(self, runtime: MlsRuntime, js: Any) -> None:
         self.runtime = runtime
         self.js = js
         self._checkpoint = js.checkpoint  # bound once: a JsProxy attribute lookup is a crossing
+        self._report: tuple[bytes, int] | None = None
+        self._dirty = False
+        self._checkpoint_due = False
 
     def checkpoint(self) -> list[Change]:
         """Every change since the last checkpoint; starts a new one."""
-        return decode_changes(self.runtime.call(self._checkpoint).to_bytes())
+        report = self._report
+        if report is not None and not self._dirty:
+            self._report = None
+            self._checkpoint_due = True
+            raw, start = report
+            return decode_changes(raw, start)
+        changes = decode_changes(self.runtime.call(self._checkpoint).to_bytes())
+        self._report, self._dirty, self._checkpoint_due = None, False, False
+        return changes
+
+    def _settle(self) -> None:
+        """Take the checkpoint :meth:`checkpoint` already handed out, if it is due."""
+        if self._checkpoint_due:
+            self.runtime.call(self._checkpoint)
+            self._checkpoint_due = False
+
+    def _mutating(self) -> None:
+        """Before any call that may change the working set, other than the message calls."""
+        self._settle()
+        self._dirty = True
+        self._report = None
+
+    def _reported(self, raw: bytes, start: int) -> None:
+        """A message call reported every change since the last checkpoint (from ``start``)."""
+        self._report = (raw, start)
+        self._dirty = False
 
     def rollback(self) -> None:
         """Undo every change since the last checkpoint."""
+        self._settle()
         self.runtime.call(self.js.rollback)
+        self._report, self._dirty = None, False
 
     def savepoint(self) -> Savepoint:
         """Undo every change made inside the block if it raises. Savepoints nest.
@@ -200,14 +252,22 @@ class Provider:
 
     @property
     def has_changes(self) -> bool:
+        if not self._dirty:
+            if self._report is not None:
+                raw, start = self._report
+                return len(raw) > start
+            if self._checkpoint_due:
+                return False  # what wasm still counts was handed out already
         return bool(self.js.hasChanges)
 
     def restore(self, entries: Iterable[Change]) -> None:
         """Load stored entries (already durable; not reported by the next checkpoint)."""
+        self._settle()
         self.runtime.call(self.js.restore, self.runtime.u8(encode_changes(entries)))
 
     def import_entries(self, entries: Iterable[Change]) -> None:
         """Write entries as new changes (reported by the next checkpoint)."""
+        self._mutating()
         self.runtime.call(self.js.importEntries, self.runtime.u8(encode_changes(entries)))
 
     def group_entries(self, group_id: bytes) -> list[tuple[bytes, bytes]]:
@@ -215,6 +275,7 @@ class Provider:
         return [(key, value) for key, value in decode_changes(raw) if value is not None]
 
     def drop_group(self, group_id: bytes) -> None:
+        self._mutating()
         self.runtime.call(self.js.dropGroup, self.runtime.u8(group_id))
 
     def group_prefix(self, group_id: bytes) -> bytes:
@@ -228,6 +289,7 @@ class Provider:
 
     def create_identity(self, user_id: bytes) -> Identity:
         """A new Ed25519 signing identity for ``user_id``, stored in this provider."""
+        self._mutating()
         js = self.runtime.call(self.runtime._exports.Identity.create, self.js, self.runtime.u8(user_id))
         return Identity(self, js, bytes(user_id))
 
@@ -238,11 +300,13 @@ class Provider:
         return Identity(self, js, bytes(user_id))
 
     def create_group(self, identity: Identity, group_id: bytes) -> Group:
+        self._mutating()
         js = self.runtime.call(self.runtime._exports.Group.create, self.js, identity.js, self.runtime.u8(group_id))
         return Group(self, js, identity)
 
     def join_group(self, identity: Identity, welcome: bytes) -> Group:
         """Join through ``welcome``, made for a KeyPackage of ``identity``'s."""
+        self._mutating()
         js = self.runtime.call(self.runtime._exports.Group.join, self.js, self.runtime.u8(welcome))
         return Group(self, js, identity)
 
@@ -267,6 +331,7 @@ class Savepoint:
 
     def __enter__(self) -> None:
         provider = self._provider
+        provider._settle()
         provider.runtime.call(provider.js.savepoint)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -274,6 +339,7 @@ class Savepoint:
         if exc is None:
             provider.runtime.call(provider.js.releaseSavepoint)
         else:
+            provider._mutating()  # a report taken inside the savepoint no longer holds
             provider.runtime.call(provider.js.rollbackToSavepoint)
 
 
@@ -288,6 +354,7 @@ class Identity:
 
     def key_package(self) -> bytes:
         """A fresh KeyPackage (TLS-serialized MlsMessage) whose private keys stay here."""
+        self.provider._mutating()
         return bytes(self.provider.runtime.call(self.js.keyPackage, self.provider.js).to_bytes())
 
     def sign_with_label(self, label: str, content: bytes) -> bytes:
@@ -316,23 +383,35 @@ class Group:
         self._call = provider.runtime.call
         self._u8 = provider.runtime.u8
         # The per-message exports, bound once (a JsProxy attribute lookup is a crossing).
-        self._create_message = js.createMessage
-        self._process_message = js.processMessage
+        self._create_message = js.createMessageWithChanges
+        self._process_message = js.processMessageWithChanges
         # Fixed for the group's life: read once.
         self.group_id: bytes = bytes(js.groupId.to_bytes())
         self.own_leaf_index: int = int(js.ownLeafIndex)
+        # Read from wasm when needed, then kept: a processed message reports both, and only
+        # processing a commit or merging our own changes them (or a failed call that reloads).
+        self._epoch: int | None = None
+        self._active: bool | None = None
 
     @property
     def epoch(self) -> int:
-        return int(self.js.epoch)
+        if self._epoch is None:
+            self._epoch = int(self.js.epoch)
+        return self._epoch
 
     @property
     def is_active(self) -> bool:
-        return bool(self.js.isActive)
+        if self._active is None:
+            self._active = bool(self.js.isActive)
+        return self._active
 
     @property
     def has_pending_commit(self) -> bool:
         return bool(self.js.hasPendingCommit)
+
+    def _mutating(self) -> None:
+        self.provider._mutating()
+        self._epoch = self._active = None
 
     def members(self) -> list[Member]:
         items = decode_byte_list(self._call(self.js.members).to_bytes())
@@ -343,6 +422,7 @@ class Group:
 
         ``aad`` (here and below) is authenticated data bound into the MLS message.
         """
+        self._mutating()
         raw = self._call(
             self.js.addMembers,
             self.provider.js,
@@ -356,23 +436,38 @@ class Group:
     def remove_members(self, leaf_indexes: Sequence[int], aad: bytes = b"") -> bytes:
         """Stage a commit removing the members at these leaves; returns the commit."""
         leaves = _ffi.uint32_array(leaf_indexes)
+        self._mutating()
         return bytes(
             self._call(self.js.removeMembers, self.provider.js, self.identity.js, leaves, self._u8(aad)).to_bytes()
         )
 
     def self_update(self, aad: bytes = b"") -> bytes:
         """Stage a commit refreshing our own leaf; returns the commit."""
+        self._mutating()
         return bytes(self._call(self.js.selfUpdate, self.provider.js, self.identity.js, self._u8(aad)).to_bytes())
 
     def merge_pending_commit(self) -> None:
+        self._mutating()
         self._call(self.js.mergePendingCommit, self.provider.js)
 
     def clear_pending_commit(self) -> None:
+        self._mutating()
         self._call(self.js.clearPendingCommit, self.provider.js)
 
     def create_message(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        call = self._call(self._create_message, self.provider.js, self.identity.js, self._u8(plaintext), self._u8(aad))
-        return bytes(call.to_bytes())
+        """Encrypt an application message (one call into wasm, which also reports the
+        working set's changes for the provider's next checkpoint)."""
+        _require_bytes(plaintext, aad)
+        provider = self.provider
+        due = provider._checkpoint_due
+        data = self._u8(_WITH_CHANGES_HEAD.pack(_CHECKPOINT_FIRST if due else 0, len(aad)) + aad + plaintext)
+        try:
+            raw: bytes = self._call(self._create_message, provider.js, self.identity.js, data).to_bytes()
+        finally:
+            provider._checkpoint_due = False  # the call took it first, whatever came next
+        (size,) = _U32.unpack_from(raw)
+        provider._reported(raw, 4 + size)
+        return raw[4 : 4 + size]
 
     def process_message(self, message: bytes, expected_aad: bytes = b"", plaintext_sha256: bytes = b"") -> Processed:
         """Process one inbound message; commits are merged.
@@ -381,21 +476,32 @@ class Group:
         (:class:`~ping_web.errors.HeaderMismatch`); with ``plaintext_sha256``, an application
         message whose plaintext hashes to anything else is rejected
         (:class:`~ping_web.errors.ContentHashMismatch`). A rejected message changes nothing.
+        One call into wasm, which also reports the working set's changes.
         """
-        raw = self._call(
-            self._process_message,
-            self.provider.js,
-            self._u8(message),
-            self._u8(expected_aad),
-            self._u8(plaintext_sha256),
-        ).to_bytes()
-        kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw)
+        _require_bytes(message, expected_aad, plaintext_sha256)
+        provider = self.provider
+        due = provider._checkpoint_due
+        head = _WITH_CHANGES_HEAD.pack(_CHECKPOINT_FIRST if due else 0, len(message))
+        data = self._u8(head + message + _U32.pack(len(expected_aad)) + expected_aad + plaintext_sha256)
+        try:
+            raw: bytes = self._call(self._process_message, provider.js, data).to_bytes()
+        except PingError:
+            self._epoch = self._active = None  # a failed call may have reloaded the group
+            raise
+        finally:
+            provider._checkpoint_due = False
+        (size,) = _U32.unpack_from(raw)
+        end = 4 + size
+        provider._reported(raw, end)
+        kind, flags, sender, epoch = _PROCESSED_HEADER.unpack_from(raw, 4)
+        still_member = bool(flags & 1)
+        self._epoch, self._active = epoch, still_member
         return Processed(
             kind=ProcessedKind(kind),
-            still_member=bool(flags & 1),
+            still_member=still_member,
             sender_leaf=None if sender == _DELETED else sender,
             epoch=epoch,
-            plaintext=raw[_PROCESSED_HEADER.size :],
+            plaintext=raw[4 + _PROCESSED_HEADER.size : end],
         )
 
     def export_secret(self, label: str, context: bytes, length: int) -> bytes:

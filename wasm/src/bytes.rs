@@ -5,6 +5,7 @@
 //! - byte list: repeated `u32 len || bytes`
 //! - change list: repeated `u32 key_len || key || u32 value_len || value`, where
 //!   `value_len = 0xFFFF_FFFF` (and no value bytes) marks a deleted key.
+//! - input of the calls that also report changes: `u8 flags || (u32 len || field) * n || last`.
 
 use crate::error::{code, Error, Result};
 use crate::storage::Change;
@@ -45,6 +46,20 @@ pub fn encode_byte_list<T: AsRef<[u8]>>(items: &[T]) -> Vec<u8> {
     out
 }
 
+/// Split `data` into a flags byte and `count` length-prefixed fields, the rest of `data` being
+/// the last one: `u8 flags || (u32 len || bytes) * count || rest`.
+pub fn split_input(data: &[u8], count: usize) -> Result<(u8, Vec<&[u8]>)> {
+    let mut reader = Reader { data, what: "input" };
+    let flags = reader.take(1)?[0];
+    let mut fields = Vec::with_capacity(count + 1);
+    for _ in 0..count {
+        let len = reader.u32()? as usize;
+        fields.push(reader.take(len)?);
+    }
+    fields.push(reader.data);
+    Ok((flags, fields))
+}
+
 pub fn decode_byte_list(data: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut reader = Reader {
         data,
@@ -60,18 +75,23 @@ pub fn decode_byte_list(data: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
     let mut out = Vec::new();
+    append_changes(&mut out, changes);
+    out
+}
+
+/// Append the change list of `changes` to `out`.
+pub fn append_changes(out: &mut Vec<u8>, changes: &[Change]) {
     for (key, value) in changes {
-        push_len(&mut out, key.len());
+        push_len(out, key.len());
         out.extend_from_slice(key);
         match value {
             Some(value) => {
-                push_len(&mut out, value.len());
+                push_len(out, value.len());
                 out.extend_from_slice(value);
             }
             None => out.extend_from_slice(&DELETED.to_be_bytes()),
         }
     }
-    out
 }
 
 pub fn decode_changes(data: &[u8]) -> Result<Vec<Change>> {

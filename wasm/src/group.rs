@@ -12,7 +12,7 @@ use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize as _, Serialize as _};
 use wasm_bindgen::prelude::*;
 
-use crate::bytes::{decode_byte_list, encode_byte_list};
+use crate::bytes::{append_changes, decode_byte_list, encode_byte_list, split_input};
 use crate::error::{code, mls_error, Error, Result};
 use crate::identity::{Identity, CIPHERSUITE};
 use crate::provider::Provider;
@@ -94,6 +94,29 @@ fn serialize(message: MlsMessageOut) -> Result<Vec<u8>> {
     message
         .tls_serialize_detached()
         .map_err(|e| Error::new(code::LIBRARY, e))
+}
+
+/// Flag bit of the `...WithChanges` inputs: take a checkpoint first.
+const CHECKPOINT_FIRST: u8 = 1;
+
+fn checkpoint_first(provider: &Provider, input: &[u8]) {
+    if input.first().is_some_and(|flags| flags & CHECKPOINT_FIRST != 0) {
+        provider.storage().checkpoint();
+    }
+}
+
+/// `u32 len || result || change list` of every change since the last checkpoint.
+fn with_changes(provider: &Provider, result: Vec<u8>) -> Vec<u8> {
+    let changes = provider.storage().changes();
+    let size: usize = changes
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(4 + result.len() + size);
+    out.extend_from_slice(&(result.len() as u32).to_be_bytes());
+    out.extend_from_slice(&result);
+    append_changes(&mut out, &changes);
+    out
 }
 
 /// A loaded MLS group of the provider it was opened with.
@@ -288,6 +311,40 @@ impl Group {
                 .map_err(|e| mls_error(code::SEND, e))?;
             serialize(message)
         })
+    }
+
+    /// [`Self::create_message`] and the working set's changes, in one call (from Python, every
+    /// call is a crossing: this makes a sent message one).
+    ///
+    /// `input`: `u8 flags || u32 aad_len || aad || plaintext`; flags bit 0 (`CHECKPOINT_FIRST`)
+    /// takes a checkpoint before anything else (the caller has stored the changes it was last
+    /// given). Returns `u32 message_len || message || change list`: every change since the
+    /// last checkpoint, this message's included, without taking a checkpoint.
+    #[wasm_bindgen(js_name = createMessageWithChanges)]
+    pub fn create_message_with_changes(
+        &mut self,
+        provider: &Provider,
+        identity: &Identity,
+        input: &[u8],
+    ) -> Result<Vec<u8>> {
+        checkpoint_first(provider, input);
+        let (_, fields) = split_input(input, 1)?;
+        let (aad, plaintext) = (fields[0], fields[1]);
+        let message = self.create_message(provider, identity, plaintext, aad)?;
+        Ok(with_changes(provider, message))
+    }
+
+    /// [`Self::process_message`] and the working set's changes, in one call.
+    ///
+    /// `input`: `u8 flags || u32 message_len || message || u32 aad_len || expected_aad ||
+    /// plaintext_sha256` (empty or 32 bytes), flags as for `createMessageWithChanges`.
+    /// Returns `u32 result_len || processed result || change list`, as there.
+    #[wasm_bindgen(js_name = processMessageWithChanges)]
+    pub fn process_message_with_changes(&mut self, provider: &Provider, input: &[u8]) -> Result<Vec<u8>> {
+        checkpoint_first(provider, input);
+        let (_, fields) = split_input(input, 2)?;
+        let result = self.process_message(provider, fields[0], fields[1], fields[2])?;
+        Ok(with_changes(provider, result))
     }
 
     /// Process an inbound application, commit or proposal message (commits are merged).
@@ -709,6 +766,76 @@ mod tests {
 
         bob_group.process_message(&bob.provider, &commit, b"", b"").unwrap();
         assert_eq!(bob_group.epoch(), 2);
+    }
+
+    /// `u8 flags || (u32 len || field) * .. || last`.
+    fn input(flags: u8, fields: &[&[u8]]) -> Vec<u8> {
+        let mut out = vec![flags];
+        for field in &fields[..fields.len() - 1] {
+            out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(fields[fields.len() - 1]);
+        out
+    }
+
+    /// `u32 len || result || change list` as (result, changes).
+    fn split_result(out: &[u8]) -> (Vec<u8>, Vec<crate::storage::Change>) {
+        let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+        (out[4..4 + len].to_vec(), decode_changes(&out[4 + len..]).unwrap())
+    }
+
+    #[test]
+    fn messages_with_their_changes_in_one_call() {
+        let (alice, mut group, bob, mut bob_group) = alice_and_bob();
+        alice.provider.checkpoint();
+        bob.provider.checkpoint();
+        let sha = sha256(b"hello");
+        let mut sent = Vec::new();
+        for round in 0..3 {
+            // Without the flag the changes add up, as a checkpoint would report them.
+            let out = group
+                .create_message_with_changes(&alice.provider, &alice.identity, &input(0, &[b"hdr", b"hello"]))
+                .unwrap();
+            let (message, changes) = split_result(&out);
+            assert!(!changes.is_empty());
+            assert_eq!(changes, alice.provider.storage().changes());
+            sent.push(message);
+            let flags = if round == 0 { 0 } else { 1 };
+            let out = bob_group
+                .process_message_with_changes(&bob.provider, &input(flags, &[&sent[round], b"hdr", &sha]))
+                .unwrap();
+            let (result, changes) = split_result(&out);
+            assert_eq!(parse(&result), (KIND_APPLICATION, true, 0, 1, b"hello".to_vec()));
+            assert_eq!(changes, bob.provider.storage().changes());
+        }
+        // The flag takes the checkpoint first: the report holds this call's changes only.
+        let before = alice.provider.storage().changes();
+        let out = group
+            .create_message_with_changes(&alice.provider, &alice.identity, &input(1, &[b"", b"x"]))
+            .unwrap();
+        let (_, changes) = split_result(&out);
+        assert_eq!(changes.len(), 1);
+        assert!(before.len() >= changes.len());
+        // A refused message changes nothing, reports nothing, and can still be read.
+        let again = group
+            .create_message_with_changes(&alice.provider, &alice.identity, &input(1, &[b"h", b"y"]))
+            .unwrap();
+        let (message, _) = split_result(&again);
+        bob.provider.checkpoint();
+        assert_eq!(
+            code(bob_group.process_message_with_changes(&bob.provider, &input(0, &[&message, b"other", b""]))),
+            code::AAD_MISMATCH
+        );
+        assert!(bob.provider.storage().changes().is_empty());
+        assert_eq!(
+            code(bob_group.process_message_with_changes(&bob.provider, b"\x00\x00")),
+            code::INVALID_INPUT
+        );
+        let out = bob_group
+            .process_message_with_changes(&bob.provider, &input(0, &[&message, b"h", b""]))
+            .unwrap();
+        assert_eq!(parse(&split_result(&out).0).4, b"y");
     }
 
     /// Every entry of a provider, as stored.

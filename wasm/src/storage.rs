@@ -299,6 +299,19 @@ impl WorkingSet {
             .collect()
     }
 
+    /// Every change since the last checkpoint, as [`Self::checkpoint`] would report it,
+    /// without taking a checkpoint.
+    pub fn changes(&self) -> Vec<Change> {
+        let undo = self.undo.borrow();
+        let entries = self.entries.borrow();
+        undo.iter()
+            .filter_map(|(key, before)| {
+                let now = entries.get(key);
+                (now != before.as_ref()).then(|| (key.clone(), now.cloned()))
+            })
+            .collect()
+    }
+
     /// Put every key back to its value at the last checkpoint.
     pub fn rollback(&self) {
         let undo = std::mem::take(&mut *self.undo.borrow_mut());
@@ -1052,6 +1065,21 @@ mod tests {
         assert_eq!(ws.checkpoint(), vec![]);
         put(&ws, "a", "12");
         assert_eq!(ws.checkpoint(), set(&[("a", Some("12"))]));
+    }
+
+    #[test]
+    fn changes_are_what_a_checkpoint_would_report_without_taking_it() {
+        let ws = restored(&[("a", "1"), ("b", "2")]);
+        put(&ws, "a", "10");
+        del(&ws, "b");
+        put(&ws, "c", "3");
+        put(&ws, "c", "30");
+        let expected = set(&[("a", Some("10")), ("b", None), ("c", Some("30"))]);
+        assert_eq!(ws.changes(), expected);
+        assert_eq!(ws.changes(), expected);
+        assert!(ws.has_changes());
+        assert_eq!(ws.checkpoint(), expected);
+        assert_eq!(ws.changes(), vec![]);
     }
 
     #[test]
