@@ -13,7 +13,12 @@ vectors), and untrusted bytes must fail in exactly one way. So:
 
 Data model: integers in -2**64 .. 2**64-1, ``bool``, ``None``, byte strings, UTF-8 text,
 arrays, and maps whose keys are either all text or all byte strings. (With one key type
-per map, cbor2's length-first canonical order equals RFC 8949 bytewise order.)
+per map, length-first order equals RFC 8949 bytewise order of the encoded keys.)
+
+The encoder and the parser are plain Python, written for exactly this data model: in
+Pyodide, loading a compiled CBOR extension (cbor2's) took longer than everything else a
+client needs to start, and a walk of these small records in Python is as fast as the
+extension plus the checks it needed around it.
 
 The checkers below (:func:`uint`, :func:`byte_string`, ...) raise
 :class:`~ping_web.errors.InvalidInput`, so constructors can validate with them;
@@ -24,9 +29,7 @@ The checkers below (:func:`uint`, :func:`byte_string`, ...) raise
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, Final, NoReturn
-
-import cbor2
+from typing import Any, Final
 
 from ping_web.errors import DecodeError, InvalidInput
 
@@ -43,25 +46,8 @@ DEFAULT_MAX_SIZE: Final = 1 << 20
 _INT_MIN: Final = -(1 << 64)
 
 
-class _NoTags(dict[int, Any]):
-    """A semantic-decoder table that claims every tag and rejects it while parsing."""
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-    def __getitem__(self, tag: int) -> Any:
-        return _reject_tag
-
-
-def _reject_tag(decoder: Any) -> NoReturn:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
-
-
-_NO_TAGS: Final = _NoTags()
-
-
 class _Outside(Exception):
-    """Raised inside :func:`_canonical` when a value is outside the data model."""
+    """Raised while encoding when a value is outside the data model."""
 
 
 _TEXT_ORDER: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -80,105 +66,128 @@ def _text_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     return order
 
 
-_SCALARS: Final = frozenset({bytes, str, bool, type(None)})
+def _head(out: bytearray, major: int, n: int) -> None:
+    """The shortest head of major type ``major`` with argument ``n`` (0 <= n < 2**64)."""
+    m = major << 5
+    if n < 24:
+        out.append(m | n)
+    elif n < 0x100:
+        out.append(m | 24)
+        out.append(n)
+    elif n < 0x1_0000:
+        out.append(m | 25)
+        out += n.to_bytes(2, "big")
+    elif n < 0x1_0000_0000:
+        out.append(m | 26)
+        out += n.to_bytes(4, "big")
+    else:
+        out.append(m | 27)
+        out += n.to_bytes(8, "big")
 
 
-def _canonical(value: Any, depth: int) -> Any:
-    """``value`` with every map in canonical key order; :class:`_Outside` if it is not in the model.
-
-    One pass does what encoding needs: the data-model check (same rules and messages as
-    before: depth first, then the type) and the RFC 8949 map key order, so the encoder can
-    write maps as they come instead of sorting their encoded keys (cbor2's ``canonical``,
-    the slower half of an encode). Containers already in order are returned, not copied.
-    """
-    if depth > MAX_DEPTH:
-        raise _Outside(f"nested deeper than {MAX_DEPTH}")
-    kind = type(value)
-    if kind in _SCALARS:
-        return value
-    if kind is int:
-        if _INT_MIN <= value <= U64_MAX:
-            return value
-        raise _Outside("integer outside 64 bits")
-    if kind is dict:
-        if not value:
-            return value
-        keys = tuple(value)
-        first = type(keys[0])
-        for k in keys:
-            if type(k) is not first:
-                raise _Outside("map keys must be all text or all byte strings")
-        order: tuple[Any, ...]
-        if first is str:
-            order = _text_order(keys)
-        elif first is bytes:
-            order = keys if len(keys) == 1 else tuple(sorted(keys, key=_bytes_order))
-        else:
-            raise _Outside("map keys must be all text or all byte strings")
-        values = [value[k] for k in order]
-        changed = _canonical_items(values, depth + 1)
-        if not changed and order == keys:
-            return value
-        return dict(zip(order, values, strict=True))
-    if kind is list or kind is tuple:
-        values = list(value)
-        return values if _canonical_items(values, depth + 1) else value
-    # Subclasses of the model's types: the general rules, as before.
-    if isinstance(value, (bool, bytes, str)):
-        return value
-    if isinstance(value, int):
-        if _INT_MIN <= value <= U64_MAX:
-            return value
-        raise _Outside("integer outside 64 bits")
-    if isinstance(value, dict):
-        return _canonical(dict(value), depth)
-    if isinstance(value, (list, tuple)):
-        return _canonical(list(value), depth)
-    raise _Outside(f"{kind.__name__} is not in the data model")
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Outside("text is not valid Unicode (lone surrogate)") from None
 
 
 def _bytes_order(key: bytes) -> tuple[int, bytes]:
     return len(key), key
 
 
-def _canonical_items(values: list[Any], depth: int) -> bool:
-    """Check (and order, in place) the items of one container; True if any was replaced."""
-    changed = False
+def _write(out: bytearray, value: Any, depth: int) -> None:
+    """Append the deterministic encoding of ``value``; :class:`_Outside` if it is not in the model."""
     if depth > MAX_DEPTH:
-        for v in values:
-            _canonical(v, depth)  # raises
-        return False
-    for i, v in enumerate(values):
-        kind = type(v)
-        if kind in _SCALARS:
-            continue
-        if kind is int:
-            if not _INT_MIN <= v <= U64_MAX:
-                raise _Outside("integer outside 64 bits")
-            continue
-        ordered = _canonical(v, depth)
-        if ordered is not v:
-            values[i] = ordered
-            changed = True
-    return changed
+        raise _Outside(f"nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is bytes:
+        size = len(value)
+        if size < 24:
+            out.append(0x40 | size)
+        else:
+            _head(out, 2, size)
+        out += value
+    elif kind is int:
+        if 0 <= value < 24:
+            out.append(value)
+        elif 0 <= value <= U64_MAX:
+            _head(out, 0, value)
+        elif _INT_MIN <= value < 0:
+            _head(out, 1, -1 - value)
+        else:
+            raise _Outside("integer outside 64 bits")
+    elif kind is str:
+        raw = _utf8(value)
+        size = len(raw)
+        if size < 24:
+            out.append(0x60 | size)
+        else:
+            _head(out, 3, size)
+        out += raw
+    elif kind is dict:
+        _write_map(out, value, depth)
+    elif kind is list or kind is tuple:
+        size = len(value)
+        if size < 24:
+            out.append(0x80 | size)
+        else:
+            _head(out, 4, size)
+        for item in value:
+            _write(out, item, depth + 1)
+    elif value is None:
+        out.append(0xF6)
+    elif kind is bool:
+        out.append(0xF5 if value else 0xF4)
+    # Subclasses of the model's types (an IntEnum, say) are written as their base type.
+    elif isinstance(value, (bytes, str)):
+        _write(out, bytes(value) if isinstance(value, bytes) else str(value), depth)
+    elif isinstance(value, int):
+        _write(out, int(value), depth)
+    elif isinstance(value, dict):
+        _write(out, dict(value), depth)
+    elif isinstance(value, (list, tuple)):
+        _write(out, list(value), depth)
+    else:
+        raise _Outside(f"{kind.__name__} is not in the data model")
 
 
-def _problem(value: Any, depth: int = 0) -> str | None:
-    """Why ``value`` is outside the data model, or None when it fits."""
-    try:
-        _canonical(value, depth)
-    except _Outside as exc:
-        return str(exc)
-    return None
+def _write_map(out: bytearray, value: dict[Any, Any], depth: int) -> None:
+    size = len(value)
+    if size < 24:
+        out.append(0xA0 | size)
+    else:
+        _head(out, 5, size)
+    if not size:
+        return
+    keys = tuple(value)
+    first = type(keys[0])
+    for k in keys:
+        if type(k) is not first:
+            raise _Outside("map keys must be all text or all byte strings")
+    if first is str:
+        for k in _text_order(keys):
+            raw = _utf8(k)
+            if len(raw) < 24:
+                out.append(0x60 | len(raw))
+            else:
+                _head(out, 3, len(raw))
+            out += raw
+            _write(out, value[k], depth + 1)
+    elif first is bytes:
+        for k in keys if size == 1 else sorted(keys, key=_bytes_order):
+            _head(out, 2, len(k))
+            out += k
+            _write(out, value[k], depth + 1)
+    else:
+        raise _Outside("map keys must be all text or all byte strings")
 
 
 def _dumps(obj: Any) -> bytes:
-    """Deterministic CBOR of ``obj`` (already checked); :class:`_Outside` if outside the model."""
-    ordered = _canonical(obj, 0)
-    try:
-        return cbor2.dumps(ordered)
-    except Exception:  # noqa: BLE001 - e.g. a lone surrogate: let cbor2 report it as before
-        return cbor2.dumps(obj, canonical=True)
+    """Deterministic CBOR of ``obj``; :class:`_Outside` if it is outside the model."""
+    out = bytearray()
+    _write(out, obj, 0)
+    return bytes(out)
 
 
 def encode(obj: Any) -> bytes:
@@ -187,6 +196,92 @@ def encode(obj: Any) -> bytes:
         return _dumps(obj)
     except _Outside as exc:
         raise InvalidInput(f"cannot encode: {exc}") from None
+
+
+class _Malformed(Exception):
+    """Raised inside :func:`_read` for input :func:`encode` would not have written."""
+
+
+_SHORTEST: Final = (24, 0x100, 0x1_0000, 0x1_0000_0000)
+"""Smallest argument each of the 1-, 2-, 4- and 8-byte argument forms may carry."""
+
+
+def _read(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """The item at ``pos`` and where it ends; only the deterministic encoding is accepted."""
+    if depth > MAX_DEPTH:
+        raise _Malformed(f"nested deeper than {MAX_DEPTH}")
+    try:
+        initial = data[pos]
+    except IndexError:
+        raise _Malformed("the input ends early") from None
+    pos += 1
+    major, info = initial >> 5, initial & 31
+    if info < 24:
+        arg = info
+    elif info < 28:
+        width = 1 << (info - 24)
+        end = pos + width
+        if end > len(data):
+            raise _Malformed("the input ends early")
+        arg = int.from_bytes(data[pos:end], "big")
+        pos = end
+        if arg < _SHORTEST[info - 24]:
+            raise _Malformed("non-shortest integer or length")
+    elif major == 7 and info == 31:
+        raise _Malformed("a break outside an indefinite-length item")
+    elif info == 31:
+        raise _Malformed("indefinite lengths are not allowed")
+    else:
+        raise _Malformed("reserved additional information")
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major == 2 or major == 3:
+        end = pos + arg
+        if end > len(data):
+            raise _Malformed("the input ends early")
+        raw = data[pos:end]
+        if major == 2:
+            return raw, end
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError:
+            raise _Malformed("text is not valid UTF-8") from None
+    if major == 4:
+        items = []
+        for _ in range(arg):
+            item, pos = _read(data, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if major == 5:
+        result: dict[Any, Any] = {}
+        previous = b""
+        key_type: type[Any] | None = None
+        for _ in range(arg):
+            start = pos
+            key, pos = _read(data, pos, depth + 1)
+            if type(key) is not bytes and type(key) is not str:
+                raise _Malformed("map keys must be text or byte strings")
+            if key_type is None:
+                key_type = type(key)
+            elif type(key) is not key_type:
+                raise _Malformed("map keys must be all text or all byte strings")
+            encoded = data[start:pos]
+            if previous and encoded <= previous:
+                raise _Malformed("map keys out of order or repeated")
+            previous = encoded
+            result[key], pos = _read(data, pos, depth + 1)
+        return result, pos
+    if major == 6:
+        raise _Malformed("CBOR tags are not allowed")
+    if initial == 0xF4:
+        return False, pos
+    if initial == 0xF5:
+        return True, pos
+    if initial == 0xF6:
+        return None, pos
+    raise _Malformed("floats and simple values other than false, true and null are not allowed")
 
 
 def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
@@ -199,24 +294,13 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     if not data:
         raise DecodeError("empty input")
     try:
-        value = cbor2.loads(
-            data,
-            max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-            semantic_decoders=_NO_TAGS,
-        )
-    except Exception as exc:  # noqa: BLE001 - cbor2 is a C extension; its failure types are not all documented
+        value, end = _read(data, 0, 0)
+    except _Malformed as exc:
         raise DecodeError(f"malformed CBOR: {exc}") from None
-    try:
-        canonical = _dumps(value)
-    except _Outside as exc:
-        raise DecodeError(f"malformed CBOR: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - re-encoding untrusted input must fail one way only
-        raise DecodeError(f"malformed CBOR: {exc}") from None
-    if canonical != data:
-        raise DecodeError("not canonical CBOR (non-shortest form, unsorted keys or trailing bytes)")
+    except RecursionError:
+        raise DecodeError("malformed CBOR: nested too deeply") from None
+    if end != len(data):
+        raise DecodeError("not canonical CBOR: bytes after the value")
     return value
 
 
