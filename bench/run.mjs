@@ -388,7 +388,7 @@ const targetTable = `| target | measured (median, min–max of paired runs) | go
 
 const coldSplit = cold.runs.pingweb_py.length
   ? `ping-web cold start split (medians): Pyodide boot ${num(median(cold.field("pingweb_py", "runtimeBoot")))} ms, ` +
-    `installing the wheels (loadPackage: ping_web, cbor2, python-ulid) ${num(median(cold.field("pingweb_py", "loadPackage")))} ms, ` +
+    `installing the wheel (loadPackage("ping_web"), the first loadPackage of the process) ${num(median(cold.field("pingweb_py", "loadPackage")))} ms, ` +
     `\`import ping_web.client\` ${num(median(cold.field("pingweb_py", "import")))} ms, ` +
     `wasm init (\`MlsRuntime.load().provider()\`) ${num(median(cold.field("pingweb_py", "wasmInit")))} ms.`
   : "";

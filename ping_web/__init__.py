@@ -6,13 +6,8 @@ and ``docs/design.md`` for how the package is built (core / mls / storage / deli
 client).
 """
 
-from ping_web.client import BatchOutcome, MessagingClient
-from ping_web.core.conversation import Conversation
-from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
-from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.core.records import AddOutcome, ConversationMeta, MemberInfo
-from ping_web.delivery import Delivery, LocalDeliveryService, LogPage
-from ping_web.delivery.relay import ConnectionState, RelayDelivery
+from typing import TYPE_CHECKING, Any
+
 from ping_web.errors import (
     CommitRefused,
     ContentHashMismatch,
@@ -35,7 +30,56 @@ from ping_web.errors import (
     WasmTrap,
     WrongEpoch,
 )
-from ping_web.storage import Batch, EncryptedStorage, IndexedDbStorage, MemoryStorage, Storage
+
+if TYPE_CHECKING:
+    from ping_web.client import BatchOutcome, MessagingClient
+    from ping_web.core.conversation import Conversation
+    from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+    from ping_web.core.ids import ConversationId, DeviceId, UserId
+    from ping_web.core.records import AddOutcome, ConversationMeta, MemberInfo
+    from ping_web.delivery import Delivery, LocalDeliveryService, LogPage
+    from ping_web.delivery.relay import ConnectionState, RelayDelivery
+    from ping_web.storage import Batch, EncryptedStorage, IndexedDbStorage, MemoryStorage, Storage
+
+# Each name is imported on first use, so that importing one part (``ping_web.client`` to
+# open a client) does not load the rest (the relay client, IndexedDB, encryption): in
+# Pyodide every module imported is compiled or read at start.
+_LAZY: dict[str, str] = {
+    "BatchOutcome": "ping_web.client",
+    "MessagingClient": "ping_web.client",
+    "Conversation": "ping_web.core.conversation",
+    "IncomingMessage": "ping_web.core.envelope",
+    "MessageEnvelope": "ping_web.core.envelope",
+    "MessageKind": "ping_web.core.envelope",
+    "ConversationId": "ping_web.core.ids",
+    "DeviceId": "ping_web.core.ids",
+    "UserId": "ping_web.core.ids",
+    "AddOutcome": "ping_web.core.records",
+    "ConversationMeta": "ping_web.core.records",
+    "MemberInfo": "ping_web.core.records",
+    "Delivery": "ping_web.delivery",
+    "LocalDeliveryService": "ping_web.delivery",
+    "LogPage": "ping_web.delivery",
+    "ConnectionState": "ping_web.delivery.relay",
+    "RelayDelivery": "ping_web.delivery.relay",
+    "Batch": "ping_web.storage",
+    "EncryptedStorage": "ping_web.storage",
+    "IndexedDbStorage": "ping_web.storage",
+    "MemoryStorage": "ping_web.storage",
+    "Storage": "ping_web.storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ping_web' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ export async function cold() {
   const t0 = performance.now();
   const pyodide = await bootPyodide();
   const t1 = performance.now();
-  await loadPingWeb(pyodide); // wheels: ping_web (with its wasm), cbor2, python-ulid
+  await loadPingWeb(pyodide); // the ping_web wheel (with its wasm and bytecode; no dependencies)
   const t2 = performance.now();
   pyodide.runPython("import ping_web.client, ping_web.storage");
   const t3 = performance.now();

@@ -10,8 +10,8 @@ is what recovery from a wasm trap needs.
 
 from __future__ import annotations
 
+import os
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from ping_web import _ffi
@@ -24,13 +24,24 @@ WASM_FILE = "ping_web_mls_bg.wasm"
 _INIT = "(ns, module) => { ns.initSync({ module }); return ns; }"
 
 
+def _read(name: str) -> bytes:
+    """A file of the ``_wasm`` package: beside this module when installed as files (every
+    Pyodide host), else through importlib.resources (imported only then: in Pyodide it costs
+    ~10 ms of a client's start)."""
+    path = os.path.join(os.path.dirname(__file__), "_wasm", name)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    from importlib import resources
+
+    return resources.files(WASM_PACKAGE).joinpath(name).read_bytes()
+
+
 @cache
 def _artifacts() -> tuple[str, Any]:
     """The glue source and the compiled ``WebAssembly.Module`` (compiled once, reused)."""
-    files = resources.files(WASM_PACKAGE)
-    glue = files.joinpath(GLUE_FILE).read_text(encoding="utf-8")
-    binary = files.joinpath(WASM_FILE).read_bytes()
-    module = _ffi.wasm_module(binary)
+    glue = _read(GLUE_FILE).decode("utf-8")
+    module = _ffi.wasm_module(_read(WASM_FILE))
     return glue + "\nwasm_bindgen;\n//# sourceURL=ping_web_mls.js\n", module
 
 
@@ -45,4 +56,4 @@ def instantiate() -> Any:
 
 def wasm_size() -> int:
     """Size in bytes of the shipped ``.wasm`` file."""
-    return len(resources.files(WASM_PACKAGE).joinpath(WASM_FILE).read_bytes())
+    return len(_read(WASM_FILE))
