@@ -90,6 +90,25 @@ async def _prepare(kind: str, params: dict) -> None:
         now = int(time.time() * 1000)
         wires = [conversation.send_application(PLAINTEXT, now).encode() for _ in range(params["n"])]
         _state["catchup"] = {"receivers": receivers, "wires": wires, "next": 0}
+    elif kind == "groupsize":
+        # A group of N: alice, bob and N - 2 members who never send; alice sends, bob receives.
+        store = MemoryStorage()
+        alice = await new_client("alice", storage=store)
+        bob = await new_client("bob")
+        cid = (await alice.create_conversation("group")).id
+        entries = [(bob.device_id, await bob.new_key_package()), *other_key_packages(params["N"] - 2)]
+        outcome = await alice.add_members(cid, entries)
+        await alice.confirm_commit(cid)
+        await bob.join(outcome.welcome.encode())
+        for _ in range(5):
+            await round_trip(alice, bob, cid)
+        stored = 0
+        for ns in NAMESPACES:
+            stored += sum(len(k) + len(v) for k, v in await store.scan(ns))
+        memory = alice._runtime.memory_bytes if alice._runtime is not None else None
+        _state["groupsize"] = (alice, bob, cid, stored, memory)
+    elif kind == "history":
+        await _prepare_history(params["storage"], params["stored"])
     elif kind == "membership":
         _state["membership"] = {
             "alice": await new_client("alice"),
@@ -133,6 +152,35 @@ async def _rep(kind: str, params: dict) -> dict:
         if outcome.rejected or len(outcome.messages) != len(c["wires"]):
             raise AssertionError(f"catch-up: {len(outcome.messages)} stored, {len(outcome.rejected)} rejected")
         return {"value": len(c["wires"]) / seconds, "ms": seconds * 1000}
+    if kind == "groupsize":
+        alice, bob, cid, stored, memory = _state["groupsize"]
+        n = params["n"]
+        start = time.perf_counter()
+        wires = [(await alice.send(cid, PLAINTEXT)).encode() for _ in range(n)]
+        send = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for wire in wires:
+            await bob.receive(wire)
+        return {"send": send, "receive": n / (time.perf_counter() - start), "stored": stored, "memory": memory}
+    if kind == "history":
+        h = _state["history"]
+        alice, bob, cid, n = h["alice"], h["bob"], h["cid"], params["n"]
+        start = time.perf_counter()
+        wires = [(await alice.send(cid, PLAINTEXT)).encode() for _ in range(n)]
+        send = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for wire in wires:
+            await bob.receive(wire)
+        receive = n / (time.perf_counter() - start)
+        # Reopen: a cold restart of bob's device from its storage, up to the conversation loaded.
+        await bob.close()
+        start = time.perf_counter()
+        storage = await h["reopen"]()
+        bob = await MessagingClient.open(storage)
+        await bob.conversation(cid)
+        reopen = (time.perf_counter() - start) * 1000
+        h["bob"] = bob
+        return {"send": send, "receive": receive, "reopen": reopen}
     if kind == "membership":
         m = _state["membership"]
         alice, bob = m["alice"], m["bob"]
@@ -160,6 +208,53 @@ async def _rep(kind: str, params: dict) -> dict:
         return {"add": add * 1000, "process": process * 1000, "join": join * 1000,
                 "commitBytes": len(outcome.commit.payload), "welcomeBytes": len(outcome.welcome.payload)}  # fmt: skip
     raise ValueError(f"unknown case {kind}")
+
+
+async def _prepare_history(storage_kind: str, stored: int) -> None:
+    """A conversation of two whose devices each hold ``stored`` messages of history."""
+    import hashlib
+
+    from ping_web.client import keys
+    from ping_web.core.envelope import IncomingMessage
+    from ping_web.core.hlc import Hlc
+    from ping_web.storage import Batch
+
+    names = {who: f"bench-py-history-{who}-{next(_db_names)}" for who in ("alice", "bob")}
+    if storage_kind == "idb":
+        from ping_web.storage.indexeddb import IndexedDbStorage
+
+        stores = {who: await IndexedDbStorage.open(name) for who, name in names.items()}
+    else:
+        stores = {who: MemoryStorage() for who in names}
+    alice = await new_client("alice", storage=stores["alice"])
+    bob = await new_client("bob", storage=stores["bob"])
+    cid = await group_of_two(alice, bob)
+    for _ in range(3):
+        await round_trip(alice, bob, cid)
+    digest = hashlib.sha256(PLAINTEXT).digest()
+    start_ms = int(time.time() * 1000) - stored - 60_000
+    for store in stores.values():
+        for first in range(0, stored, 10_000):
+            batch = Batch()
+            for i in range(first, min(stored, first + 10_000)):
+                message = IncomingMessage(
+                    cid, alice.device_id, alice.user_id, 1, 1_000_000 + i, Hlc(start_ms + i, 0), PLAINTEXT, digest
+                )
+                batch.put(keys.HISTORY, keys.history_key(message), message.encode())
+            await store.commit(batch)
+    if storage_kind == "idb":
+
+        async def reopen():
+            return await IndexedDbStorage.open(names["bob"])
+    else:
+        memory = stores["bob"]
+
+        async def reopen():
+            nonlocal memory
+            memory = memory.reopen()
+            return memory
+
+    _state["history"] = {"alice": alice, "bob": bob, "cid": cid, "reopen": reopen}
 
 
 class CountingStorage:

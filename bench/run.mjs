@@ -39,6 +39,8 @@ const CONFIG = QUICK
         { N: 10, runs: 2 },
         { N: 100, runs: 2 },
       ],
+      groupsize: { sizes: [2, 10, 100], runs: 2, n: 30 },
+      history: { stored: [10000], storages: ["memory"], runs: 2, n: 20 },
     }
   : {
       coldRuns: 5,
@@ -49,6 +51,8 @@ const CONFIG = QUICK
         { N: 100, runs: 3 },
         { N: 1000, runs: 2, cap: "N=1000: 2 runs per peer (a run takes seconds, its KeyPackages tens of seconds)" },
       ],
+      groupsize: { sizes: [2, 10, 100, 1000], runs: 3, n: 100 },
+      history: { stored: [10000, 100000], storages: ["memory", "idb"], runs: 3, n: 50 },
     };
 
 // -- small helpers ---------------------------------------------------------------------------
@@ -289,6 +293,21 @@ for (const { N, runs } of CONFIG.membership) {
   membership[N] = await interleaved(workers, "membership", { N }, runs, `add ${N}`);
 }
 
+const groupsize = {};
+for (const N of CONFIG.groupsize.sizes) {
+  log(`group of ${N}: ${CONFIG.groupsize.runs} runs of ${CONFIG.groupsize.n} messages`);
+  groupsize[N] = await interleaved(workers, "groupsize", { N, n: CONFIG.groupsize.n }, CONFIG.groupsize.runs, `group of ${N}`);
+}
+
+const history = {};
+for (const storage of CONFIG.history.storages) {
+  for (const stored of CONFIG.history.stored) {
+    const key = `${storage} ${stored}`;
+    log(`history: ${stored} stored messages, ${storage}, ${CONFIG.history.runs} runs of ${CONFIG.history.n}`);
+    history[key] = await interleaved(workers, "history", { storage, stored, n: CONFIG.history.n }, CONFIG.history.runs, `history ${key}`);
+  }
+}
+
 log("sizes");
 const sizes = {};
 for (const w of workers) {
@@ -325,6 +344,34 @@ for (const { N, cap } of CONFIG.membership) {
   row(`add ${N}: receiver processes it (ms)${capped}`, ids.map((id) => cell(values(val(membership[N], id, "process")))));
   row(`add ${N}: join from the Welcome (ms)${capped}`, ids.map((id) => cell(values(val(membership[N], id, "join")))));
 }
+
+const thousands = (n) => n.toLocaleString("en-US");
+for (const N of CONFIG.groupsize.sizes) {
+  row(`send, group of ${thousands(N)} (msg/s)`, ids.map((id) => cell(values(val(groupsize[N], id, "send")))));
+  row(`receive, group of ${thousands(N)} (msg/s)`, ids.map((id) => cell(values(val(groupsize[N], id, "receive")))));
+}
+for (const storage of CONFIG.history.storages) {
+  for (const stored of CONFIG.history.stored) {
+    const results = history[`${storage} ${stored}`];
+    const where = `${thousands(stored)} stored messages, ${storageName[storage]}`;
+    row(`send, ${where} (msg/s)`, ids.map((id) => cell(values(val(results, id, "send")))));
+    row(`receive, ${where} (msg/s)`, ids.map((id) => cell(values(val(results, id, "receive")))));
+    row(`reopen, ${where} (ms) ⁶`, ids.map((id) => cell(values(val(results, id, "reopen")))));
+  }
+}
+const largest = CONFIG.groupsize.sizes[CONFIG.groupsize.sizes.length - 1];
+const onceOf = (id, field) => {
+  const xs = val(groupsize[largest], id, field).filter((x) => x !== null && x !== undefined);
+  return xs.length ? xs[xs.length - 1] : null;
+};
+row(`wasm linear memory, group of ${thousands(largest)} created ⁷`, ids.map((id) => {
+  const bytes = onceOf(id, "memory");
+  return bytes === null ? "—" : `${(bytes / 1e6).toFixed(1)} MB`;
+}));
+row(`storage, group of ${thousands(largest)} created (creator's keys + values) ⁷`, ids.map((id) => {
+  const bytes = onceOf(id, "stored");
+  return bytes === null ? "—" : `${Math.round(bytes).toLocaleString("en-US")} B`;
+}));
 
 const pingWasm = fileSizes(join(ROOT, "ping_web/mls/_wasm/ping_web_mls_bg.wasm"));
 const pyodideWasm = fileSizes(join(ROOT, "dist/pyodide/pyodide.asm.wasm"));
@@ -374,6 +421,18 @@ target("import + init after Pyodide boot, wheel install included (ms)", summary(
 target("round trip: wasm from JS ÷ native OpenMLS", pairedRatio(rt("memory", "pingweb_js"), rt("memory", "native")), { value: 0.6, text: "≥ 0.6" }, "higher");
 target("wasm raw (MB)", { median: pingWasm.raw / 1e6, n: 1 }, { value: 1.5, text: "≤ 1.5" }, "lower");
 target("wasm gzip (KB)", { median: pingWasm.gzip / 1e3, n: 1 }, { value: 550, text: "≤ 550" }, "lower");
+const historyOf = (storage, stored, field) => val(history[`${storage} ${stored}`] ?? [], "pingweb_py", field);
+if (CONFIG.history.stored.length > 1) {
+  const [few, many] = [CONFIG.history.stored[0], CONFIG.history.stored[CONFIG.history.stored.length - 1]];
+  for (const storage of CONFIG.history.storages) {
+    for (const [field, name] of [["send", "send"], ["receive", "receive"]]) {
+      target(`${name} with ${thousands(many)} stored ÷ with ${thousands(few)}, ${storageName[storage]} (no work grows with history)`,
+        pairedRatio(historyOf(storage, many, field), historyOf(storage, few, field)), { value: 0.85, text: "≥ 0.85" }, "higher");
+    }
+    target(`reopen with ${thousands(many)} stored ÷ with ${thousands(few)}, ${storageName[storage]}`,
+      pairedRatio(historyOf(storage, many, "reopen"), historyOf(storage, few, "reopen")), { value: 1.2, text: "≤ 1.2" }, "lower");
+  }
+}
 // Secondary figures, kept from earlier rounds for comparison.
 for (const [op, name] of [["send", "send"], ["receive", "receive"]]) {
   target(`${name}, memory: wasm from JS ÷ ping-web Python`, pairedRatio(val(throughput[`${op} memory`], "pingweb_js"), val(throughput[`${op} memory`], "pingweb_py")), { value: 1.3, text: "≤ 1.3" }, "lower");
@@ -424,6 +483,10 @@ const notes = [
   `³ keys + values in the client's storage after it joined a group of two. core-crypto: its IndexedDB keystore, which is a fixed set of 8 KB blocks (structured-clone size), so it shows no per-conversation or per-message growth.`,
   `⁴ growth of the receiver's storage per message over 100 messages: for ping-web it is the stored history (plaintext and metadata), which the others do not keep.`,
   `⁵ keys + values written per message, sender and receiver together (the whole batch for ping-web, the checkpoint for wasm-from-JS, the encoded group state for ts-mls); core-crypto does not expose it.`,
+  `group of N: alice, bob and N − 2 members who never send (their KeyPackages from other clients); alice sends ${CONFIG.groupsize.n} messages (timed), then bob receives them (timed); memory storage for every peer.`,
+  `stored messages: ping-web only (the others keep no history): a conversation of two whose devices each hold that many history entries (written directly into storage), then ${CONFIG.history.n} sends and receives.`,
+  `⁶ bob's device closed, then opened again from its storage up to its conversation loaded (\`MessagingClient.open\` + \`conversation()\`).`,
+  `⁷ after the group of ${thousands(largest)} is created and 5 messages exchanged: the creator's wasm linear memory (core-crypto's and ts-mls's are not reachable from here) and the bytes in its storage (core-crypto's in-memory keystore cannot be measured).`,
   coldSplit,
 ];
 
@@ -433,7 +496,7 @@ Generated by \`bench/run.mjs\`; do not edit by hand (the analysis is in [PROFILE
 
 - date: ${started.toISOString()}
 - command: \`${COMMAND}\`${QUICK ? " (quick smoke run: fewer runs and smaller cases, not for comparison)" : ""}
-- runs: cold start ${CONFIG.coldRuns}; send/receive/round trip ${CONFIG.throughput.runs} runs of ${CONFIG.throughput.memory} (memory) / ${CONFIG.throughput.idb} (IndexedDB) messages; catch-up ${CONFIG.catchup.runs}; add N: ${CONFIG.membership.map((x) => `N=${x.N} ${x.runs}`).join(", ")}; total ${Math.round(elapsed)} s
+- runs: cold start ${CONFIG.coldRuns}; send/receive/round trip ${CONFIG.throughput.runs} runs of ${CONFIG.throughput.memory} (memory) / ${CONFIG.throughput.idb} (IndexedDB) messages; catch-up ${CONFIG.catchup.runs}; add N: ${CONFIG.membership.map((x) => `N=${x.N} ${x.runs}`).join(", ")}; group of N: ${CONFIG.groupsize.runs} runs of ${CONFIG.groupsize.n}; stored messages: ${CONFIG.history.runs} runs of ${CONFIG.history.n}; total ${Math.round(elapsed)} s
 - machine: ${m.nproc} CPUs (nproc), ${m.model}, ${m.memory} RAM, ${m.kernel}; load average ${load0[0].toFixed(2)} at start, ${load1[0].toFixed(2)} at end
 - versions: Node ${v.node}, Pyodide ${v.pyodide} (Python ${v.python}), OpenMLS ${v.openmls} (ping_web_mls ${v.ping_web_mls}), core-crypto ${v.coreCrypto}, ts-mls ${v.tsMls}, fake-indexeddb ${v.fakeIndexeddb}
 - ping-web revision: ${gitRevision()}

@@ -19,7 +19,8 @@
 //   bytesWritten(member)               running total of bytes written to storage, or null
 //   wireSize(message)                  bytes of a message on the wire
 // Optional: sizesStorage ("idb" to measure sizes on IndexedDB), blockStore (true: storage
-// grows in fixed blocks, only its total is reported), release(member) (free a client).
+// grows in fixed blocks, only its total is reported), release(member) (free a client),
+// wasmMemory(member) (bytes of the wasm linear memory the member's instance has).
 
 export const PLAINTEXT = new Uint8Array(200).map((_, i) => i);
 export const now = () => performance.now();
@@ -74,6 +75,24 @@ export class Driver {
       const bob = await p.newMember("bob", "memory");
       const others = await p.otherKeyPackages(params.N - 1);
       this.membership = { alice, bob, others };
+    } else if (kind === "groupsize") {
+      // A group of N: alice, bob and N - 2 members who never send; alice sends, bob receives.
+      const alice = await p.newMember("alice", "memory");
+      const bob = await p.newMember("bob", "memory");
+      const group = await p.createGroup(alice);
+      const others = params.N > 2 ? await p.otherKeyPackages(params.N - 2) : [];
+      const { welcome } = await p.add(alice, group, [await p.keyPackage(bob), ...others]);
+      const bobGroup = await p.join(bob, welcome);
+      const pair = { alice, bob, group, bobGroup };
+      for (let i = 0; i < 5; i++) await this.roundTrip(pair); // warm-up
+      const stored = p.storedBytes ? await p.storedBytes(alice) : null;
+      this.groupsize = {
+        pair,
+        stored: p.blockStore ? null : stored,
+        memory: p.wasmMemory ? p.wasmMemory(alice) : null,
+      };
+    } else if (kind === "history") {
+      return { skip: "keeps no message history" };
     } else {
       throw new Error(`unknown case ${kind}`);
     }
@@ -115,6 +134,18 @@ export class Driver {
       const seconds = (now() - start) / 1000;
       if (count !== c.messages.length) throw new Error(`catch-up: ${count} of ${c.messages.length} decrypted`);
       return { value: count / seconds, ms: seconds * 1000 };
+    }
+    if (kind === "groupsize") {
+      const { pair, stored, memory } = this.groupsize;
+      const n = params.n;
+      const sent = [];
+      let start = now();
+      for (let i = 0; i < n; i++) sent.push(await p.encrypt(pair.alice, pair.group, PLAINTEXT));
+      const send = n / ((now() - start) / 1000);
+      start = now();
+      for (const m of sent) await p.decrypt(pair.bob, pair.bobGroup, m);
+      const receive = n / ((now() - start) / 1000);
+      return { send, receive, stored, memory };
     }
     if (kind === "membership") {
       const { alice, bob, others } = this.membership;

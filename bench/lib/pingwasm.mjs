@@ -21,7 +21,7 @@ export function instantiate() {
     };
   }
   const ns = compiled.glue();
-  ns.initSync({ module: compiled.module });
+  ns.wasmMemory = ns.initSync({ module: compiled.module }).memory;
   return ns;
 }
 

@@ -147,6 +147,7 @@ export async function createPeer() {
       return member.kv.totalBytes();
     },
     bytesWritten: (member) => member.kv.bytesWritten,
+    wasmMemory: (member) => member.ns.wasmMemory.buffer.byteLength,
     wireSize: (message) => message.ct.length,
     async release(member) {
       member.provider.free?.();

@@ -21,7 +21,8 @@ WASM_PACKAGE = "ping_web.mls._wasm"
 GLUE_FILE = "ping_web_mls.js"
 WASM_FILE = "ping_web_mls_bg.wasm"
 
-_INIT = "(ns, module) => { ns.initSync({ module }); return ns; }"
+# Keeps the instance's memory on the namespace (as wasmMemory) for MlsRuntime.memory_bytes.
+_INIT = "(ns, module) => { ns.wasmMemory = ns.initSync({ module }).memory; return ns; }"
 
 
 def _read(name: str) -> bytes:

@@ -184,6 +184,11 @@ class MlsRuntime:
     def provider(self) -> Provider:
         return Provider(self, self.call(self._exports.Provider.new))
 
+    @property
+    def memory_bytes(self) -> int:
+        """Size of this instance's linear memory (it only grows)."""
+        return int(self._exports.wasmMemory.buffer.byteLength)
+
 
 class Provider:
     """Crypto plus the key/value working set OpenMLS reads and writes.

@@ -154,7 +154,12 @@ impl Member {
         let aad = header(self.seq);
         let refs: Vec<&[u8]> = kps.iter().map(|k| k.as_slice()).collect();
         let out = group
-            .add_members(&self.provider, &self.identity, &encode_byte_list(&refs), &aad)
+            .add_members(
+                &self.provider,
+                &self.identity,
+                &encode_byte_list(&refs),
+                &aad,
+            )
             .map_err(err)?;
         group.merge_pending_commit(&self.provider).map_err(err)?;
         self.persist();
@@ -163,7 +168,9 @@ impl Member {
     }
 
     fn process_commit(&mut self, group: &mut Group, commit: &[u8]) -> Res<()> {
-        group.process_message(&self.provider, commit, b"", b"").map_err(err)?;
+        group
+            .process_message(&self.provider, commit, b"", b"")
+            .map_err(err)?;
         self.persist();
         Ok(())
     }
@@ -212,7 +219,10 @@ fn sha256(provider: &Provider, data: &[u8]) -> Vec<u8> {
 fn header(seq: u64) -> Vec<u8> {
     let mut out = vec![0u8; 45];
     out[25..33].copy_from_slice(&seq.to_be_bytes());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     out[33..41].copy_from_slice(&now.to_be_bytes());
     out
 }
@@ -241,6 +251,11 @@ struct Catchup {
     next: usize,
 }
 
+struct GroupSize {
+    pair: Pair,
+    stored: usize,
+}
+
 struct Membership {
     alice: Member,
     bob: Member,
@@ -253,6 +268,7 @@ struct Bench {
     pair: Option<Pair>,
     catchup: Option<Catchup>,
     membership: Option<Membership>,
+    groupsize: Option<GroupSize>,
 }
 
 impl Bench {
@@ -325,6 +341,29 @@ impl Bench {
                     next: 0,
                 });
             }
+            "groupsize" => {
+                // A group of N: alice, bob and N - 2 members who never send.
+                let n = params["N"].as_u64().ok_or("N")? as usize;
+                let mut alice = Member::new("alice")?;
+                let mut bob = Member::new("bob")?;
+                let mut group = alice.create_group(&mut self.groups)?;
+                let mut kps = vec![bob.key_package()?];
+                kps.extend(other_key_packages(n.saturating_sub(2))?);
+                let (_, welcome) = alice.add(&mut group, &kps)?;
+                let bob_group = bob.join(&welcome)?;
+                let mut pair = Pair {
+                    alice,
+                    bob,
+                    group,
+                    bob_group,
+                };
+                for _ in 0..5 {
+                    round_trip(&mut pair)?;
+                }
+                let stored = pair.alice.kv.total_bytes();
+                self.groupsize = Some(GroupSize { pair, stored });
+            }
+            "history" => return Ok(json!({"skip": "keeps no message history"})),
             "membership" => {
                 let n = params["N"].as_u64().ok_or("N")? as usize;
                 self.membership = Some(Membership {
@@ -395,9 +434,29 @@ impl Bench {
                 member.persist();
                 let seconds = start.elapsed().as_secs_f64();
                 if count != c.messages.len() {
-                    return Err(format!("catch-up: {count} of {} decrypted", c.messages.len()));
+                    return Err(format!(
+                        "catch-up: {count} of {} decrypted",
+                        c.messages.len()
+                    ));
                 }
                 Ok(json!({"value": count as f64 / seconds, "ms": seconds * 1000.0}))
+            }
+            "groupsize" => {
+                let g = self.groupsize.as_mut().ok_or("not prepared")?;
+                let n = params["n"].as_u64().ok_or("n")? as usize;
+                let pt = plaintext();
+                let start = Instant::now();
+                let mut sent = Vec::with_capacity(n);
+                for _ in 0..n {
+                    sent.push(g.pair.alice.encrypt(&mut g.pair.group, &pt)?);
+                }
+                let send = n as f64 / start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                for m in &sent {
+                    g.pair.bob.decrypt(&mut g.pair.bob_group, m)?;
+                }
+                let receive = n as f64 / start.elapsed().as_secs_f64();
+                Ok(json!({"send": send, "receive": receive, "stored": g.stored}))
             }
             "membership" => {
                 let m = self.membership.as_mut().ok_or("not prepared")?;
@@ -449,8 +508,9 @@ impl Bench {
             bob.decrypt(&mut bob_group, &m)?;
         }
         let per_message = (bob.kv.total_bytes() as f64 - after_join as f64) / messages as f64;
-        let written =
-            (alice.kv.bytes_written - written_a + bob.kv.bytes_written - written_b) as f64 / messages as f64;
+        let written = (alice.kv.bytes_written - written_a + bob.kv.bytes_written - written_b)
+            as f64
+            / messages as f64;
         Ok(json!({
             "keyPackage": kp.len(), "welcome": welcome.len(), "commit": commit.len(),
             "ciphertext": ciphertext, "totalAfterJoin": after_join,
@@ -476,7 +536,10 @@ fn versions() -> Value {
             out.insert(k.to_string(), Value::String(v.to_string()));
         }
     }
-    out.insert("target".into(), Value::String(std::env::consts::ARCH.to_string()));
+    out.insert(
+        "target".into(),
+        Value::String(std::env::consts::ARCH.to_string()),
+    );
     Value::Object(out)
 }
 
