@@ -248,6 +248,7 @@ python_checks() {
 
 run_tests() {
   mkdir -p test-output
+  ensure_relay  # tests/unit reads the relay's wire helpers; mypy and the relay tests need it too
   rust_checks
   python_checks
   step "CPython tests (the pure core and its property tests)"
