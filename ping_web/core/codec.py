@@ -102,11 +102,7 @@ def _write(out: bytearray, value: Any, depth: int) -> None:
         raise _Outside(f"nested deeper than {MAX_DEPTH}")
     kind = type(value)
     if kind is bytes:
-        size = len(value)
-        if size < 24:
-            out.append(0x40 | size)
-        else:
-            _head(out, 2, size)
+        _head(out, 2, len(value))
         out += value
     elif kind is int:
         if 0 <= value < 24:
@@ -119,11 +115,7 @@ def _write(out: bytearray, value: Any, depth: int) -> None:
             raise _Outside("integer outside 64 bits")
     elif kind is str:
         raw = _utf8(value)
-        size = len(raw)
-        if size < 24:
-            out.append(0x60 | size)
-        else:
-            _head(out, 3, size)
+        _head(out, 3, len(raw))
         out += raw
     elif kind is dict:
         _write_map(out, value, depth)
