@@ -65,3 +65,21 @@ def test_user_id_length_bounds() -> None:
     for bad in (b"", b"x" * 256):
         with pytest.raises(InvalidInput):
             UserId(bad)
+
+
+def test_new_ids_are_ulids_by_the_reference_implementation() -> None:
+    """ids.py makes its own ULIDs (python-ulid costs an import at start in Pyodide); python-ulid
+    reads them back with the creation time they carry."""
+    import time
+
+    import ulid
+
+    before = time.time_ns() // 1_000_000
+    made = [DeviceId.new() for _ in range(50)]
+    after = time.time_ns() // 1_000_000
+    for device in made:
+        parsed = ulid.ULID.from_bytes(device.raw)
+        assert bytes(parsed) == device.raw
+        assert before <= parsed.milliseconds <= after + 1  # +1: a borrowed millisecond
+        assert ulid.ULID.from_str(str(parsed)).bytes == device.raw
+    assert [str(ulid.ULID.from_bytes(d.raw)) for d in made] == sorted(str(ulid.ULID.from_bytes(d.raw)) for d in made)
