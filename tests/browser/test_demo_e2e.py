@@ -254,6 +254,9 @@ def test_two_machines_on_a_lan(browser: Any, relay_server: Callable[..., RelaySe
         form = page.locator('[data-role="onboarding"]')
         form.locator("input").fill("carol")
         form.locator("button").click()
+        # The device is open (its info set) once the body says "new"; the connection can
+        # report "connected" before open_device has returned.
+        expect(page.locator("body")).to_have_attribute("data-state", "new")
         expect(page.locator('[data-role="connection"]')).to_have_attribute("data-state", "connected")
         assert page.evaluate("window.pingDemo.state().info.relay") == relay.url
     finally:
