@@ -174,11 +174,8 @@ build_pyodide_dist() {
   step "Assembling dist/pyodide (Pyodide runtime, wheels, lock file)"
   local wheels="$CACHE/wheels"
   mkdir -p "$wheels"
-  local cbor2 pure
-  cbor2=$(grep '^cbor2==' requirements-pyodide.txt)
-  pure=$(grep -vE '^(#|cbor2==|$)' requirements-pyodide.txt)
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform pyemscripten_2026_0_wasm32 \
-    --python-version 3.14 --implementation cp --abi cp314 -d "$wheels" "$cbor2"
+  local pure
+  pure=$(grep -vE '^(#|$)' requirements-pyodide.txt)  # all pure-Python wheels
   # shellcheck disable=SC2086
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.14 -d "$wheels" $pure
   local selected=()
@@ -429,7 +426,7 @@ run_bench() {
 # builder (jupyterlite-core, jupyterlite-pyodide-kernel: requirements-lite.txt) lives in
 # .cache/lite-venv. The site gets its own Pyodide (static/pyodide/: the npm runtime plus
 # the wheels the kernel loads at start, requirements-lite-pyodide.txt, in its lock file)
-# and a piplite index (pypi/: ping_web, cbor2, python-ulid) where `%pip install ping_web`
+# and a piplite index (pypi/: the ping_web wheel) where `%pip install ping_web`
 # finds the wheel; PyPI fallback is off (tools/lite/jupyter-lite.json). Contents:
 # docs/notebook.ipynb. Open lite/notebooks/index.html?path=notebook.ipynb on a server.
 LITE_VENV="$CACHE/lite-venv"
@@ -461,23 +458,17 @@ build_lite() {
   step "Building the JupyterLite site dist/lite (offline: local Pyodide, local wheels)"
   local start=$SECONDS wheels="$CACHE/lite/wheels"
   mkdir -p "$wheels"
-  local kernel_pins ping_pins cbor2 pure
+  local kernel_pins
   kernel_pins=$(grep -vE '^(#|$)' requirements-lite-pyodide.txt)
-  ping_pins=$(grep -E '^(cbor2|python-ulid)==' requirements-pyodide.txt)
-  cbor2=$(grep '^cbor2==' <<<"$ping_pins")
-  pure=$(grep -v '^cbor2==' <<<"$ping_pins")
   # shellcheck disable=SC2086
   "$PY" -m pip download -q --no-deps --only-binary=:all: --platform any --implementation py --abi none \
-    --python-version 3.14 -d "$wheels" $kernel_pins $pure
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --platform pyemscripten_2026_0_wasm32 \
-    --python-version 3.14 --implementation cp --abi cp314 -d "$wheels" "$cbor2"
+    --python-version 3.14 -d "$wheels" $kernel_pins
   rm -rf "$LITE_SRC" "$DIST/lite"
   mkdir -p "$LITE_SRC/pypi"
   cp tools/lite/jupyter-lite.json "$LITE_SRC/"
   local kernel_wheels=() pin
   for pin in $kernel_pins; do kernel_wheels+=("$(lite_wheel "$wheels" "$pin")"); done
   "$PY" tools/pyodide_dist.py --pyodide node_modules/pyodide --out "$LITE_SRC/static/pyodide" "${kernel_wheels[@]}"
-  for pin in $ping_pins; do cp "$(lite_wheel "$wheels" "$pin")" "$LITE_SRC/pypi/"; done
   cp "$DIST"/ping_web-*.whl "$LITE_SRC/pypi/"
   (cd "$LITE_SRC" && "$LITE_VENV/bin/jupyter" lite build --lite-dir "$LITE_SRC" --output-dir "$DIST/lite" \
     --contents "$ROOT/docs/notebook.ipynb" --apps lab --apps notebooks --no-sourcemaps --no-unused-shared-packages)

@@ -1,10 +1,9 @@
 """Assemble dist/pyodide/: the Pyodide npm distribution plus our wheels and a lock file.
 
-``loadPyodide({indexURL: "dist/pyodide/"})`` then ``loadPackage("cbor2")`` (or any name
+``loadPyodide({indexURL: "dist/pyodide/"})`` then ``loadPackage("ping_web")`` (or any name
 listed) works offline. The npm package's own lock file points at a CDN this project cannot
 reach, so the lock written here lists exactly the wheels that are present.
-(``pyodide-lock`` needs Python 3.12+ and rejects cbor2's platform tag; this is the small
-part of it we need.)
+(``pyodide-lock`` needs Python 3.12+; this is the small part of it we need.)
 """
 
 from __future__ import annotations

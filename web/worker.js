@@ -73,7 +73,7 @@ async function boot({ indexURL = DEFAULT_INDEX_URL, hostURL = new URL("ping_work
     });
   const hostSource = fetchText(hostURL);
   const pyodide = await loadPyodide({ indexURL });
-  progress("packages", "Loading ping_web, cbor2 and python-ulid");
+  progress("packages", "Loading ping_web");
   await pyodide.loadPackage(["ping_web"], { messageCallback: () => {}, errorCallback: (m) => console.warn(m) });
   pyodide.FS.mkdirTree("/ping_worker");
   pyodide.FS.writeFile("/ping_worker/ping_worker.py", await hostSource);
