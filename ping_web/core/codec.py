@@ -50,20 +50,31 @@ class _Outside(Exception):
     """Raised while encoding when a value is outside the data model."""
 
 
-_TEXT_ORDER: dict[tuple[str, ...], tuple[str, ...]] = {}
-"""Canonical key order of text-keyed maps seen before (the records' fixed shapes)."""
-_TEXT_ORDER_MAX: Final = 512
-_TEXT_ORDER_KEYS: Final = 32
+_TextShape = tuple[tuple[str, bytes], ...]
+
+_TEXT_SHAPES: dict[tuple[str, ...], _TextShape] = {}
+"""Text-keyed maps seen before (the records' fixed shapes): each key with its encoding, in
+canonical order, so a record's keys are sorted and encoded once per process."""
+_TEXT_SHAPES_MAX: Final = 512
+_TEXT_SHAPE_KEYS: Final = 32
 
 
-def _text_order(keys: tuple[str, ...]) -> tuple[str, ...]:
-    """``keys`` in RFC 8949 order: by encoded length, then bytewise (one key type per map)."""
-    order = _TEXT_ORDER.get(keys)
-    if order is None:
-        order = tuple(sorted(keys, key=lambda k: (len(b := k.encode("utf-8")), b)))
-        if len(_TEXT_ORDER) < _TEXT_ORDER_MAX and len(keys) <= _TEXT_ORDER_KEYS:
-            _TEXT_ORDER[keys] = order
-    return order
+def _text_shape(keys: tuple[str, ...]) -> _TextShape:
+    """``keys`` in RFC 8949 order (by encoded length, then bytewise; one key type per map),
+    each with its encoded item."""
+    shape = _TEXT_SHAPES.get(keys)
+    if shape is None:
+        encoded = []
+        for key in keys:
+            item = bytearray()
+            raw = _utf8(key)
+            _head(item, 3, len(raw))
+            item += raw
+            encoded.append((key, bytes(item)))
+        shape = tuple(sorted(encoded, key=lambda pair: (len(pair[1]), pair[1])))
+        if len(_TEXT_SHAPES) < _TEXT_SHAPES_MAX and len(keys) <= _TEXT_SHAPE_KEYS:
+            _TEXT_SHAPES[keys] = shape
+    return shape
 
 
 def _head(out: bytearray, major: int, n: int) -> None:
@@ -158,13 +169,8 @@ def _write_map(out: bytearray, value: dict[Any, Any], depth: int) -> None:
         if type(k) is not first:
             raise _Outside("map keys must be all text or all byte strings")
     if first is str:
-        for k in _text_order(keys):
-            raw = _utf8(k)
-            if len(raw) < 24:
-                out.append(0x60 | len(raw))
-            else:
-                _head(out, 3, len(raw))
-            out += raw
+        for k, item in _text_shape(keys):
+            out += item
             _write(out, value[k], depth + 1)
     elif first is bytes:
         for k in keys if size == 1 else sorted(keys, key=_bytes_order):
