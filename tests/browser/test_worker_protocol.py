@@ -24,12 +24,29 @@ async () => {
     catch (e) { return { name: e.name, message: e.message, typed: e instanceof PingWorkerError }; }
   };
   // The value of check() once it is truthy, checked again after each event of the worker.
-  const when = async (worker, check, event = "update") => {
+  // No event for WAIT_MS fails the test with what was awaited (it never hangs it).
+  const WAIT_MS = 60000;
+  const when = async (worker, check, event = "update", what = event) => {
     for (;;) {
-      const next = new Promise((resolve) => { const off = worker.on(event, () => { off(); resolve(); }); });
+      let off;
+      const next = new Promise((resolve) => { off = worker.on(event, () => { off(); resolve(true); }); });
       const value = await check();
-      if (value) return value;
-      await next;
+      if (value) { off(); return value; }
+      let timer;
+      const woke = await Promise.race([next, new Promise((resolve) => { timer = setTimeout(() => resolve(false), WAIT_MS); })]);
+      clearTimeout(timer);
+      if (!woke) {
+        off();
+        const connection = await worker.call("connection").catch((e) => `${e.name}: ${e.message}`);
+        const snapshot = await worker.call("snapshot").then(
+          (s) => s.conversations.map((c) => ({ id: c.id, epoch: c.epoch, messages: c.messages.length })),
+          (e) => `${e.name}: ${e.message}`,
+        );
+        throw new Error(
+          `no ${event} event for ${WAIT_MS} ms while waiting for ${what}; connection: ${JSON.stringify(connection)}; ` +
+            `conversations: ${JSON.stringify(snapshot)}; error events: ${JSON.stringify(worker.errorEvents ?? [])}`,
+        );
+      }
     }
   };
   const out = { progress: [] };
@@ -91,6 +108,10 @@ async () => {
 
   // -- two devices through the relay that serves this page -----------------------------------
   const [r1, r2] = await Promise.all([PingWorker.start(), PingWorker.start()]);
+  for (const w of [r1, r2]) {
+    w.errorEvents = [];
+    w.on("error", (e) => w.errorEvents.push(e));
+  }
   const states = [];
   r1.on("connection", (state) => states.push(state.status));
   const cat = await r1.call("open_device", { storage: "proto-cat", user: "cat", relay: location.origin });
@@ -108,7 +129,7 @@ async () => {
     if (!conversations.some((c) => c.id === talk.id)) return null;
     const history = await r2.call("history", { conversation_id: talk.id });
     return history.length ? history : null;
-  });
+  }, "update", "dan to receive cat's message");
   out.errors.noSuchUser = await errorOf(r1.call("add_user", { conversation_id: talk.id, user: "nobody" }));
   out.states = states;
   out.dan = dan;
