@@ -330,7 +330,6 @@ stop_test_postgres() {
 
 run_relay_tests() {
   step "Relay: ruff, mypy --strict, and its tests on SQLite and PostgreSQL (real uvicorn processes)"
-  ensure_relay
   "$PY" -m ruff check relay tests/relay
   "$PY" -m ruff format --check relay tests/relay
   (cd relay && "$PY" -m mypy --strict ping_relay)

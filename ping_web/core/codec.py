@@ -67,9 +67,7 @@ def _text_shape(keys: tuple[str, ...]) -> _TextShape:
         encoded = []
         for key in keys:
             item = bytearray()
-            raw = _utf8(key)
-            _head(item, 3, len(raw))
-            item += raw
+            _write(item, key, 0)
             encoded.append((key, bytes(item)))
         shape = tuple(sorted(encoded, key=lambda pair: (len(pair[1]), pair[1])))
         if len(_TEXT_SHAPES) < _TEXT_SHAPES_MAX and len(keys) <= _TEXT_SHAPE_KEYS:
