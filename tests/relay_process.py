@@ -25,9 +25,9 @@ def free_port() -> int:
 
 
 class RelayServer:
-    """``python -m ping_relay`` on ``host:port`` with SQLite ``db``, serving the demo too
-    (``--static /web=web --static /dist/pyodide=dist/pyodide``), as ``./build.sh serve``
-    does. :meth:`kill` is SIGKILL; :meth:`start` again reuses the port and the database,
+    """``python -m ping_relay`` on ``host:port`` (loopback) with SQLite ``db``, serving the
+    demo too (``--static /web=web --static /dist/pyodide=dist/pyodide``), as ``./build.sh
+    serve`` does; ``public_host`` names the origin the pages open and the relay signs for. :meth:`kill` is SIGKILL; :meth:`start` again reuses the port and the database,
     so pages keep their origin (and their IndexedDB)."""
 
     def __init__(self, db: Path, log: Path, *, host: str = "127.0.0.1", public_host: str = "localhost",
@@ -49,8 +49,7 @@ class RelayServer:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=str(ROOT))
         deadline = time.monotonic() + 30
-        probe = f"http://127.0.0.1:{self.port}/v1/info" if self.host in ("127.0.0.1", "0.0.0.0") else None
-        probe = probe or f"http://{self.host}:{self.port}/v1/info"
+        probe = f"http://{self.host}:{self.port}/v1/info"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.log_path.read_text()}")

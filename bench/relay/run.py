@@ -43,9 +43,11 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(ROOT)]
 
 import loadgen  # noqa: E402
+
+from tools import loopback  # noqa: E402
 
 QUICK = os.environ.get("PING_RELAY_BENCH_QUICK") == "1"
 SATURATE = 3.0 if QUICK else 8.0
@@ -334,6 +336,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main() -> int:
+    loopback.install_guard()  # the servers, the load generator and PostgreSQL: loopback only
     if not PG_DSN:
         print("PING_RELAY_TEST_POSTGRES is not set (./build.sh bench relay starts a PostgreSQL)", file=sys.stderr)
         return 2

@@ -21,20 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output"
 CHROMIUM = os.environ.get("PING_WEB_CHROMIUM", "/usr/bin/chromium")
 
-# Debian's chromium without the sandbox or GPU, and nothing that reaches the network.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 sys.path.insert(0, str(ROOT))
 from tests.relay_process import RelayServer  # noqa: E402
+from tools.loopback import CHROMIUM_FLAGS  # noqa: E402  (reaches nothing but loopback)
 from tools.serve import serve_in_thread  # noqa: E402
 
 __all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "RelayServer"]

@@ -16,25 +16,16 @@ from typing import ClassVar
 
 import pytest
 
+from tools import loopback
+
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 TIMEOUT_S = float(os.environ.get("PING_LITE_TIMEOUT", "240"))
 
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,1600",
-    # Offline for real: every host but localhost fails to resolve (no CDN, no PyPI).
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
+# Offline for real: every host but loopback fails to resolve (no CDN, no PyPI).
+CHROME_FLAGS = [*loopback.CHROMIUM_FLAGS, "--window-size=1280,1600"]
 
 
 class Served(list):

@@ -11,22 +11,14 @@ from typing import Any
 
 import pytest
 
+from tools import loopback
+
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "dist" / "pyodide"
 FAKE_INDEXEDDB = ROOT / "node_modules" / "fake-indexeddb" / "auto" / "index.js"
 
-# Debian's chromium without the sandbox or GPU, and nothing that reaches the network.
-CHROME_FLAGS = [
-    "--js-flags=--expose-gc",
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# Debian's chromium without the sandbox or GPU, reaching nothing but loopback.
+CHROME_FLAGS = ["--js-flags=--expose-gc", *loopback.CHROMIUM_FLAGS]
 
 
 def pytest_configure(config: pytest.Config) -> None:
