@@ -7,6 +7,9 @@ and branch on the subclass to decide what to do.
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Any
+
 
 class PingError(Exception):
     """Base class of every error ping_web raises."""
@@ -111,3 +114,49 @@ class CommitRefused(StateConflict):
     """The delivery service refused a commit for a reason other than a lost race for the
     epoch (its roster names a device it does not know, or one already in or out of the
     group). The commit never entered the log: the committer discards it."""
+
+
+class DeviceLogInvalid(InvalidInput):
+    """A device log entry is malformed, badly signed, or breaks the log's rules (a signer that
+    is not an active device of the user, a broken hash chain, a key that comes back). The
+    log was not changed."""
+
+
+class IdentityChangeKind(Enum):
+    """How a device log served by the relay fails to extend the one this device pinned."""
+
+    NEW_ROOT = "new_root"
+    """Another first device: a different identity under the same user id."""
+    ROLLBACK = "rollback"
+    """The log is shorter than what was pinned, or gone."""
+    FORK = "fork"
+    """The log diverges from the pinned head."""
+
+
+class IdentityChanged(StateConflict):
+    """The relay serves a device log of ``user_id`` that does not extend the one this device
+    verified before (``kind``): a new identity, a rollback or a fork. It was refused; the
+    contact keeps its pinned devices until the application accepts the change
+    (``MessagingClient.accept_identity``), after the people compared safety numbers."""
+
+    def __init__(self, message: str, user_id: Any, kind: IdentityChangeKind) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+        self.kind = kind
+
+
+class UnverifiedDevice(InvalidInput):
+    """A KeyPackage, Welcome or commit names a device (its user id and signature key) that is
+    not an active device in that user's verified device log. ``user_id`` and ``key`` name it,
+    ``reason`` says why. Nothing was applied."""
+
+    def __init__(self, message: str, user_id: Any, key: bytes, reason: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+        self.key = key
+        self.reason = reason
+
+
+class LinkFailed(PingError):
+    """Linking a new device did not complete: a wrong or expired code, a request or answer
+    that does not verify, or no answer in time. Nothing was added to the device log."""
