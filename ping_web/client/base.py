@@ -31,7 +31,9 @@ from typing import Final, TypeVar
 
 from ping_web.client import keys
 from ping_web.client.device import DeviceRecord, device_group_id
+from ping_web.client.identity import Identities, IdentityEvent
 from ping_web.client.requests import Request, RequestLog
+from ping_web.client.vetting import MemberVetting
 from ping_web.core import codec
 from ping_web.core.conversation import Conversation, ConversationRecords
 from ping_web.core.cursor import SyncCursor
@@ -80,6 +82,10 @@ class ClientSigner:
     public_key: bytes
     _client: ClientBase = field(repr=False)
 
+    @property
+    def genesis(self) -> bytes | None:
+        return self._client._own_genesis()
+
     def sign(self, label: str, content: bytes) -> bytes:
         return self._client._run(lambda: self._client._engine.identity.sign_with_label(label, content))
 
@@ -123,6 +129,14 @@ class ClientBase:
         self._requests = RequestLog()
         self._lost_commits: set[tuple[ConversationId, int]] = set()
         """Own commits (conversation, seq) that another member's commit beat, for ``_settle``."""
+        self._identities = Identities(storage, self._writer.submit, delivery, self._verifier, self._identity_event)
+        self._vetting = MemberVetting(
+            self._identities, lambda: self._engine, self._identity_event, enabled=delivery is not None
+        )
+        self.on_identity_event: Callable[[IdentityEvent], None] | None = None
+        """Called when a user's devices or identity change, or a conversation has a member
+        that is not a verified device of its user (``client.identity.IdentityEvent``).
+        Advisory: the state stays queryable (``contact``, ``unverified_members``)."""
         self.on_messages: Callable[[list[IncomingMessage]], None] | None = None
         """Called with messages once they are stored (received, released by a commit, or
         sent by this device), so every view of the device can show them: the tabs of a
@@ -235,11 +249,36 @@ class ClientBase:
                     raise StorageCorrupted(f"log position of {key[:16].hex()} is unreadable: {exc}") from None
         backlog = bool(await self._storage.scan(keys.OUTBOX))
         await self._requests.load(self._storage)
+        self._identities.forget()
+        self._vetting.forget()
+        await self._identities.stored(self.user_id)
         self._use_runtime(runtime, OpenMlsEngine(provider, identity))
         self._metas, self._loaded = metas, {}
         self._log_positions = {c: p for c, p in positions.items() if c in metas}
         self._outbox_backlog = backlog
         self._stale = None
+
+    def _verifier(self) -> MlsRuntime:
+        """Ed25519 checks of device-log entries, by the wasm instance in use."""
+        runtime = self._runtime
+        if runtime is None:
+            raise StateConflict("this client is closed")
+        return runtime
+
+    def _own_genesis(self) -> bytes | None:
+        """The genesis entry of this user's log when this device made it."""
+        own = self._identities.cached(self.user_id)
+        if own is None:
+            return None
+        first = own.log.devices[0]
+        return own.log.entries[0] if first.key == self._record.public_key else None
+
+    def _identity_event(self, event: IdentityEvent) -> None:
+        if self.on_identity_event is not None:
+            try:
+                self.on_identity_event(event)
+            except Exception:  # noqa: BLE001 - a listener never fails the operation that found it
+                pass
 
     def _mark_stale(self, error: BaseException) -> None:
         """Memory may differ from storage (a failed write, a trap): rebuild before next use."""

@@ -56,6 +56,7 @@ class Conversations(ClientBase):
         envelope = as_envelope(welcome)
         if envelope.conversation_id in self._metas:
             await self._get(envelope.conversation_id)
+        await self._vetting.welcomes([envelope.encode()])
         conversation = self._run(lambda: self._join_now(envelope, name))
         if conversation is None:
             raise StateConflict("this device is already in that conversation")
@@ -82,6 +83,7 @@ class Conversations(ClientBase):
             conversation = Conversation.join(
                 engine, self.device_id, envelope, self._clock(), name=name, is_device_group=is_device_group
             )
+            self._vetting.joined(conversation)  # every member a verified device, or nothing joined
         if existing is not None:  # same device, same conversation: never reuse a seq
             conversation.state.seq = max(existing.state.seq, existing.cursor.highest_seq(self.device_id))
         self._adopt(conversation)
@@ -109,6 +111,7 @@ class Conversations(ClientBase):
         conversation = await self._prepare(conversation_id)
         if self._delivery is not None and conversation.state.pending is not None:
             await self.sync()  # a commit left unsettled by a crash is settled first
+        await self._vetting.before_send(conversation)
         if conversation.state.needs_self_update and self._delivery is not None:
             await self.self_update(conversation_id)
         now = self._clock()
@@ -127,6 +130,10 @@ class Conversations(ClientBase):
     ) -> AddOutcome:  # fmt: skip
         """Stage a commit adding ``(device id, KeyPackage)`` pairs.
 
+        With a delivery service, each KeyPackage must belong to an active device of its
+        user's verified device log (with that device id), else
+        :class:`~ping_web.errors.UnverifiedDevice` and nothing changes (see ``add_user``).
+
         Without a delivery service the commit stays pending until :meth:`confirm_commit` /
         :meth:`discard_commit`. With one, it is posted: accepted -> merged and the Welcome
         sent to the new devices; refused -> discarded, the winner applied, and
@@ -137,6 +144,7 @@ class Conversations(ClientBase):
 
         async def run(request: Request | None) -> AddOutcome:
             conversation = await self._prepare(conversation_id)
+            await self._vetting.key_packages(entries)  # only verified devices of their users
             outcome = self._run(lambda: conversation.add_members(entries, self._clock()))
             batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
             if self._delivery is not None:  # without one, the caller delivers the Welcome itself

@@ -12,7 +12,7 @@ import struct
 from typing import Final
 
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
-from ping_web.core.ids import ConversationId
+from ping_web.core.ids import ConversationId, UserId
 
 DEVICE: Final = "device"
 """The device's identity record."""
@@ -28,6 +28,10 @@ REQUESTS: Final = "requests"
 """Results of exactly-once requests, by request id, and their order (for pruning)."""
 
 DEVICE_RECORD: Final = b"identity"
+LINK_PENDING: Final = b"link-pending"
+"""Present while a device made to be linked waits to be added to its user's device log."""
+DEVICE_LOG_PREFIX: Final = b"log/"
+"""A user's device log as this device verified and pinned it (``DEVICE``): ``"log/" || user id``."""
 GLOBAL_MLS_PREFIX: Final = b"\x02"
 """Working-set entries not scoped to a group (signature keys, KeyPackages): loaded at open."""
 SIGNATURE_KEY_PREFIX: Final = b"\x02SignatureKeyPair\x00"
@@ -49,6 +53,11 @@ _REQUEST_ORDER: Final = struct.Struct(">Q")
 REQUEST_COMMIT_PREFIX: Final = b"c"
 """Which request made an own commit: ``"c" || conversation id || seq (u64 BE)`` -> request id || method."""
 _REQUEST_COMMIT: Final = struct.Struct(">16sQ")
+
+
+def device_log_key(user_id: UserId) -> bytes:
+    """Where a user's pinned device log is kept (``DEVICE``), this device's own user included."""
+    return DEVICE_LOG_PREFIX + user_id.raw
 
 
 def conversation_prefix(conversation_id: ConversationId) -> bytes:

@@ -115,7 +115,7 @@ class Sync(ClientBase):
         conversation's new log entries, applied and stored in one batch with the log
         positions they reach, so a restart goes on from there."""
         delivery = self._require_delivery()
-        welcomes = await delivery.fetch_welcomes(self.device_id)
+        welcomes = await self._vetting.welcomes(await delivery.fetch_welcomes(self.device_id))
         outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
         if welcomes:
             await delivery.ack_welcomes(self.device_id, welcomes)  # joined or refused: done with
@@ -135,4 +135,5 @@ class Sync(ClientBase):
             more = await self._receive_batch(envelopes, positions)
             outcome.messages.extend(more.messages)
             outcome.rejected.extend(more.rejected)
+        await self._vetting.report(self._loaded.values())
         return outcome

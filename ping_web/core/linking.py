@@ -7,8 +7,8 @@ slot carry an HMAC under a key derived from the code. So the relay cannot put it
 device in the new device's place, nor tell the new device a made-up identity:
 
 * :class:`LinkRequest` (new -> existing): the new device's id, key, label, its consent
-  signature for the log entry (:func:`~ping_web.core.devlog.consent_content`) and one
-  KeyPackage (for the user's device group);
+  signature for the log entry (:func:`~ping_web.core.devlog.consent_content`) and a few
+  KeyPackages (for the user's device group and conversations);
 * :class:`LinkAnswer` (existing -> new): the root of the user's device log and the hash of
   the entry that added the new device, so the new device pins the right log.
 
@@ -31,8 +31,11 @@ from ping_web.errors import InvalidInput, LinkFailed, PingError
 SECRET_SIZE: Final = 10
 LINK_ID_SIZE: Final = 16
 MAC_SIZE: Final = 32
-MAX_KEY_PACKAGE: Final = 16 * 1024
-MAX_LINK_MESSAGE: Final = MAX_KEY_PACKAGE + 1024
+MAX_KEY_PACKAGE: Final = 4 * 1024
+MAX_LINK_KEY_PACKAGES: Final = 32
+"""KeyPackages a link request carries: the existing device adds the new one with them to the
+user's device group and its conversations (as many as it has KeyPackages for)."""
+MAX_LINK_MESSAGE: Final = MAX_LINK_KEY_PACKAGES * MAX_KEY_PACKAGE + 1024
 """Largest link request or answer: what a relay's link slot must hold."""
 _ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
 _READS_AS: Final = {"O": "0", "I": "1", "L": "1"}
@@ -124,11 +127,11 @@ class LinkRequest(_Sealed):
     device_key: bytes
     label: str
     consent: bytes
-    key_package: bytes
+    key_packages: tuple[bytes, ...]
 
     def fields(self) -> dict[str, Any]:
         return {"u": self.user_id.raw, "d": self.device_id.raw, "k": self.device_key, "l": self.label,
-                "c": self.consent, "p": self.key_package}  # fmt: skip
+                "c": self.consent, "p": list(self.key_packages)}  # fmt: skip
 
     @classmethod
     def open(cls, data: bytes, code: LinkCode) -> Self:
@@ -139,7 +142,8 @@ class LinkRequest(_Sealed):
                        codec.byte_string(m["k"], "device_key", size=KEY_SIZE),
                        codec.text(m["l"], "label", hi=MAX_LABEL_BYTES),
                        codec.byte_string(m["c"], "consent", size=SIGNATURE_SIZE),
-                       codec.byte_string(m["p"], "key_package", lo=1, hi=MAX_KEY_PACKAGE))  # fmt: skip
+                       tuple(codec.byte_string(kp, "key_package", lo=1, hi=MAX_KEY_PACKAGE)
+                             for kp in codec.items(m["p"], "key_packages", hi=MAX_LINK_KEY_PACKAGES)))  # fmt: skip
         except PingError as exc:
             raise LinkFailed(f"the link request is malformed: {exc}") from None
 

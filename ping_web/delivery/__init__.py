@@ -9,7 +9,7 @@ import :mod:`ping_web.core`, :mod:`ping_web.errors` and :mod:`ping_web._ffi`; ne
 storage, mls or client.
 """
 
-from ping_web.delivery.base import Delivery, DeviceSigner, LogPage, Notice, RosterChange
+from ping_web.delivery.base import Delivery, DeviceLogPage, DeviceSigner, LogPage, Notice, RosterChange
 from ping_web.delivery.local import LocalDeliveryService
 from ping_web.errors import CommitRefused, DeliveryUnavailable
 
@@ -19,6 +19,7 @@ __all__ = [
     "DeliveryUnavailable",
     "DeviceSigner",
     "LocalDeliveryService",
+    "DeviceLogPage",
     "LogPage",
     "Notice",
     "RosterChange",

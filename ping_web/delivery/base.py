@@ -37,6 +37,16 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceLogPage:
+    """Entries of a user's device log after a position, as a service serves them (unverified:
+    the client checks them, ``ping_web.core.devlog``). ``head_seq`` is the seq of the log's
+    last entry at the service, -1 if it has no log for the user; a page may stop before it."""
+
+    entries: list[bytes]
+    head_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class RosterChange:
     """Who a commit adds and removes, by device: what a relay keeps to route the log.
 
@@ -77,6 +87,13 @@ class DeviceSigner(Protocol):
 
     @property
     def public_key(self) -> bytes: ...
+
+    @property
+    def genesis(self) -> bytes | None:
+        """The genesis entry of the user's device log when this device made it (the user's
+        first device): a relay registers a new user with it. ``None`` for a linked device,
+        which the entry that added it registers."""
+        ...
 
     def sign(self, label: str, content: bytes) -> bytes: ...
 
@@ -134,5 +151,38 @@ class Delivery(Protocol):
         ...
 
     async def devices_of(self, user_id: UserId) -> list[DeviceId]:
-        """Devices of ``user_id`` the service knows (that published KeyPackages or registered)."""
+        """Devices of ``user_id`` the service says it has. Never trusted for membership: the
+        client adds only the devices of the user's verified device log."""
+        ...
+
+    async def device_log(self, user_id: UserId, after: int) -> DeviceLogPage:
+        """The entries of ``user_id``'s device log with a seq above ``after`` (-1: from the
+        genesis entry on), unverified."""
+        ...
+
+    async def append_device_log(self, entry: bytes) -> None:
+        """Append an entry this device signed to its user's device log (a genesis starts it).
+        The same entry again is harmless. :class:`~ping_web.errors.StateConflict` if another
+        entry took that seq first (read the log again and retry);
+        :class:`~ping_web.errors.DeviceLogInvalid` if the service refuses it as invalid."""
+        ...
+
+    async def open_link(self, link_id: bytes) -> None:
+        """Open a link slot for a new device of this device's user (``ping_web.core.linking``)."""
+        ...
+
+    async def send_link_request(self, link_id: bytes, request: bytes) -> None:
+        """A new device (not registered anywhere yet) leaves its sealed request in a slot."""
+        ...
+
+    async def link_request(self, link_id: bytes) -> bytes | None:
+        """The request waiting in a slot this device's user opened, or ``None`` yet."""
+        ...
+
+    async def send_link_answer(self, link_id: bytes, answer: bytes) -> None:
+        """Answer the request in a slot this device's user opened."""
+        ...
+
+    async def link_answer(self, link_id: bytes) -> bytes | None:
+        """The answer to the request this (new) device left, or ``None`` yet."""
         ...

@@ -5,16 +5,20 @@ one commit per epoch (the first one submitted wins; a late one is refused so its
 discards it and applies the winner), a Welcome mailbox per device, and a KeyPackage
 directory where each KeyPackage is handed out once. Everything is in memory; the port
 (:mod:`ping_web.delivery.port`) lets workers share one instance. It keeps no roster and
-authenticates no one: every device may read and post every log.
+authenticates no one: every device may read and post every log. It keeps users' device
+logs with the log's rules (chain, signers, no key coming back) but checks no signature:
+clients verify them (``ping_web.core.devlog``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from ping_web.core.devlog import DeviceLog, LogEntry, LogOp
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import EPOCH_WINDOW, DeviceSigner, LogPage, RosterChange
+from ping_web.core.linking import LINK_ID_SIZE, MAX_LINK_MESSAGE
+from ping_web.delivery.base import EPOCH_WINDOW, DeviceLogPage, DeviceSigner, LogPage, RosterChange
 from ping_web.errors import InvalidInput, StateConflict
 
 
@@ -28,6 +32,8 @@ class LocalDeliveryService:
         self._mailboxes: dict[DeviceId, list[bytes]] = defaultdict(list)
         self._key_packages: dict[DeviceId, list[bytes]] = defaultdict(list)
         self._devices: dict[UserId, list[DeviceId]] = defaultdict(list)
+        self._device_logs: dict[UserId, DeviceLog] = {}
+        self._links: dict[bytes, list[bytes | None]] = {}  # link id -> [request, answer]
 
     # The methods are async for the protocol; they never await, so each is atomic.
 
@@ -115,7 +121,66 @@ class LocalDeliveryService:
         return available.pop(0) if available else None
 
     async def devices_of(self, user_id: UserId) -> list[DeviceId]:
+        log = self._device_logs.get(user_id)
+        if log is not None:
+            return [device.device_id for device in log.active()]
         return list(self._devices.get(user_id, []))
+
+    async def device_log(self, user_id: UserId, after: int) -> DeviceLogPage:
+        log = self._device_logs.get(user_id)
+        if log is None:
+            return DeviceLogPage([], -1)
+        return DeviceLogPage(list(log.entries[max(0, after + 1) :]), log.seq)
+
+    async def append_device_log(self, entry: bytes) -> None:
+        decoded = LogEntry.decode(entry)
+        log = self._device_logs.get(decoded.user_id)
+        if log is not None and decoded.seq < len(log.entries):
+            if log.entries[decoded.seq] == bytes(entry):
+                return  # this very entry again
+            raise StateConflict(f"entry {decoded.seq} of this device log is taken: read the log again")
+        if decoded.op is LogOp.GENESIS and log is None:
+            self._device_logs[decoded.user_id] = DeviceLog.start(entry, None)
+            return
+        if log is None:
+            raise StateConflict("this user has no device log yet: its first device starts it")
+        self._device_logs[decoded.user_id] = log.extend([entry], None)[0]
+
+    async def open_link(self, link_id: bytes) -> None:
+        self._links.setdefault(_link_id(link_id), [None, None])
+
+    async def send_link_request(self, link_id: bytes, request: bytes) -> None:
+        slot = self._link_slot(link_id)
+        if slot[0] is not None and slot[0] != request:
+            raise StateConflict("this link code was used already: make a new one")
+        slot[0] = _link_message(request)
+
+    async def link_request(self, link_id: bytes) -> bytes | None:
+        return self._link_slot(link_id)[0]
+
+    async def send_link_answer(self, link_id: bytes, answer: bytes) -> None:
+        self._link_slot(link_id)[1] = _link_message(answer)
+
+    async def link_answer(self, link_id: bytes) -> bytes | None:
+        return self._link_slot(link_id)[1]
+
+    def _link_slot(self, link_id: bytes) -> list[bytes | None]:
+        slot = self._links.get(_link_id(link_id))
+        if slot is None:
+            raise InvalidInput("no device opened this link: check the code, or make a new one")
+        return slot
 
     def log_length(self, conversation_id: ConversationId) -> int:
         return len(self._logs.get(conversation_id, []))
+
+
+def _link_id(link_id: bytes) -> bytes:
+    if not isinstance(link_id, (bytes, bytearray)) or len(link_id) != LINK_ID_SIZE:
+        raise InvalidInput(f"a link id is {LINK_ID_SIZE} bytes")
+    return bytes(link_id)
+
+
+def _link_message(message: bytes) -> bytes:
+    if not isinstance(message, (bytes, bytearray)) or not 1 <= len(message) <= MAX_LINK_MESSAGE:
+        raise InvalidInput(f"a link message is 1..{MAX_LINK_MESSAGE} bytes")
+    return bytes(message)

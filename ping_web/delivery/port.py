@@ -40,7 +40,7 @@ from ping_web import _ffi, errors
 from ping_web.core import codec
 from ping_web.core.envelope import MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import Delivery, DeviceSigner, LogPage, Notice, RosterChange
+from ping_web.delivery.base import Delivery, DeviceLogPage, DeviceSigner, LogPage, Notice, RosterChange
 from ping_web.errors import CommitRefused, DeliveryUnavailable, InvalidInput, PingError
 
 __all__ = [
@@ -66,6 +66,13 @@ METHODS: Final = (
     "publish_key_packages",
     "claim_key_package",
     "devices_of",
+    "device_log",
+    "append_device_log",
+    "open_link",
+    "send_link_request",
+    "link_request",
+    "send_link_answer",
+    "link_answer",
 )
 """The :class:`~ping_web.delivery.Delivery` methods a port carries (``bind`` stays on the
 device side), and ``send_welcome`` of services that have it."""
@@ -225,6 +232,32 @@ class PortDelivery:
 
     async def devices_of(self, user_id: UserId) -> list[DeviceId]:
         return [DeviceId.from_bytes(raw) for raw in _raw_list(await self._call("devices_of", user_id.raw), "devices")]
+
+    async def device_log(self, user_id: UserId, after: int) -> DeviceLogPage:
+        result = await self._call("device_log", user_id.raw, after)
+        if not isinstance(result, dict) or type(result.get("head")) is not int:
+            raise DeliveryUnavailable("delivery bridge: malformed device_log reply")
+        return DeviceLogPage(_raw_list(result.get("entries"), "entries"), result["head"])
+
+    async def append_device_log(self, entry: bytes) -> None:
+        await self._call("append_device_log", bytes(entry))
+
+    async def open_link(self, link_id: bytes) -> None:
+        await self._call("open_link", bytes(link_id))
+
+    async def send_link_request(self, link_id: bytes, request: bytes) -> None:
+        await self._call("send_link_request", bytes(link_id), bytes(request))
+
+    async def link_request(self, link_id: bytes) -> bytes | None:
+        result = await self._call("link_request", bytes(link_id))
+        return None if result is None else _raw(result, "link request")
+
+    async def send_link_answer(self, link_id: bytes, answer: bytes) -> None:
+        await self._call("send_link_answer", bytes(link_id), bytes(answer))
+
+    async def link_answer(self, link_id: bytes) -> bytes | None:
+        result = await self._call("link_answer", bytes(link_id))
+        return None if result is None else _raw(result, "link answer")
 
     # ------------------------------------------------------------------------------------------
 
@@ -426,8 +459,32 @@ class DeliveryServer:
         if method == "claim_key_package":
             (device,) = arity(1)
             return await service.claim_key_package(DeviceId.from_bytes(_raw(device, "device_id"))), None
-        (user,) = arity(1)  # devices_of
-        return [d.raw for d in await service.devices_of(UserId.from_bytes(_raw(user, "user_id")))], None
+        if method == "devices_of":
+            (user,) = arity(1)
+            return [d.raw for d in await service.devices_of(UserId.from_bytes(_raw(user, "user_id")))], None
+        if method == "device_log":
+            user, after = arity(2)
+            if type(after) is not int or after < -1:
+                raise InvalidInput("delivery bridge: after is an integer of at least -1")
+            log_page = await service.device_log(UserId.from_bytes(_raw(user, "user_id")), after)
+            return {"entries": log_page.entries, "head": log_page.head_seq}, None
+        if method == "append_device_log":
+            (entry,) = arity(1)
+            await service.append_device_log(_raw(entry, "entry"))
+            return None, None
+        return await self._dispatch_link(method, args, arity), None
+
+    async def _dispatch_link(self, method: str, args: list[Any], arity: Callable[[int], list[Any]]) -> Any:
+        service = self.service
+        if method in ("open_link", "link_request", "link_answer"):
+            (link_id,) = arity(1)
+            call = {"open_link": service.open_link, "link_request": service.link_request,
+                    "link_answer": service.link_answer}[method]  # fmt: skip
+            return await call(_raw(link_id, "link_id"))
+        link_id, message = arity(2)
+        send = service.send_link_request if method == "send_link_request" else service.send_link_answer
+        await send(_raw(link_id, "link_id"), _raw(message, "link message"))
+        return None
 
 
 def serve_delivery(port: Any, service: Delivery | DeliveryServer) -> DeliveryServer:

@@ -61,7 +61,7 @@ from ping_web import _ffi
 from ping_web.core import codec
 from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
-from ping_web.delivery.base import DeviceSigner, LogPage, Notice, RosterChange
+from ping_web.delivery.base import DeviceLogPage, DeviceSigner, LogPage, Notice, RosterChange
 from ping_web.delivery.relay_wire import (
     BEARER_PREFIX,
     CHALLENGE_SIZE,
@@ -82,7 +82,9 @@ from ping_web.delivery.relay_wire import (
 from ping_web.errors import (
     CommitRefused,
     DeliveryUnavailable,
+    DeviceLogInvalid,
     InvalidInput,
+    LinkFailed,
     NotAMember,
     PingError,
     StateConflict,
@@ -379,6 +381,66 @@ class RelayDelivery:
         return [DeviceId(b64d(_dict(d, "device").get("device_id"), "device_id", size=16)) for d in _list(
             reply.get("devices"), "devices")]  # fmt: skip
 
+    # -- device logs and links -----------------------------------------------------------------
+
+    async def device_log(self, user_id: UserId, after: int) -> DeviceLogPage:
+        query = f"?after={after}" if after >= 0 else ""
+        try:
+            reply = await self._call("GET", f"/v1/users/{b64e(user_id.raw)}/device-log{query}", auth=False)
+        except _Refused as exc:
+            self._refused(exc.refusal, "reading a device log")
+        entries = [b64d(e, "entry") for e in _list(reply.get("entries"), "entries")]
+        return DeviceLogPage(entries, _int_or_none(reply.get("head"), "head"))
+
+    async def append_device_log(self, entry: bytes) -> None:
+        device = self._require_device()
+        try:
+            await self._call("POST", f"/v1/users/{b64e(device.user_id.raw)}/device-log", {"entry": b64e(entry)})
+        except _Refused as exc:
+            if exc.refusal.error == "log_conflict":
+                raise StateConflict("another entry of this device log came first: read the log again") from None
+            if exc.refusal.error == "invalid_log_entry":
+                raise DeviceLogInvalid(f"the relay refused the device log entry: {exc.refusal.detail}") from None
+            self._refused(exc.refusal, "appending to the device log")
+
+    async def open_link(self, link_id: bytes) -> None:
+        await self._ok("POST", "/v1/links", {"link_id": b64e(link_id)}, what="opening a link")
+
+    async def send_link_request(self, link_id: bytes, request: bytes) -> None:
+        try:
+            await self._call("POST", f"/v1/links/{b64e(link_id)}/request", {"request": b64e(request)}, auth=False)
+        except _Refused as exc:
+            self._link_refused(exc.refusal, "leaving the link request")
+
+    async def link_request(self, link_id: bytes) -> bytes | None:
+        try:
+            reply = await self._call("GET", f"/v1/links/{b64e(link_id)}/request")
+        except _Refused as exc:
+            self._link_refused(exc.refusal, "reading the link request")
+        value = reply.get("request")
+        return None if value is None else b64d(value, "request")
+
+    async def send_link_answer(self, link_id: bytes, answer: bytes) -> None:
+        try:
+            await self._call("POST", f"/v1/links/{b64e(link_id)}/answer", {"answer": b64e(answer)})
+        except _Refused as exc:
+            self._link_refused(exc.refusal, "answering the link request")
+
+    async def link_answer(self, link_id: bytes) -> bytes | None:
+        try:
+            reply = await self._call("GET", f"/v1/links/{b64e(link_id)}/answer", auth=False)
+        except _Refused as exc:
+            self._link_refused(exc.refusal, "reading the link answer")
+        value = reply.get("answer")
+        return None if value is None else b64d(value, "answer")
+
+    def _link_refused(self, refusal: Refusal, what: str) -> NoReturn:
+        if refusal.error in ("unknown_link", "link_expired"):
+            raise LinkFailed("the link code is wrong or expired: make a new one on the other device") from None
+        if refusal.error == "link_taken":
+            raise LinkFailed("another device already used this link code: make a new one") from None
+        self._refused(refusal, what)
+
     # -- lifetime ------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -525,12 +587,20 @@ class RelayDelivery:
             "device_id": b64e(device.device_id.raw),
             "signature_public_key": b64e(device.public_key),
             "signature": b64e(device.sign(LABEL_REGISTER, content)),
+            "device_log": None if device.genesis is None else b64e(device.genesis),
         }
         try:
             await self._call("POST", "/v1/devices", body, auth=False)
         except _Refused as exc:
             if exc.refusal.error == "device_conflict":
                 raise StateConflict("the relay has this device id registered with another key or user") from None
+            if exc.refusal.error == "link_required":
+                raise StateConflict(
+                    f"the user {_text(user)!r} already has devices at the relay: link this device from one of them "
+                    "(a code it shows), or pick another name"
+                ) from None
+            if exc.refusal.error == "device_revoked":
+                raise StateConflict("this device was revoked from its user's device list") from None
             if exc.refusal.error == "invalid_signature":
                 raise StateConflict(
                     f"the relay refused this device's registration signature: it signs for origin {self.origin}; "
@@ -892,6 +962,15 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
 
 def _list(value: Any, what: str) -> list[Any]:
     return codec.items(value, f"relay reply: {what}")
+
+
+def _int_or_none(value: Any, what: str) -> int:
+    """An integer reply field where ``null`` means -1 (e.g. no device log yet)."""
+    return -1 if value is None else _int(value, what)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _int(value: Any, what: str) -> int:

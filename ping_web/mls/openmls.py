@@ -184,6 +184,15 @@ class MlsRuntime:
     def provider(self) -> Provider:
         return Provider(self, self.call(self._exports.Provider.new))
 
+    def verify(self, public_key: bytes, label: str, content: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is ``public_key``'s strict Ed25519 signature over ``b"ping-web/"
+        + label + b"\\x00" + content`` (what :meth:`Identity.sign_with_label` makes): a
+        :class:`~ping_web.core.devlog.SignatureVerifier` for device logs."""
+        _require_bytes(public_key, content, signature)
+        return bool(
+            self.call(self._exports.verifyWithLabel, self.u8(public_key), label, self.u8(content), self.u8(signature))
+        )
+
     @property
     def memory_bytes(self) -> int:
         """Size of this instance's linear memory (it only grows)."""

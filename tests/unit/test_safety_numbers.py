@@ -55,7 +55,7 @@ def test_link_codes_read_back_as_people_type_them() -> None:
 
 def test_link_messages_open_only_with_their_code() -> None:
     code = LinkCode.new()
-    request = LinkRequest(UserId(b"ann"), DeviceId.new(), b"\x05" * 32, "Laptop", b"\x06" * 64, b"kp")
+    request = LinkRequest(UserId(b"ann"), DeviceId.new(), b"\x05" * 32, "Laptop", b"\x06" * 64, (b"kp1", b"kp2"))
     sealed = request.seal(code)
     assert LinkRequest.open(sealed, code) == request
     with pytest.raises(LinkFailed, match="not made with this link code"):

@@ -17,7 +17,7 @@ mod storage;
 mod value;
 
 pub use group::{inspect_key_package, Group};
-pub use identity::Identity;
+pub use identity::{verify_with_label, Identity};
 pub use provider::Provider;
 
 use wasm_bindgen::prelude::*;

@@ -1,0 +1,137 @@
+"""The checks members pass: every device in a conversation is a verified device of its user.
+
+:class:`MemberVetting` asks :class:`~ping_web.client.identity.Identities` about the devices
+MLS names: the KeyPackages this device adds (before the commit is made), the members of a
+Welcome (before it is joined), and the members of each conversation (before this device
+sends there, and after commits of others, to tell the application). It is on only when a
+delivery service serves device logs (``enabled``); without one the application hands
+KeyPackages and Welcomes over itself and is the directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from ping_web.client.identity import Identities, IdentityEvent, IdentityEventKind, describe_key, user_text
+from ping_web.core.conversation import Conversation
+from ping_web.core.devlog import DeviceStatus
+from ping_web.core.envelope import MessageEnvelope
+from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.records import MemberInfo
+from ping_web.errors import DeliveryUnavailable, InvalidInput, PingError, UnverifiedDevice
+from ping_web.mls.engine import OpenMlsEngine
+
+
+class MemberVetting:
+    """Checks of devices against their users' verified device logs."""
+
+    def __init__(
+        self, identities: Identities, engine: Callable[[], OpenMlsEngine], emit: Callable[[IdentityEvent], None],
+        *, enabled: bool,
+    ) -> None:  # fmt: skip
+        self._identities = identities
+        self._engine = engine
+        self._emit = emit
+        self.enabled = enabled
+        self._checked: dict[ConversationId, tuple[int, int]] = {}
+        """Conversations whose members all passed: (epoch, identities revision) then."""
+        self._reported: set[tuple[ConversationId, bytes]] = set()
+
+    def forget(self) -> None:
+        self._checked.clear()
+
+    async def key_packages(self, entries: Sequence[tuple[DeviceId, bytes]]) -> None:
+        """Every KeyPackage to add belongs to an active device of its user's verified log
+        (and to the device id it is added as); else :class:`UnverifiedDevice`."""
+        if not self.enabled:
+            return
+        for device_id, key_package in entries:
+            if not isinstance(key_package, (bytes, bytearray)):
+                raise InvalidInput("a KeyPackage must be bytes")
+            identity, key = self._engine().inspect_key_package(bytes(key_package))
+            await self._identities.require(UserId(identity), key, device_id)
+
+    async def before_send(self, conversation: Conversation) -> None:
+        """Refuse to send where a member is not a verified device of its user."""
+        problems = await self.problems(conversation)
+        if problems:
+            member, reason = problems[0]
+            raise UnverifiedDevice(
+                f"device {describe_key(member.signature_key)} of {user_text(member.user_id)!r} in this conversation: "
+                f"{reason}; nothing was sent. Remove it (or have its user link it) first",
+                member.user_id, member.signature_key, reason,
+            )  # fmt: skip
+
+    async def problems(self, conversation: Conversation) -> list[tuple[MemberInfo, str]]:
+        """Members that are not active devices of their users' verified logs, and why (the
+        logs of users with unknown keys are read on first)."""
+        if not self.enabled or conversation.state.removed:
+            return []
+        if self._checked.get(conversation.id) == (conversation.epoch(), self._identities.revision):
+            return []
+        members = conversation.members()
+        for user in {m.user_id for m in members if self._status(m)[0] is DeviceStatus.UNKNOWN}:
+            try:
+                await self._identities.refresh(user)
+            except PingError:  # unreachable, or a log that does not verify: judged on the pin
+                pass
+        problems = [(m, reason) for m in members for status, reason in [self._status(m)]
+                    if status is not DeviceStatus.ACTIVE]  # fmt: skip
+        if not problems:
+            self._checked[conversation.id] = (conversation.epoch(), self._identities.revision)
+        return problems
+
+    async def report(self, conversations: Iterable[Conversation]) -> None:
+        """Tell the application, once each, about members that fail the check."""
+        for conversation in conversations:
+            for member, reason in await self.problems(conversation):
+                mark = (conversation.id, member.signature_key)
+                if mark not in self._reported:
+                    self._reported.add(mark)
+                    self._emit(IdentityEvent(
+                        IdentityEventKind.UNVERIFIED_MEMBER, member.user_id, conversation_id=conversation.id,
+                        key=member.signature_key, reason=reason,
+                    ))  # fmt: skip
+
+    async def welcomes(self, welcomes: list[bytes]) -> list[bytes]:
+        """Read the logs of each Welcome's members before it is joined (the join then checks
+        them without I/O, :meth:`joined`); Welcomes whose logs cannot be read now wait."""
+        if not self.enabled:
+            return welcomes
+        ready = []
+        for raw in welcomes:
+            try:
+                for user in self._welcome_users(raw):
+                    await self._identities.refresh(user)
+            except DeliveryUnavailable:
+                continue
+            except PingError:
+                pass  # the join's check refuses it, with the reason
+            ready.append(raw)
+        return ready
+
+    def joined(self, conversation: Conversation) -> None:
+        """Raise if a member of a conversation just joined is not a verified device (the
+        caller's savepoint undoes the join): a Welcome into a group with an unknown device
+        is refused."""
+        if not self.enabled:
+            return
+        for member in conversation.members():
+            status, reason = self._status(member)
+            if status is not DeviceStatus.ACTIVE:
+                raise UnverifiedDevice(
+                    f"the Welcome to {conversation.id.hex[:8]} has device {describe_key(member.signature_key)} of "
+                    f"{user_text(member.user_id)!r} as a member: {reason}; not joined",
+                    member.user_id, member.signature_key, reason,
+                )  # fmt: skip
+
+    def _status(self, member: MemberInfo) -> tuple[DeviceStatus, str]:
+        return self._identities.status(member.user_id, member.signature_key)
+
+    def _welcome_users(self, raw: bytes) -> set[UserId]:
+        try:
+            envelope = MessageEnvelope.decode(raw)
+            members = self._engine().peek_welcome_members(envelope.payload)
+        except PingError:
+            return set()
+        return {UserId(m.identity) for m in members}
