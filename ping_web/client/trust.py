@@ -196,11 +196,13 @@ class Trust(ClientBase):
         await self._ready()
         if device_id == self.device_id:
             raise InvalidInput("a device cannot revoke itself; revoke it from another device")
-        await self._revoke_in_log(device_id)
+        key = await self._revoke_in_log(device_id)
         commits = []
         for conversation_id in list(self._metas):
             conversation = await self._get(conversation_id)
             leaf = conversation.leaf_index_of(device_id)
+            if leaf is None and key is not None:  # its leaf, by the key the log names
+                leaf = next((m.leaf_index for m in conversation.members() if m.signature_key == key), None)
             if leaf is not None and not conversation.state.removed:
                 commits.append(await self.remove_members(conversation_id, [leaf]))
         return commits
@@ -225,15 +227,16 @@ class Trust(ClientBase):
             outcomes.append(await self.add_members(meta.id, [(device_id, key_package)]))
         return outcomes
 
-    async def _revoke_in_log(self, device_id: DeviceId) -> bool:
-        """Revoke ``device_id`` in this user's device log if it is active there."""
+    async def _revoke_in_log(self, device_id: DeviceId) -> bytes | None:
+        """Revoke ``device_id`` in this user's device log if it is there; its key, if it is."""
         own = await self._identities.contact(self.user_id, refresh=self._delivery is not None)
         device = None if own is None else own.log.device_by_id(device_id)
-        if own is None or device is None or not device.active:
-            return False
-        entry = self._sign_entry(own.log, LogOp.REVOKE, device.device_id, device.key, device.label, None)
-        await self._append_own(entry)
-        return True
+        if own is None or device is None:
+            return None
+        if device.active:
+            entry = self._sign_entry(own.log, LogOp.REVOKE, device.device_id, device.key, device.label, None)
+            await self._append_own(entry)
+        return device.key
 
     # -- own log --------------------------------------------------------------------------------
 

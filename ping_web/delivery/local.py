@@ -19,7 +19,7 @@ from ping_web.core.envelope import MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.linking import LINK_ID_SIZE, MAX_LINK_MESSAGE
 from ping_web.delivery.base import EPOCH_WINDOW, DeviceLogPage, DeviceSigner, LogPage, RosterChange
-from ping_web.errors import InvalidInput, StateConflict
+from ping_web.errors import InvalidInput, LinkFailed, StateConflict
 
 
 class LocalDeliveryService:
@@ -152,7 +152,7 @@ class LocalDeliveryService:
     async def send_link_request(self, link_id: bytes, request: bytes) -> None:
         slot = self._link_slot(link_id)
         if slot[0] is not None and slot[0] != request:
-            raise StateConflict("this link code was used already: make a new one")
+            raise LinkFailed("this link code was used already: make a new one")
         slot[0] = _link_message(request)
 
     async def link_request(self, link_id: bytes) -> bytes | None:
@@ -167,7 +167,7 @@ class LocalDeliveryService:
     def _link_slot(self, link_id: bytes) -> list[bytes | None]:
         slot = self._links.get(_link_id(link_id))
         if slot is None:
-            raise InvalidInput("no device opened this link: check the code, or make a new one")
+            raise LinkFailed("no device opened this link: check the code, or make a new one")
         return slot
 
     def log_length(self, conversation_id: ConversationId) -> int:

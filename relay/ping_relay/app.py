@@ -16,9 +16,10 @@ from starlette.routing import WebSocketRoute
 from .config import Config
 from .errors import RelayError
 from .fanout import Fanout
+from .identity import IDENTITY_ROUTES, IdentityStore
 from .notify import Notifier
 from .ratelimit import RateLimiter
-from .relay import CursorBook, Relay, now_ms
+from .relay import CursorBook, Relay, TokenCache, now_ms
 from .routes import ROUTES
 from .sqlstore import Backend, SqlStore
 from .stream import stream
@@ -129,7 +130,9 @@ def create_app(config: Config) -> Starlette:
         device_limiter=RateLimiter(lim.rate_per_second, lim.rate_burst),
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
         fanout=Fanout(store, notifier, lim),
+        identities=IdentityStore(store.backend),
         cursors=CursorBook(config.prunes),
+        tokens=TokenCache(max_age_s=config.recheck_interval or 2.0),
     )
 
     @contextlib.asynccontextmanager
@@ -153,7 +156,7 @@ def create_app(config: Config) -> Starlette:
             await store.close()
 
     app = Starlette(
-        routes=[*ROUTES, WebSocketRoute("/v1/stream", stream)],
+        routes=[*ROUTES, *IDENTITY_ROUTES, WebSocketRoute("/v1/stream", stream)],
         exception_handlers={RelayError: relay_error, HTTPException: http_error, 500: internal_error},
         lifespan=lifespan,
     )

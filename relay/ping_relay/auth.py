@@ -83,3 +83,11 @@ def new_secret() -> bytes:
 
 def token_hash(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
+
+
+class Verifier:
+    """:func:`verify` as the ``SignatureVerifier`` device logs are checked with
+    (``ping_web.core.devlog``)."""
+
+    def verify(self, public_key: bytes, label: str, content: bytes, signature: bytes) -> bool:
+        return verify(public_key, signature, label, content)

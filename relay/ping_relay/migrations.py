@@ -104,6 +104,24 @@ MIGRATIONS: Final[list[list[str]]] = [
             since_ms BIGINT NOT NULL)""",
         "ALTER TABLE members ADD COLUMN acked_seq BIGINT NOT NULL DEFAULT 0",
     ],
+    # 3: users' device logs (each entry once per seq: the primary key is the append's
+    # compare-and-swap), revoked devices, and link slots for new devices
+    [
+        """CREATE TABLE device_logs (
+            user_id {blob} NOT NULL,
+            seq BIGINT NOT NULL,
+            entry {blob} NOT NULL,
+            entry_hash {blob} NOT NULL,
+            PRIMARY KEY (user_id, seq))""",
+        "ALTER TABLE devices ADD COLUMN revoked_at_ms BIGINT",
+        """CREATE TABLE links (
+            link_id {blob} PRIMARY KEY,
+            user_id {blob} NOT NULL,
+            request {blob},
+            answer {blob},
+            expires_at_ms BIGINT NOT NULL)""",
+        "CREATE INDEX links_by_user ON links (user_id)",
+    ],
 ]
 
 LATEST: Final = len(MIGRATIONS)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from .fanout import Fanout
+    from .identity import IdentityStore
 
 _TOKEN_CACHE_ENTRIES: Final = 100_000
 
@@ -30,26 +31,36 @@ class Closable(Protocol):
 
 
 class TokenCache:
-    """Token hash -> (device, expiry), in memory per process.
+    """Token hash -> (device, expiry), in memory per process, each answer for ``max_age_s``.
 
-    A token is never revoked before its expiry and a device never changes its key or user,
-    so a cached answer stays right until the token expires (the caller checks the expiry).
+    A device never changes its key or user, but a revoked device loses its tokens: the
+    process that takes the revocation drops them here at once (:meth:`drop_device`), and
+    another process reads the database again once its cached answer is ``max_age_s`` old.
     Bounded: past the bound the oldest entries go first.
     """
 
-    def __init__(self, entries: int = _TOKEN_CACHE_ENTRIES) -> None:
+    def __init__(self, entries: int = _TOKEN_CACHE_ENTRIES, max_age_s: float = 2.0) -> None:
         self._entries = entries
-        self._items: dict[bytes, tuple[Device, int]] = {}
+        self._max_age = max_age_s
+        self._items: dict[bytes, tuple[Device, int, float]] = {}
 
     def get(self, token_hash: bytes) -> tuple[Device, int] | None:
-        return self._items.get(token_hash)
+        item = self._items.get(token_hash)
+        if item is None or time.monotonic() - item[2] > self._max_age:
+            return None
+        return item[0], item[1]
 
     def put(self, token_hash: bytes, owner: tuple[Device, int]) -> None:
         items = self._items
-        items[token_hash] = owner
+        items[token_hash] = (owner[0], owner[1], time.monotonic())
         if len(items) > self._entries:
             for key in list(items)[: len(items) - self._entries]:
                 del items[key]
+
+    def drop_device(self, device_id: bytes) -> None:
+        """Forget every token of a revoked device."""
+        for key in [k for k, item in self._items.items() if item[0].device_id == device_id]:
+            del self._items[key]
 
 
 class CursorBook:
@@ -85,6 +96,7 @@ class Relay:
     device_limiter: RateLimiter
     anon_limiter: RateLimiter
     fanout: Fanout
+    identities: IdentityStore
     tokens: TokenCache = field(default_factory=TokenCache)
     cursors: CursorBook = field(default_factory=lambda: CursorBook(False))
     streams: dict[bytes, Closable] = field(default_factory=dict)

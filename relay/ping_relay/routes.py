@@ -180,7 +180,9 @@ async def info(request: Request) -> JSONResponse:
 async def register(request: Request) -> JSONResponse:
     relay = relay_of(request)
     limit_anonymous(request, relay)
-    body = await json_body(request, relay, required=("user_id", "device_id", "signature_public_key", "signature"))
+    body = await json_body(
+        request, relay, required=("user_id", "device_id", "signature_public_key", "signature"), optional=("device_log",)
+    )
     user_id = wire.b64d(body["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     public_key = wire.b64d(body["signature_public_key"], "signature_public_key", size=auth.PUBLIC_KEY_SIZE)
@@ -190,8 +192,9 @@ async def register(request: Request) -> JSONResponse:
     content = auth.register_content(device_id, public_key, user_id, relay.config.public_origin)
     if not auth.verify(public_key, signature, auth.LABEL_REGISTER, content):
         raise unauthorized("invalid_signature", "the signature does not verify with this key")
+    genesis = None if body.get("device_log") is None else wire.sized(body["device_log"], "device_log", max_bytes=4096)
     device = Device(device_id, user_id, public_key, now_ms())
-    created = await relay.store.register_device(device)
+    created = await relay.identities.register(device, genesis)
     stored = device if created else await relay.store.get_device(device_id)
     return ok({"created": created, **device_json(stored or device)})
 
@@ -203,6 +206,8 @@ async def challenge(request: Request) -> JSONResponse:
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     if await relay.store.get_device(device_id) is None:
         raise unauthorized("unknown_device", "no device with this id is registered")
+    if await relay.identities.revoked(device_id):
+        raise forbidden("device_revoked", "this device was revoked from its user's device log")
     secret = auth.new_secret()
     now = now_ms()
     expires = now + int(relay.config.challenge_ttl * 1000)
@@ -251,7 +256,7 @@ async def user_devices(request: Request) -> JSONResponse:
     relay = relay_of(request)
     await authenticate(request, relay)
     user_id = wire.b64d(request.path_params["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
-    devices = await relay.store.devices_of(user_id)
+    devices = await relay.identities.active_devices(user_id)
     return ok({"user_id": wire.b64e(user_id), "devices": [device_json(d) for d in devices]})
 
 

@@ -317,6 +317,11 @@ class SqlStore:
             tokens = min(burst, float(state[0]) + max(0, now_ms - _int(state[1])) * per_ms)
         raise rate_limited(max(1, math.ceil((1.0 - tokens) / rate)))
 
+    @property
+    def backend(self) -> Backend:
+        """The database this store runs on (the identity store shares it)."""
+        return self._db
+
     async def start(self) -> None:
         await self._db.start()
 
@@ -395,7 +400,8 @@ class SqlStore:
         def tx(t: Tx) -> tuple[Device, int] | None:
             row = t.one(
                 "SELECT d.device_id, d.user_id, d.public_key, d.registered_at_ms, t.expires_at_ms"
-                " FROM tokens t JOIN devices d ON d.device_id = t.device_id WHERE t.token_hash = ?",
+                " FROM tokens t JOIN devices d ON d.device_id = t.device_id WHERE t.token_hash = ?"
+                " AND d.revoked_at_ms IS NULL",
                 token_hash,
             )
             return None if row is None else (_device(row), _int(row[4]))

@@ -167,12 +167,20 @@ def relay(spawn: Callable[..., RelayProcess]) -> RelayProcess:
 
 @pytest.fixture
 def device(relay: RelayProcess) -> Callable[..., Device]:
-    """``device(user_id=None)``: a registered, logged-in device on ``relay``."""
+    """``device(user_id=None)``: a registered, logged-in device on ``relay`` (the first of a
+    user starts its device log; a later one is added to it by the first)."""
     made: list[Device] = []
+    first: dict[bytes, Device] = {}
 
     def make(user_id: bytes | None = None, *, login: bool = True) -> Device:
+        """A device of ``user_id``; a second one of a user is added by the first (linked)."""
         d = Device(relay.url, user_id)
         made.append(d)
+        owner = first.get(d.user_id)
+        if owner is None:
+            first[d.user_id] = d
+        else:
+            owner.add_device(d)
         if login:
             d.setup()
         return d

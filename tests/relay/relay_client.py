@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from websockets.sync.client import ClientConnection, connect
 
+from ping_web.core import devlog
+from ping_web.core.devlog import LogEntry, LogOp
 from ping_web.core.envelope import Hlc, MessageEnvelope, MessageKind
-from ping_web.core.ids import ConversationId, DeviceId
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 ORIGIN = "http://relay.test"
 SUBPROTOCOL = "ping-relay.v1"
@@ -63,6 +65,8 @@ class Device:
         self.http = httpx.Client(base_url=base_url, timeout=60)
         self.token: str | None = None
         self.seqs: dict[bytes, int] = {}
+        self.linked = False
+        """Added to its user's log by another device (it registers without a genesis)."""
 
     def close(self) -> None:
         self.http.close()
@@ -76,17 +80,56 @@ class Device:
 
     # -- auth ---------------------------------------------------------------------------
 
-    def register(self) -> httpx.Response:
+    def register_body(self, *, genesis: bool = True) -> dict[str, Any]:
+        """The registration request; with the genesis entry of the user's device log (a new
+        user's first device), unless ``genesis`` is false (a device another one added)."""
         content = self.device_id + self.public_key + bytes([len(self.user_id)]) + self.user_id + self.origin.encode()
-        return self.http.post(
-            "/v1/devices",
-            json={
-                "user_id": b64e(self.user_id),
-                "device_id": self.id,
-                "signature_public_key": b64e(self.public_key),
-                "signature": b64e(self.sign("relay-register", content)),
-            },
-        )
+        return {
+            "user_id": b64e(self.user_id),
+            "device_id": self.id,
+            "signature_public_key": b64e(self.public_key),
+            "signature": b64e(self.sign("relay-register", content)),
+            "device_log": b64e(self.log_entry(LogOp.GENESIS, self, 0, devlog.NO_PREV)) if genesis else None,
+        }
+
+    def register(self, *, genesis: bool | None = None) -> httpx.Response:
+        """Register; a device another one added (:meth:`add_device`) sends no genesis."""
+        return self.http.post("/v1/devices", json=self.register_body(genesis=not self.linked if genesis is None else genesis))
+
+    # -- the device log -------------------------------------------------------------------
+
+    def consent(self) -> bytes:
+        content = devlog.consent_content(UserId(self.user_id), DeviceId(self.device_id), self.public_key)
+        return self.sign(devlog.LABEL_CONSENT, content)
+
+    def log_entry(self, op: LogOp, subject: Device, seq: int, prev: bytes) -> bytes:
+        """An entry this device signs about ``subject`` (itself for a genesis)."""
+        unsigned = devlog.unsigned_entry(op, UserId(self.user_id), seq, prev, int(time.time() * 1000),
+                                         DeviceId(subject.device_id), subject.public_key, self.public_key)  # fmt: skip
+        consent = subject.consent() if op is LogOp.ADD else None
+        return devlog.signed(unsigned, self.sign(devlog.LABEL_ENTRY, unsigned.tbs()), consent).encode()
+
+    def read_log(self, user_id: bytes | None = None) -> list[bytes]:
+        r = self.http.get(f"/v1/users/{b64e(user_id or self.user_id)}/device-log")
+        assert r.status_code == 200, r.text
+        return [b64d(e) for e in r.json()["entries"]]
+
+    def next_entry(self, op: LogOp, subject: Device) -> bytes:
+        entries = self.read_log()
+        return self.log_entry(op, subject, len(entries), LogEntry.decode(entries[-1]).hash)
+
+    def append(self, entry: bytes) -> httpx.Response:
+        return self.call("POST", f"/v1/users/{b64e(self.user_id)}/device-log", {"entry": b64e(entry)})
+
+    def add_device(self, other: Device) -> Device:
+        """Add ``other`` (same user) to the user's device log: the relay then registers it."""
+        r = self.append(self.next_entry(LogOp.ADD, other))
+        assert r.status_code == 200, r.text
+        other.linked = True
+        return other
+
+    def revoke_device(self, other: Device) -> httpx.Response:
+        return self.append(self.next_entry(LogOp.REVOKE, other))
 
     def challenge(self) -> bytes:
         r = self.http.post("/v1/auth/challenge", json={"device_id": self.id})

@@ -207,13 +207,7 @@ def test_hostile_input(spawn) -> None:
     carol_welcome = carol.ok("GET", "/v1/welcomes")["welcomes"][0]["id"]
     g, og = b64e(group), b64e(other_group)
     newcomer = Device(relay.url)
-    content = newcomer.device_id + newcomer.public_key + bytes([len(newcomer.user_id)]) + newcomer.user_id
-    register_body = {
-        "user_id": b64e(newcomer.user_id),
-        "device_id": newcomer.id,
-        "signature_public_key": b64e(newcomer.public_key),
-        "signature": b64e(newcomer.sign("relay-register", content + newcomer.origin.encode())),
-    }
+    register_body = newcomer.register_body()
     templates = [
         Template(
             "POST",
