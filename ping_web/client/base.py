@@ -133,6 +133,7 @@ class ClientBase:
         self._vetting = MemberVetting(
             self._identities, lambda: self._engine, self._identity_event, enabled=delivery is not None
         )
+        self._log_published = False
         self.on_identity_event: Callable[[IdentityEvent], None] | None = None
         """Called when a user's devices or identity change, or a conversation has a member
         that is not a verified device of its user (``client.identity.IdentityEvent``).
@@ -252,6 +253,7 @@ class ClientBase:
         self._identities.forget()
         self._vetting.forget()
         await self._identities.stored(self.user_id)
+        self._log_published = await self._storage.get(keys.DEVICE, keys.LOG_PUBLISHED) is not None
         self._use_runtime(runtime, OpenMlsEngine(provider, identity))
         self._metas, self._loaded = metas, {}
         self._log_positions = {c: p for c, p in positions.items() if c in metas}
@@ -272,6 +274,27 @@ class ClientBase:
             return None
         first = own.log.devices[0]
         return own.log.entries[0] if first.key == self._record.public_key else None
+
+    async def _publish_genesis(self) -> None:
+        """Give the delivery service the genesis entry this device made, once (a relay also
+        takes it at registration). Unreachable now is fine: ``sync`` tries again. A refusal
+        means the user has devices there already: this device must be linked to them."""
+        genesis = self._own_genesis()
+        if self._delivery is None or genesis is None or self._log_published:
+            return
+        try:
+            await self._delivery.append_device_log(genesis)
+        except StateConflict as exc:
+            raise StateConflict(
+                f"the user {self.user_id.raw!r} already has devices at the delivery service ({exc}): open this "
+                "device with linked=True and link it from one of them"
+            ) from None
+        except PingError:
+            return  # unreachable, or refused for now: the next sync tries again
+        batch = Batch()
+        batch.put(keys.DEVICE, keys.LOG_PUBLISHED, b"\x01")
+        await self._writer.submit(batch)
+        self._log_published = True
 
     def _identity_event(self, event: IdentityEvent) -> None:
         if self.on_identity_event is not None:

@@ -145,6 +145,7 @@ class Conversations(ClientBase):
         async def run(request: Request | None) -> AddOutcome:
             conversation = await self._prepare(conversation_id)
             await self._vetting.key_packages(entries)  # only verified devices of their users
+            await self._publish_genesis()  # the joiners verify this device by its user's log
             outcome = self._run(lambda: conversation.add_members(entries, self._clock()))
             batch = self._capture([conversation], outbox=self._to_post(outcome.commit))
             if self._delivery is not None:  # without one, the caller delivers the Welcome itself

@@ -28,6 +28,8 @@ REQUESTS: Final = "requests"
 """Results of exactly-once requests, by request id, and their order (for pruning)."""
 
 DEVICE_RECORD: Final = b"identity"
+LOG_PUBLISHED: Final = b"log-published"
+"""Present once the delivery service took the genesis entry this device made."""
 LINK_PENDING: Final = b"link-pending"
 """Present while a device made to be linked waits to be added to its user's device log."""
 DEVICE_LOG_PREFIX: Final = b"log/"

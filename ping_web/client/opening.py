@@ -23,7 +23,7 @@ from ping_web.core.conversation import Conversation
 from ping_web.core.devlog import DeviceLog, LogOp
 from ping_web.core.ids import DeviceId, UserId
 from ping_web.delivery.base import Delivery
-from ping_web.errors import InvalidInput, PingError, StateConflict, StorageCorrupted
+from ping_web.errors import InvalidInput, PingError, StorageCorrupted
 from ping_web.mls.engine import OpenMlsEngine
 from ping_web.mls.openmls import MlsRuntime
 from ping_web.storage.base import Storage
@@ -130,22 +130,6 @@ class Opening(ClientBase):
         own = self._genesis_contact(label)
         await self._identities.pin(own)
         await self._publish_genesis()
-
-    async def _publish_genesis(self) -> None:
-        """Give the delivery service the genesis entry (a relay takes it at registration too).
-        Unreachable now is fine; a refusal means the user has devices already: link this one."""
-        genesis = self._own_genesis()
-        if self._delivery is None or genesis is None:
-            return
-        try:
-            await self._delivery.append_device_log(genesis)
-        except StateConflict as exc:
-            raise StateConflict(
-                f"the user {self.user_id.raw!r} already has devices at the delivery service ({exc}): open this "
-                "device with linked=True and link it from one of them"
-            ) from None
-        except PingError:
-            pass
 
     async def new_key_package(self) -> bytes:
         """A one-time KeyPackage; its private keys are stored before it is returned."""

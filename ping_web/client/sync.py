@@ -115,6 +115,7 @@ class Sync(ClientBase):
         conversation's new log entries, applied and stored in one batch with the log
         positions they reach, so a restart goes on from there."""
         delivery = self._require_delivery()
+        await self._publish_genesis()  # if a crash or an outage kept it from the service so far
         welcomes = await self._vetting.welcomes(await delivery.fetch_welcomes(self.device_id))
         outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
         if welcomes:

@@ -95,18 +95,22 @@ class MemberVetting:
 
     async def welcomes(self, welcomes: list[bytes]) -> list[bytes]:
         """Read the logs of each Welcome's members before it is joined (the join then checks
-        them without I/O, :meth:`joined`); Welcomes whose logs cannot be read now wait."""
+        them without I/O, :meth:`joined`). A Welcome waits (not joined, not acknowledged)
+        while a member's log cannot be read, or a member's user has no log at the service
+        yet (a new user whose first device has not published it); it is refused once a log
+        shows a member is not one of its user's devices."""
         if not self.enabled:
             return welcomes
         ready = []
         for raw in welcomes:
             try:
-                for user in self._welcome_users(raw):
-                    await self._identities.refresh(user)
+                contacts = [await self._identities.refresh(user) for user in self._welcome_users(raw)]
             except DeliveryUnavailable:
                 continue
             except PingError:
-                pass  # the join's check refuses it, with the reason
+                contacts = []  # a log that does not verify: the join's check refuses it, with the reason
+            if any(contact is None for contact in contacts):
+                continue
             ready.append(raw)
         return ready
 

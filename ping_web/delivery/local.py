@@ -103,11 +103,17 @@ class LocalDeliveryService:
             self._mailboxes[device].append(bytes(welcome))
 
     async def fetch_welcomes(self, device_id: DeviceId) -> list[bytes]:
-        """Take every Welcome waiting for ``device_id`` (each is returned once)."""
-        return self._mailboxes.pop(device_id, [])
+        """Every Welcome waiting for ``device_id``, until acknowledged."""
+        return list(self._mailboxes.get(device_id, []))
 
     async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
-        """Nothing to do: :meth:`fetch_welcomes` already took them."""
+        """Drop these Welcomes from the device's mailbox."""
+        done = {bytes(w) for w in welcomes}
+        left = [w for w in self._mailboxes.get(device_id, []) if w not in done]
+        if left:
+            self._mailboxes[device_id] = left
+        else:
+            self._mailboxes.pop(device_id, None)
 
     async def publish_key_packages(self, user_id: UserId, device_id: DeviceId, key_packages: list[bytes]) -> None:
         if device_id not in self._devices[user_id]:

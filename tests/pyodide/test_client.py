@@ -179,6 +179,8 @@ async def test_revoked_device_is_removed_everywhere_and_a_second_opener_is_refus
 
 @run_in_pyodide(packages=["ping_web"])
 async def test_linked_second_device_reads_and_sends_everywhere(selenium):
+    import asyncio
+
     from ping_web.client import MessagingClient
     from ping_web.delivery import LocalDeliveryService
     from ping_web.storage import MemoryStorage
@@ -195,11 +197,13 @@ async def test_linked_second_device_reads_and_sends_everywhere(selenium):
     await bob.sync()
     await alice1.send(convs[0], b"before the new phone")
 
-    alice2 = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds, create_device_group=False)
+    alice2 = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds, linked=True)
     assert alice2.device_group_id is None
-    await alice2.publish_key_packages(5)
-    outcomes = await alice1.link_device(alice2.device_id)
-    assert len(outcomes) == 3  # device group, work, home
+    code = await alice1.start_link()  # shown on alice1, typed into alice2
+    linking = asyncio.ensure_future(alice2.request_link(code))
+    await alice1.approve_link(code, await alice1.wait_link_request(code))  # adds it everywhere
+    await linking
+    assert await alice1.link_device(alice2.device_id) == []  # nothing left to add it to
     await alice2.sync()
     await bob.sync()
     assert alice2.device_group_id == alice1.device_group_id

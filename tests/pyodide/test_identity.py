@@ -120,7 +120,9 @@ async def test_welcomes_and_commits_naming_unverified_devices(selenium):
     alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
     carol = await MessagingClient.open(MemoryStorage(), b"carol", delivery=ds)
     mallory = await MessagingClient.open(MemoryStorage(), b"mallory", delivery=ds)
-    fake_bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds, linked=True)  # no log anywhere
+    await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)  # the real bob
+    fake_bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds, linked=True)  # never linked
+    ghost = await MessagingClient.open(MemoryStorage(), b"ghost", linked=True)  # no log anywhere
     await carol.publish_key_packages(2)
     fake_kp = await fake_bob.new_key_package()
     mallory._vetting.enabled = False  # a hostile client skips every check
@@ -136,6 +138,17 @@ async def test_welcomes_and_commits_naming_unverified_devices(selenium):
     pulled = await carol.sync()  # the same Welcome from the mailbox: refused, reported, acknowledged
     assert trap not in {m.id for m in carol.conversations()}
     assert any(isinstance(error, UnverifiedDevice) for _, error in pulled.rejected)
+    assert await ds.fetch_welcomes(carol.device_id) == []
+
+    # A member whose user has no device log at the service yet: the Welcome waits (a new
+    # user may not have published it yet); it is neither joined nor thrown away.
+    await carol.publish_key_packages(1)
+    wait = (await mallory.create_conversation("wait")).id
+    outcome = await mallory.add_members(wait, [(carol.device_id, await ds.claim_key_package(carol.device_id)),
+                                               (ghost.device_id, await ghost.new_key_package())])  # fmt: skip
+    pulled = await carol.sync()
+    assert wait not in {m.id for m in carol.conversations()} and pulled.rejected == []
+    assert await ds.fetch_welcomes(carol.device_id) == [outcome.welcome.encode()]  # still there
 
     # A commit by another member that adds an unverified device: applied (the log took it),
     # reported, and this device sends nothing there until the device is removed.
@@ -279,3 +292,65 @@ async def test_revoking_a_device(selenium):
     assert [m.plaintext for m in await phone.receive(env)] == [b"after the revocation"]
     with pytest.raises((NotAMember, PingError)):
         await lost.receive(env)
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def _through_a_relay(selenium, url):
+    import asyncio
+
+    import pytest
+
+    from ping_web.client import MessagingClient
+    from ping_web.core.ids import UserId
+    from ping_web.delivery.relay import RelayDelivery
+    from ping_web.errors import PingError, StateConflict
+    from ping_web.storage import MemoryStorage
+
+    def delivery():
+        return RelayDelivery(url, push="off")
+
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=delivery())
+    phone = await MessagingClient.open(MemoryStorage(), b"bob", delivery=delivery(), label="phone")
+    await phone.publish_key_packages(3)
+    # Someone else picks "bob": the relay refuses to register a first device under it.
+    with pytest.raises(StateConflict, match="already has devices"):
+        await MessagingClient.open(MemoryStorage(), b"bob", delivery=delivery())
+    # The relay lists only bob's verified device; alice checks it against bob's log anyway.
+    assert [d.device_id for d in await alice.devices_of(b"bob")] == [phone.device_id]
+
+    # A laptop linked with a code shown on the phone.
+    laptop = await MessagingClient.open(MemoryStorage(), b"bob", delivery=delivery(), linked=True)
+    code = await phone.start_link()
+    linking = asyncio.ensure_future(laptop.request_link(str(code), label="laptop"))
+    await phone.approve_link(code, await phone.wait_link_request(code))
+    await linking
+    await laptop.publish_key_packages(2)
+    assert sorted(d.label for d in await alice.devices_of(b"bob")) == ["laptop", "phone"]
+    relay_list = await alice._delivery.devices_of(UserId(b"bob"))
+    assert sorted(relay_list) == sorted([phone.device_id, laptop.device_id])
+
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_user(chat, b"bob")
+    for bob in (phone, laptop):
+        await bob.sync()
+    env = await alice.send(chat, b"to both of bob's devices")
+    for bob in (phone, laptop):
+        await bob.sync()
+        assert [m.plaintext for m in await bob.history(chat)] == [b"to both of bob's devices"]
+    assert (await alice.safety_number(b"bob")).digits == (await laptop.safety_number(b"alice")).digits
+
+    # The phone revokes the laptop: out of the log, out of the conversations, and the relay
+    # no longer lets it in.
+    await phone.revoke_device(laptop.device_id)
+    await alice.sync()
+    await alice.send(chat, b"after the laptop was revoked")
+    with pytest.raises(PingError):
+        await laptop.sync()
+    assert [m.plaintext for m in await laptop.history(chat)] == [b"to both of bob's devices"]
+    await phone.sync()
+    assert [m.plaintext for m in await phone.history(chat)][-1] == b"after the laptop was revoked"
+    del env
+
+
+def test_identity_through_a_relay(selenium, relay):
+    _through_a_relay(selenium, relay.url)
