@@ -73,18 +73,50 @@ function showConnection(state) {
 
 // -- opening the device -------------------------------------------------------------------------
 
-async function openDevice(user) {
-  const args = { storage: STORAGE, relay: location.origin, wait_for_lock_ms: LOCK_WAIT_MS };
+const deviceLabel = () => `${navigator.userAgentData?.platform || navigator.platform || "browser"} browser`;
+
+async function openDevice(user, code) {
+  const args = { storage: STORAGE, relay: location.origin, wait_for_lock_ms: LOCK_WAIT_MS, label: deviceLabel() };
   if (user) args.user = user;
+  if (code) args.linked = true;
   setProgress("opening", "Opening the encrypted IndexedDB database");
   info = await worker.call("open_device", args);
+  if (code) {
+    $("onboarding-error").textContent = "Waiting for your other device to approve this one…";
+    await worker.call("link_with_code", { code, label: deviceLabel() });
+  }
   $("me").textContent = `${info.user} · device ${short(info.device_id)}`;
   $("me").title = `device id ${info.device_id}`;
   document.getElementById("onboarding").hidden = true;
   document.getElementById("loading").hidden = true;
   document.getElementById("app").hidden = false;
-  document.body.dataset.state = info.created ? "new" : "restored";
+  $("link-start").hidden = false;
+  document.body.dataset.state = info.created ? (code ? "linked" : "new") : "restored";
   await refresh();
+}
+
+/** Forget a half-made device (its name was taken, or linking failed): a fresh worker and database. */
+async function wipeDevice() {
+  info = null;
+  if (worker) {
+    await Promise.allSettled([worker.call("close")]);
+    worker.terminate();
+  }
+  await new Promise((resolve) => {
+    const request = indexedDB.deleteDatabase(`ping_web:${STORAGE}`);
+    request.onsuccess = request.onerror = request.onblocked = () => resolve();
+  });
+  await startWorker();
+}
+
+async function startWorker() {
+  worker = await PingWorker.start({ name: "device", onProgress: ({ stage, detail }) => setProgress(stage, detail) });
+  worker.on("update", () => refresh());
+  worker.on("connection", showConnection);
+  worker.on("error", showError);
+  worker.on("identity", () => refresh());
+  worker.on("link", showLink);
+  window.pingDemo = { worker, refresh, state: () => ({ info, snapshot, connection }) }; // for tests and the console
 }
 
 async function main() {
@@ -105,16 +137,12 @@ async function main() {
     return;
   }
   try {
-    worker = await PingWorker.start({ name: "device", onProgress: ({ stage, detail }) => setProgress(stage, detail) });
+    await startWorker();
   } catch (err) {
     showBanner(`The worker could not start: ${err.name}: ${err.message}`);
     document.body.dataset.ready = "failed";
     return;
   }
-  worker.on("update", () => refresh());
-  worker.on("connection", showConnection);
-  worker.on("error", showError);
-  window.pingDemo = { worker, refresh, state: () => ({ info, snapshot, connection }) }; // for tests and the console
   try {
     await openDevice(null);
   } catch (err) {
@@ -145,13 +173,35 @@ function wireForms() {
   $("onboarding").addEventListener("submit", async (event) => {
     event.preventDefault();
     const user = event.target.elements.user.value.trim();
+    const code = event.target.elements.code.value.trim();
     if (!user) return;
     $("onboarding-error").textContent = "";
     try {
-      await openDevice(user);
+      await openDevice(user, code);
     } catch (err) {
-      $("onboarding-error").textContent = `${err.name}: ${err.message}`;
+      await wipeDevice(); // nothing half-made stays behind: the form can be sent again
+      document.getElementById("loading").hidden = true;
+      const taken = err.name === "StateConflict" && /already has devices/.test(err.message);
+      $("onboarding-error").textContent = taken
+        ? `The name "${user}" is taken. If it is yours, show a code on your other device (Link a device) and enter it below.`
+        : `${err.name}: ${err.message}`;
+      document.body.dataset.state = taken ? "name-taken" : "onboarding";
     }
+  });
+  $("link-start").addEventListener("click", () =>
+    act(async () => {
+      const { code } = await worker.call("start_link");
+      showLink({ state: "code", code });
+    }),
+  );
+  $("link-approve").addEventListener("click", () =>
+    act(async () => {
+      $("link-approve").hidden = true;
+      await worker.call("approve_link");
+    }),
+  );
+  $("link-close").addEventListener("click", () => {
+    $("link-panel").hidden = true;
   });
   $("create").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -229,6 +279,28 @@ async function refresh() {
   }
 }
 
+// -- linking ------------------------------------------------------------------------------------
+
+function showLink(event) {
+  const panel = $("link-panel");
+  panel.hidden = false;
+  panel.dataset.state = event.state;
+  $("link-approve").hidden = event.state !== "request";
+  if (event.state === "code") {
+    $("link-text").textContent =
+      "On the new device, open this page, pick the same name and enter this code (it works once, for 10 minutes):";
+    $("link-code").textContent = event.code;
+  } else if (event.state === "request") {
+    $("link-text").textContent = `"${event.label}" (key ${event.key}) asks to join your devices. Approve it only if it is yours.`;
+  } else if (event.state === "done") {
+    $("link-text").textContent = `"${event.label}" is now one of your devices.`;
+    $("link-code").textContent = "";
+  } else {
+    $("link-text").textContent = `Linking did not complete: ${event.error?.message ?? "unknown error"}`;
+    $("link-code").textContent = "";
+  }
+}
+
 // -- rendering ----------------------------------------------------------------------------------
 
 function others(conversation) {
@@ -270,9 +342,11 @@ function render() {
   $("conv-name").textContent = title(conversation);
   $("epoch").textContent = `epoch ${conversation.epoch}${conversation.pending_commit ? " · commit pending" : ""}`;
 
+  const contacts = Object.fromEntries((snapshot.contacts ?? []).map((c) => [c.user, c]));
   $("members").replaceChildren(
     ...conversation.members.map((m) => {
-      const label = m.own ? `${m.user} (you)` : m.device_id ? `${m.user} · ${short(m.device_id)}` : m.user;
+      const base = m.own ? `${m.user} (you)` : m.device_id ? `${m.user} · ${short(m.device_id)}` : m.user;
+      const label = !m.own && contacts[m.user]?.verified ? `${base} ✓` : base;
       const chip = el("li", { class: `member${m.own ? " own" : ""}`, title: `leaf ${m.leaf_index}` }, label);
       if (!m.own && !conversation.removed) {
         chip.append(
@@ -294,15 +368,50 @@ function render() {
     }),
   );
   if (conversation.removed) $("members").append(el("li", { class: "member removed" }, "this device was removed"));
+  const unverified = conversation.unverified ?? [];
+  $("unverified").hidden = unverified.length === 0;
+  $("unverified").textContent = unverified.length
+    ? `Not sending here: ${unverified.map((u) => `a device of ${u.user} (${u.key}): ${u.reason}`).join("; ")}. Remove it to go on.`
+    : "";
+  const people = [...new Set(conversation.members.filter((m) => !m.own).map((m) => m.user))];
+  $("safety-list").replaceChildren(
+    ...people
+      .map((user) => contacts[user])
+      .filter(Boolean)
+      .map((c) =>
+        el(
+          "li",
+          { dataset: { user: c.user, verified: String(c.verified) } },
+          el("strong", {}, c.user),
+          el("code", { class: "digits", "data-role": "safety-digits" }, c.safety_number.join(" ")),
+          c.verified
+            ? el("span", { class: "verified" }, "✓ verified")
+            : el(
+                "button",
+                {
+                  type: "button",
+                  onclick: () => act(() => worker.call("mark_verified", { user: c.user })),
+                },
+                "Mark as verified",
+              ),
+        ),
+      ),
+  );
   $("add-user").hidden = conversation.removed;
   $("compose").hidden = conversation.removed;
 
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  const lines = [
+    ...conversation.messages.map((m) => ({ ...m, type: "message" })),
+    ...(conversation.notes ?? []).map((n) => ({ ...n, type: "note" })),
+  ].sort((a, b) => a.wall_ms - b.wall_ms);
   list.replaceChildren(
-    ...(conversation.messages.length
-      ? conversation.messages.map((m) =>
-          el(
+    ...(lines.length
+      ? lines.map((m) =>
+          m.type === "note"
+            ? el("li", { class: `system ${m.kind}`, "data-role": "system-line" }, m.text)
+            : el(
             "li",
             { class: `message${m.own ? " own" : ""}`, dataset: { sender: m.sender_device, seq: String(m.seq) } },
             el(

@@ -11,7 +11,10 @@ page message to :meth:`WorkerHost.handle`. The message API is documented in
   ``StateConflict``, ...), or the Python exception class for a bug;
 * event, worker to page: ``{event, data}``: ``progress`` while starting, ``update`` after a
   background sync applied something new, ``connection`` when the relay connection changes,
-  ``error`` when a background sync failed for another reason than the relay being away.
+  ``error`` when a background sync failed for another reason than the relay being away,
+  ``identity`` when a user's devices or identity changed or a conversation has an
+  unverified member, ``link`` while a link started here progresses (a request to approve,
+  done, failed).
 
 A device talks to a relay (``RelayDelivery``, the demo) or, through a ``MessagePort``, to a
 delivery service in another worker (``PortDelivery``). Ids cross as lowercase hex strings
@@ -30,8 +33,11 @@ from typing import Any
 
 from ping_web import _ffi
 from ping_web.client import MessagingClient
+from ping_web.client.identity import IdentityEvent, IdentityEventKind, describe_key
+from ping_web.core.devlog import LogOp
 from ping_web.core.envelope import IncomingMessage
 from ping_web.core.ids import ConversationId, DeviceId, UserId
+from ping_web.core.linking import LinkCode, LinkRequest
 from ping_web.delivery import Delivery, LocalDeliveryService, Notice
 from ping_web.delivery.port import DeliveryServer, PortDelivery, answer, error_record
 from ping_web.delivery.relay import ConnectionState, RelayDelivery
@@ -40,8 +46,9 @@ from ping_web.storage import MemoryStorage, Storage
 from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.storage.indexeddb import IndexedDbStorage
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HISTORY_LIMIT = 200
+LINK_WAIT_S = 600
 
 
 def post(message: dict[str, Any]) -> None:
@@ -85,6 +92,10 @@ def _user(args: dict[str, Any], name: str = "user") -> UserId:
     return UserId.from_bytes(text.encode())
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def message_json(message: IncomingMessage, own_device: DeviceId) -> dict[str, Any]:
     return {
         "conversation_id": message.conversation_id.hex,
@@ -126,6 +137,10 @@ class WorkerHost:
         self._syncs = 0
         self._queued = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._link: tuple[LinkCode, LinkRequest | None] | None = None
+        self._numbers: dict[tuple[str, bytes, bytes], Any] = {}
+        self._notes: dict[str, list[dict[str, Any]]] = {}
+        """System lines per conversation (hex id): device changes and unverified members."""
         self._methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "describe": self.describe,
             # device
@@ -136,6 +151,11 @@ class WorkerHost:
             "history": self.history,
             "create_conversation": self.create_conversation,
             "add_user": self.add_user,
+            "start_link": self.start_link,
+            "approve_link": self.approve_link,
+            "link_with_code": self.link_with_code,
+            "contact": self.contact,
+            "mark_verified": self.mark_verified,
             "add_member": self.add_member,
             "remove_member": self.remove_member,
             "link_device": self.link_device,
@@ -248,9 +268,10 @@ class WorkerHost:
             elif port is not None:
                 self.delivery = PortDelivery(port, on_notice=self._on_notice, timeout_s=timeout_ms / 1000)
             self.client = await MessagingClient.open(
-                storage, None if user is None else user.encode(), delivery=self.delivery,
-                create_device_group=not linked,
+                storage, None if user is None else user.encode(), delivery=self.delivery, linked=linked,
+                label=_arg(args, "label", str, "") or "",
             )  # fmt: skip
+            self.client.on_identity_event = self._on_identity
         except BaseException:
             self.role = None
             await self._close_delivery()
@@ -259,7 +280,7 @@ class WorkerHost:
         self.storage_name = name
         self._queued = len(await self.client.outbox())
         if self.delivery is not None:
-            if created and self._key_packages:
+            if created and self._key_packages and not linked:  # a linked device publishes once linked
                 self._to_publish = self._key_packages
                 try:
                     await self._publish_waiting()
@@ -290,11 +311,38 @@ class WorkerHost:
         """Everything a UI shows: the device, the connection, and each conversation with
         members and history."""
         limit = _arg(args, "limit", int, HISTORY_LIMIT)
+        conversations = await self._conversations(True, limit)
         return {
             "device": self._device_info(),
             "connection": self._connection_json(),
-            "conversations": await self._conversations(True, limit),
+            "conversations": conversations,
+            "contacts": await self._contacts(conversations),
+            "link": None if self._link is None else {"code": str(self._link[0]), "waiting": self._link[1] is None},
         }
+
+    async def _contacts(self, conversations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The users this device shares a conversation with: verified mark, devices, safety
+        number (kept per identity: it takes 5200 hashes)."""
+        client = self._require_client()
+        me = _text(client.user_id.raw)
+        users = sorted({m["user"] for c in conversations if not c["is_device_group"] for m in c["members"]} - {me})
+        own = await client.contact(client.user_id, refresh=False)
+        result = []
+        for name in users:
+            contact = await client.contact(name.encode(), refresh=False)
+            if contact is None or own is None:
+                continue
+            key = (name, own.log.root, contact.log.root)
+            number = self._numbers.get(key)
+            if number is None:
+                number = self._numbers[key] = await client.safety_number(name.encode())
+            result.append({
+                "user": name, "verified": contact.verified,
+                "conflict": None if contact.conflict is None else contact.conflict.value,
+                "devices": [d.label or describe_key(d.key) for d in contact.devices],
+                "safety_number": number.groups,
+            })  # fmt: skip
+        return result
 
     async def _conversations(self, with_messages: bool, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
         client = self._require_client()
@@ -325,6 +373,11 @@ class WorkerHost:
                         "own": member.leaf_index == own_leaf,
                     })  # fmt: skip
             item["members"] = members
+            item["notes"] = list(self._notes.get(meta.id.hex, []))
+            item["unverified"] = [
+                {"user": _text(m.user_id.raw), "key": describe_key(m.signature_key), "reason": reason}
+                for m, reason in await client.unverified_members(meta.id)
+            ] if not state.removed else []  # fmt: skip
             if with_messages:
                 history = await client.history(meta.id, limit=limit)
                 item["messages"] = [message_json(m, client.device_id) for m in history]
@@ -345,27 +398,122 @@ class WorkerHost:
         return {"id": meta.id.hex, "name": meta.name, "epoch": meta.epoch}
 
     async def add_user(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Add every device of ``user`` the delivery service knows (one commit), each with
-        one of its published KeyPackages."""
+        """Add every device of ``user``'s verified device log (one commit), each with one of
+        its published KeyPackages (``MessagingClient.add_user``)."""
         client = self._require_client()
-        conversation_id, user = _conversation_id(args), _user(args)
-        delivery = self._require_delivery()
-        conversation = await client.conversation(conversation_id)
-        devices = [d for d in await delivery.devices_of(user) if conversation.leaf_index_of(d) is None]
-        devices = [d for d in devices if d != client.device_id]
-        if not devices:
-            raise InvalidInput(f"the relay knows no device of {_text(user.raw)!r} outside this conversation")
-        entries = []
-        for device in devices:
-            key_package = await delivery.claim_key_package(device)
-            if key_package is not None:
-                entries.append((device, key_package))
-        if not entries:
-            raise StateConflict(
-                f"no device of {_text(user.raw)!r} has a KeyPackage left; it publishes more when it next syncs"
-            )
-        outcome = await client.add_members(conversation_id, entries)
-        return {"epoch": outcome.welcome.epoch, "devices": [d.hex for d, _ in entries]}
+        outcome = await client.add_user(_conversation_id(args), _user(args))
+        return {"epoch": outcome.welcome.epoch}
+
+    # -- identity: linking, contacts, safety numbers --------------------------------------------
+
+    async def start_link(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Show a code for a new device of this user; a ``link`` event says when its request
+        arrived (then ``approve_link``), or that it failed."""
+        client = self._require_client()
+        code = await client.start_link()
+        self._link = (code, None)
+        self._spawn(self._wait_link(code))
+        return {"code": str(code)}
+
+    async def _wait_link(self, code: LinkCode) -> None:
+        client = self._require_client()
+        try:
+            request = await client.wait_link_request(code, timeout_s=LINK_WAIT_S)
+        except PingError as exc:
+            if self._link is not None and self._link[0] is code:
+                self._link = None
+                emit("link", {"state": "failed", "error": error_record(exc)})
+            return
+        if self._link is not None and self._link[0] is code:
+            self._link = (code, request)
+            emit("link", {"state": "request", "label": request.label or "a new device",
+                          "device_id": request.device_id.hex, "key": describe_key(request.device_key)})  # fmt: skip
+
+    async def approve_link(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Approve the request that arrived for the code this device shows."""
+        client = self._require_client()
+        if self._link is None or self._link[1] is None:
+            raise StateConflict("no link request is waiting: show a code first, and type it on the new device")
+        code, request = self._link
+        self._link = None
+        device = await client.approve_link(code, request)
+        emit("link", {"state": "done", "label": device.label, "device_id": device.device_id.hex})
+        return {"device_id": device.device_id.hex, "label": device.label}
+
+    async def link_with_code(self, args: dict[str, Any]) -> dict[str, Any]:
+        """On a new device (opened with ``linked``): link it with the code another device of
+        this user shows; returns once that device approved."""
+        client = self._require_client()
+        own = await client.request_link(_arg(args, "code", str), label=_arg(args, "label", str, "") or "")
+        if self._key_packages:
+            self._to_publish += self._key_packages
+        self._schedule_sync()
+        return {"devices": [d.label or d.device_id.hex[-6:] for d in own.devices]}
+
+    async def contact(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A user's verified devices, whether people compared safety numbers, and the number."""
+        client = self._require_client()
+        user = _user(args)
+        contact = await client.contact(user)
+        if contact is None:
+            raise InvalidInput(f"no user {_text(user.raw)!r} is known to the relay")
+        number = await client.safety_number(user)
+        return {
+            "user": _text(user.raw),
+            "verified": contact.verified,
+            "conflict": None if contact.conflict is None else contact.conflict.value,
+            "devices": [
+                {"device_id": d.device_id.hex, "label": d.label, "key": describe_key(d.key)} for d in contact.devices
+            ],
+            "safety_number": number.groups,
+            "qr": number.qr.hex(),
+        }
+
+    async def mark_verified(self, args: dict[str, Any]) -> dict[str, Any]:
+        client = self._require_client()
+        user = _user(args)
+        if _arg(args, "verified", bool, True):
+            contact = await client.mark_verified(user)
+        else:
+            contact = await client.unmark_verified(user)
+        return {"user": _text(user.raw), "verified": contact.verified}
+
+    def _on_identity(self, event: IdentityEvent) -> None:
+        """Turn an identity event into system lines of the conversations it concerns."""
+        client = self.client
+        if client is None:
+            return
+        user = _text(event.user_id.raw)
+        if event.kind is IdentityEventKind.UNVERIFIED_MEMBER and event.conversation_id is not None:
+            text = (f"Warning: a device of {user} ({describe_key(event.key or b'')}) in this conversation is not "
+                    f"one of {user}'s verified devices ({event.reason}). Nothing is sent here until it is removed.")  # fmt: skip
+            targets = [event.conversation_id.hex]
+        else:
+            if event.kind is IdentityEventKind.DEVICES_CHANGED:
+                parts = [f"{'linked' if c.op is LogOp.ADD else 'removed'} "
+                         f"'{c.device.label or describe_key(c.device.key)}'" for c in event.changes]  # fmt: skip
+                text = f"{user}'s devices changed: {', '.join(parts)}."
+                if event.verified:
+                    text += f" You had verified {user}: compare safety numbers again if you did not expect this."
+            else:
+                text = (f"Warning: the relay shows another identity for {user} ({event.conflict.value if event.conflict else ''}); "
+                        "it was refused. Compare safety numbers before you accept it.")  # fmt: skip
+            targets = [meta.id.hex for meta in client.conversations() if not meta.is_device_group]
+            self._spawn(self._note_where_member(event.user_id, targets, text, event.kind.value))
+            return
+        for target in targets:
+            self._notes.setdefault(target, []).append({"kind": event.kind.value, "text": text, "wall_ms": _now_ms()})
+        emit("identity", {"kind": event.kind.value, "user": user, "text": text})
+
+    async def _note_where_member(self, user: UserId, targets: list[str], text: str, kind: str) -> None:
+        client = self.client
+        if client is None:
+            return
+        for target in targets:
+            conversation = await client.conversation(ConversationId.from_hex(target))
+            if not conversation.state.removed and any(m.user_id == user for m in conversation.members()):
+                self._notes.setdefault(target, []).append({"kind": kind, "text": text, "wall_ms": _now_ms()})
+        emit("identity", {"kind": kind, "user": _text(user.raw), "text": text})
 
     async def add_member(self, args: dict[str, Any]) -> dict[str, Any]:
         """Add ``device_id`` to ``conversation_id`` with one of its published KeyPackages."""

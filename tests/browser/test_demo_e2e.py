@@ -58,8 +58,8 @@ class User:
     def onboard(self) -> None:
         expect(self.page.locator("body")).to_have_attribute("data-state", "onboarding")
         form = self.role("onboarding")
-        form.locator("input").fill(self.name)
-        form.locator("button").click()
+        form.locator('input[name="user"]').fill(self.name)
+        form.locator('button[type="submit"]').click()
         expect(self.page.locator("body")).to_have_attribute("data-state", "new")
         self.expect_connected()
 
@@ -242,8 +242,8 @@ def test_a_plain_http_origin_is_not_a_secure_context(browser: Any, relay_server:
         page.wait_for_selector("body[data-ready=true]", timeout=BOOT_TIMEOUT_MS)
         assert page.evaluate("window.isSecureContext") is True
         form = page.locator('[data-role="onboarding"]')
-        form.locator("input").fill("carol")
-        form.locator("button").click()
+        form.locator('input[name="user"]').fill("carol")
+        form.locator('button[type="submit"]').click()
         # The device is open (its info set) once the body says "new"; the connection can
         # report "connected" before open_device has returned.
         expect(page.locator("body")).to_have_attribute("data-state", "new")
@@ -251,3 +251,62 @@ def test_a_plain_http_origin_is_not_a_secure_context(browser: Any, relay_server:
         assert page.evaluate("window.pingDemo.state().info.relay") == relay.url
     finally:
         trusting.close()
+
+
+def test_link_a_second_profile_and_compare_safety_numbers(users: Callable[[str], User], output_dir: Path) -> None:
+    """ann links a second browser profile with a code shown on her first; bob, who verified
+    ann's safety number, sees a warning line when her devices change; a third profile that
+    claims the name "ann" without a code is refused."""
+    ann, bob = users("ann"), users("bob")
+    ann.onboard()
+    bob.onboard()
+    ann.role("create").locator("input").fill("plans")
+    ann.role("create").locator("button").click()
+    ann.role("add-user").locator("input").fill("bob")
+    ann.role("add-user").locator("button").click()
+    expect(bob.role("conv-name")).to_have_text("with ann")
+
+    # Safety numbers: the same digits on both sides; bob marks ann verified.
+    for user in (ann, bob):
+        expect(user.role("safety-digits")).to_have_count(1)
+    digits = ann.role("safety-digits").text_content()
+    assert digits and len(digits.replace(" ", "")) == 60
+    assert bob.role("safety-digits").text_content() == digits
+    bob.page.locator("summary", has_text="Safety numbers").click()
+    bob.role("safety-list").locator("button", has_text="Mark as verified").click()
+    expect(bob.role("safety-list").locator("li")).to_have_attribute("data-verified", "true")
+    expect(bob.role("members")).to_contain_text("ann ✓")
+
+    # ann shows a code; a second profile enters it with her name; ann approves.
+    ann.role("link-start").click()
+    expect(ann.role("link-panel")).to_have_attribute("data-state", "code")
+    code = ann.role("link-code").text_content() or ""
+    assert len(code) == 19
+    laptop = users("ann")
+    expect(laptop.page.locator("body")).to_have_attribute("data-state", "onboarding")
+    form = laptop.role("onboarding")
+    form.locator('input[name="user"]').fill("ann")
+    form.locator('input[name="code"]').fill(code)
+    form.locator('button[type="submit"]').click()
+    expect(ann.role("link-panel")).to_have_attribute("data-state", "request")
+    ann.role("link-approve").click()
+    expect(ann.role("link-panel")).to_have_attribute("data-state", "done")
+    expect(laptop.page.locator("body")).to_have_attribute("data-state", "linked")
+    expect(laptop.role("conv-name")).to_have_text("with ann, bob")  # added to ann's conversation (names stay local)
+    assert laptop.role("safety-digits").text_content() == digits  # the same identity
+
+    # bob: a warning line in the conversation, since he had verified ann.
+    expect(bob.role("messages").locator('[data-role="system-line"]')).to_contain_text("ann's devices changed")
+    expect(bob.role("messages").locator('[data-role="system-line"]')).to_contain_text("You had verified ann")
+    laptop.send("from ann's laptop")
+    expect(bob.role("messages")).to_contain_text("from ann's laptop")
+    bob.page.screenshot(path=str(output_dir / "demo-linked.png"), full_page=True)
+
+    # A third profile that picks "ann" without a code: refused, and nothing half-made stays.
+    mallory = users("ann")
+    expect(mallory.page.locator("body")).to_have_attribute("data-state", "onboarding")
+    mallory.role("onboarding").locator('input[name="user"]').fill("ann")
+    mallory.role("onboarding").locator('button[type="submit"]').click()
+    expect(mallory.page.locator("body")).to_have_attribute("data-state", "name-taken")
+    expect(mallory.role("onboarding-error")).to_contain_text('The name "ann" is taken')
+    expect(bob.role("members")).not_to_contain_text("mallory")

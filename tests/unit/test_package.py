@@ -14,3 +14,13 @@ def test_version_matches_pyproject() -> None:
 def test_public_names_resolve() -> None:
     for name in ping_web.__all__:
         assert getattr(ping_web, name) is not None
+
+
+def test_every_public_error_is_exported() -> None:
+    import inspect
+
+    from ping_web import errors
+
+    classes = {name for name, value in vars(errors).items()
+               if inspect.isclass(value) and issubclass(value, errors.PingError)}  # fmt: skip
+    assert classes <= set(ping_web.__all__), sorted(classes - set(ping_web.__all__))
