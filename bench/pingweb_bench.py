@@ -115,8 +115,78 @@ async def _prepare(kind: str, params: dict) -> None:
             "bob": await new_client("bob"),
             "others": other_key_packages(params["N"] - 1),
         }
+    elif kind == "identity":
+        _state["identity"] = {"log": device_log_of(params["log"])}
     else:
         raise ValueError(f"unknown case {kind}")
+
+
+def device_log_of(length: int) -> list[bytes]:
+    """A user's device log of ``length`` entries, signed in wasm: a genesis, adds up to the
+    16 active devices, then alternately a revoke and an add (untimed)."""
+    from ping_web.core import devlog
+    from ping_web.core.devlog import DeviceLog, LogOp
+    from ping_web.core.ids import UserId
+
+    provider = MlsRuntime.load().provider()
+    user = UserId(b"hundred")
+    first = provider.create_identity(user.raw)
+    active = [(DeviceId.new(), first)]
+    log = DeviceLog.start(_entry(devlog, LogOp.GENESIS, user, 0, devlog.NO_PREV, *active[0], first), None)
+    while log.seq + 1 < length:
+        if len(active) < devlog.MAX_ACTIVE_DEVICES:
+            device = (DeviceId.new(), provider.create_identity(user.raw))
+            entry = _entry(devlog, LogOp.ADD, user, log.seq + 1, log.head, *device, active[-1][1])
+            active.append(device)
+        else:
+            device = active.pop(0)
+            entry = _entry(devlog, LogOp.REVOKE, user, log.seq + 1, log.head, *device, active[-1][1])
+        log = log.extend([entry], None)[0]
+    return list(log.entries)
+
+
+def _entry(devlog, op, user, seq, prev, device_id, identity, signer) -> bytes:  # type: ignore[no-untyped-def]
+    unsigned = devlog.unsigned_entry(op, user, seq, prev, 1, device_id, identity.public_key, signer.public_key)
+    consent = None
+    if op is devlog.LogOp.ADD:
+        content = devlog.consent_content(user, device_id, identity.public_key)
+        consent = identity.sign_with_label(devlog.LABEL_CONSENT, content)
+    return devlog.signed(unsigned, signer.sign_with_label(devlog.LABEL_ENTRY, unsigned.tbs()), consent).encode()
+
+
+async def _identity_rep(params: dict) -> dict:
+    """Verify a 100-entry device log; add ``users`` users' devices and join, with the device
+    checks on and off, side by side (fresh clients, so every log is a first contact)."""
+    from ping_web.core.devlog import DeviceLog
+    from ping_web.delivery import LocalDeliveryService
+
+    entries = _state["identity"]["log"]
+    runtime = MlsRuntime.load()
+    start = time.perf_counter()
+    DeviceLog.replay(entries, runtime)
+    verify = (time.perf_counter() - start) * 1000
+    result = {"verify": verify, "entries": len(entries)}
+    for checked in (True, False):
+        ds = LocalDeliveryService()
+        alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+        joiner = await MessagingClient.open(MemoryStorage(), b"joiner", delivery=ds)
+        users = [await MessagingClient.open(MemoryStorage(), f"user{i}".encode(), delivery=ds)
+                 for i in range(params["users"] - 1)]  # fmt: skip
+        for client in (alice, joiner, *users):
+            client._vetting.enabled = checked
+        cid = (await alice.create_conversation("identity")).id
+        packages = [(u.device_id, await u.new_key_package()) for u in (*users, joiner)]
+        start = time.perf_counter()
+        outcome = await alice.add_members(cid, packages)
+        add = time.perf_counter() - start
+        start = time.perf_counter()
+        await joiner.join(outcome.welcome.encode())
+        join = time.perf_counter() - start
+        suffix = "checked" if checked else "unchecked"
+        result[f"add_{suffix}"], result[f"join_{suffix}"] = add * 1000, join * 1000
+        for client in (alice, joiner, *users):
+            await client.close()
+    return result
 
 
 async def _rep(kind: str, params: dict) -> dict:
@@ -207,6 +277,8 @@ async def _rep(kind: str, params: dict) -> dict:
         await joiner.close()
         return {"add": add * 1000, "process": process * 1000, "join": join * 1000,
                 "commitBytes": len(outcome.commit.payload), "welcomeBytes": len(outcome.welcome.payload)}  # fmt: skip
+    if kind == "identity":
+        return await _identity_rep(params)
     raise ValueError(f"unknown case {kind}")
 
 

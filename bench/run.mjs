@@ -41,6 +41,7 @@ const CONFIG = QUICK
       ],
       groupsize: { sizes: [2, 10, 100], runs: 2, n: 30 },
       history: { stored: [10000], storages: ["memory"], runs: 2, n: 20 },
+      identity: { runs: 2 },
     }
   : {
       coldRuns: 5,
@@ -53,6 +54,7 @@ const CONFIG = QUICK
       ],
       groupsize: { sizes: [2, 10, 100, 1000], runs: 3, n: 100 },
       history: { stored: [10000, 100000], storages: ["memory", "idb"], runs: 3, n: 50 },
+      identity: { runs: 5 },
     };
 
 // -- small helpers ---------------------------------------------------------------------------
@@ -293,6 +295,15 @@ for (const { N, runs } of CONFIG.membership) {
   membership[N] = await interleaved(workers, "membership", { N }, runs, `add ${N}`);
 }
 
+log(`identity: ${CONFIG.identity.runs} runs (ping-web only)`);
+const identity = await interleaved(
+  workers.filter((w) => w.peer.id === "pingweb_py"),
+  "identity",
+  { log: 100, users: 10 },
+  CONFIG.identity.runs,
+  "identity",
+);
+
 const groupsize = {};
 for (const N of CONFIG.groupsize.sizes) {
   log(`group of ${N}: ${CONFIG.groupsize.runs} runs of ${CONFIG.groupsize.n} messages`);
@@ -346,6 +357,14 @@ for (const { N, cap } of CONFIG.membership) {
 }
 
 const thousands = (n) => n.toLocaleString("en-US");
+{
+  const only = (field) => ids.map((id) => (id === "pingweb_py" ? cell(values(val(identity, id, field))) : "—"));
+  row("verify a device log of 100 entries (ms)", only("verify"));
+  row("add 10 users' devices, device checks on (ms)", only("add_checked"));
+  row("add 10 users' devices, device checks off (ms)", only("add_unchecked"));
+  row("join a group of 11, device checks on (ms)", only("join_checked"));
+  row("join a group of 11, device checks off (ms)", only("join_unchecked"));
+}
 for (const N of CONFIG.groupsize.sizes) {
   row(`send, group of ${thousands(N)} (msg/s)`, ids.map((id) => cell(values(val(groupsize[N], id, "send")))));
   row(`receive, group of ${thousands(N)} (msg/s)`, ids.map((id) => cell(values(val(groupsize[N], id, "receive")))));
@@ -439,6 +458,11 @@ for (const [op, name] of [["send", "send"], ["receive", "receive"]]) {
 }
 target("catch-up: wasm from JS ÷ native OpenMLS", pairedRatio(catchupOf("pingweb_js"), catchupOf("native")), { value: 0.6, text: "≥ 0.6" }, "higher");
 target("round trip, memory: ping-web ÷ ts-mls", pairedRatio(rt("memory", "pingweb_py"), rt("memory", "tsmls")), { value: 3, text: "≥ 3" }, "higher");
+if (identity.pingweb_py?.length) {
+  target("verify a device log of 100 entries in Pyodide (ms)", summary(val(identity, "pingweb_py", "verify")), { value: 50, text: "< 50" }, "lower");
+  target("add 10: cost of the device checks (checked ÷ unchecked time)", pairedRatio(val(identity, "pingweb_py", "add_checked"), val(identity, "pingweb_py", "add_unchecked")), { value: 1.1, text: "≤ 1.1" }, "lower");
+  target("join: cost of the device checks (checked ÷ unchecked time)", pairedRatio(val(identity, "pingweb_py", "join_checked"), val(identity, "pingweb_py", "join_unchecked")), { value: 1.1, text: "≤ 1.1" }, "lower");
+}
 if (membership[100]) {
   target("add 100 members (commit): ping-web ÷ core-crypto time", pairedRatio(val(membership[100], "pingweb_py", "add"), val(membership[100], "corecrypto", "add")), { value: 1, text: "≤ 1" }, "lower");
 }

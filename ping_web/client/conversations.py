@@ -15,11 +15,12 @@ from ping_web.client.base import ClientBase
 from ping_web.client.device import DEVICE_GROUP_NAME, device_group_id
 from ping_web.client.outbox import OutboxWelcome
 from ping_web.client.requests import Request
+from ping_web.client.vetting import LogsNeeded
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId, DeviceId
 from ping_web.core.records import AddOutcome, ConversationMeta
-from ping_web.errors import InvalidInput, StateConflict
+from ping_web.errors import InvalidInput, StateConflict, UnverifiedDevice
 
 
 def as_envelope(item: MessageEnvelope | bytes) -> MessageEnvelope:
@@ -56,8 +57,17 @@ class Conversations(ClientBase):
         envelope = as_envelope(welcome)
         if envelope.conversation_id in self._metas:
             await self._get(envelope.conversation_id)
-        await self._vetting.welcomes([envelope.encode()])
-        conversation = self._run(lambda: self._join_now(envelope, name))
+        try:
+            conversation = self._run(lambda: self._join_now(envelope, name))
+        except LogsNeeded as needed:  # read the members' device logs, then join for real
+            try:
+                await self._vetting.fetch_logs(needed.users)
+                conversation = self._run(lambda: self._join_now(envelope, name))
+            except LogsNeeded as still:
+                raise UnverifiedDevice(f"{still}; no device list is known for them, not joined", next(iter(
+                    still.users)), b"", "no device list is known") from None  # fmt: skip
+            finally:
+                self._vetting.end_round()
         if conversation is None:
             raise StateConflict("this device is already in that conversation")
         await self._writer.submit(self._capture([conversation]))

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from ping_web.client import keys
 from ping_web.client.base import BatchOutcome, ClientBase
 from ping_web.client.conversations import as_envelope
+from ping_web.client.vetting import LogsNeeded
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
 from ping_web.core.ids import ConversationId
-from ping_web.errors import PingError, StateConflict, UnknownConversation, WasmTrap
+from ping_web.errors import DeliveryUnavailable, PingError, StateConflict, UnknownConversation, WasmTrap
 
 
 class Sync(ClientBase):
@@ -100,6 +101,35 @@ class Sync(ClientBase):
         outcome.messages.extend(conversation.take_released())
         outcome.rejected.extend(conversation.take_rejected())
 
+    async def _join_welcomes(self, welcomes: list[bytes]) -> BatchOutcome:
+        """Join from Welcomes; acknowledge those joined or refused. A Welcome whose members'
+        device logs must be read first is joined again once they are; one that must wait (a
+        member's user has no log at the service yet, or the service is away) stays unacknowledged."""
+        outcome = await self.receive_batch(welcomes)
+        needed: list[tuple[MessageEnvelope | bytes, PingError]] = [
+            (w, e) for w, e in outcome.rejected if isinstance(e, LogsNeeded)
+        ]
+        outcome.rejected = [(w, e) for w, e in outcome.rejected if not isinstance(e, LogsNeeded)]
+        waiting: set[bytes] = set()
+        if needed:
+            try:
+                await self._vetting.fetch_logs({u for _, e in needed if isinstance(e, LogsNeeded) for u in e.users})
+                again = await self.receive_batch([w for w, _ in needed])
+            except DeliveryUnavailable:
+                again = BatchOutcome(rejected=needed)
+            finally:
+                self._vetting.end_round()
+            outcome.messages.extend(again.messages)
+            for item, error in again.rejected:
+                if isinstance(error, (LogsNeeded, DeliveryUnavailable)):
+                    waiting.add(_raw(item))
+                else:
+                    outcome.rejected.append((item, error))
+        done = [w for w in welcomes if bytes(w) not in waiting]
+        if done:
+            await self._require_delivery().ack_welcomes(self.device_id, done)  # joined or refused: done with
+        return outcome
+
     async def sync(self) -> BatchOutcome:
         """Pull Welcomes and every conversation's new envelopes from the delivery service,
         apply them in one batch, then hand over anything still in the outbox (after a
@@ -116,10 +146,8 @@ class Sync(ClientBase):
         positions they reach, so a restart goes on from there."""
         delivery = self._require_delivery()
         await self._publish_genesis()  # if a crash or an outage kept it from the service so far
-        welcomes = await self._vetting.welcomes(await delivery.fetch_welcomes(self.device_id))
-        outcome = await self.receive_batch(welcomes) if welcomes else BatchOutcome()
-        if welcomes:
-            await delivery.ack_welcomes(self.device_id, welcomes)  # joined or refused: done with
+        welcomes = await delivery.fetch_welcomes(self.device_id)
+        outcome = await self._join_welcomes(welcomes) if welcomes else BatchOutcome()
         envelopes: list[bytes] = []
         positions: dict[ConversationId, int] = {}
         for conversation_id in list(self._metas):
@@ -138,3 +166,7 @@ class Sync(ClientBase):
             outcome.rejected.extend(more.rejected)
         await self._vetting.report(self._loaded.values())
         return outcome
+
+
+def _raw(item: MessageEnvelope | bytes) -> bytes:
+    return item.encode() if isinstance(item, MessageEnvelope) else bytes(item)

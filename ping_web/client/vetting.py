@@ -2,7 +2,7 @@
 
 :class:`MemberVetting` asks :class:`~ping_web.client.identity.Identities` about the devices
 MLS names: the KeyPackages this device adds (before the commit is made), the members of a
-Welcome (before it is joined), and the members of each conversation (before this device
+Welcome (joined inside a savepoint, undone unless they pass), and the members of each conversation (before this device
 sends there, and after commits of others, to tell the application). It is on only when a
 delivery service serves device logs (``enabled``); without one the application hands
 KeyPackages and Welcomes over itself and is the directory.
@@ -15,11 +15,22 @@ from collections.abc import Callable, Iterable, Sequence
 from ping_web.client.identity import Identities, IdentityEvent, IdentityEventKind, describe_key, user_text
 from ping_web.core.conversation import Conversation
 from ping_web.core.devlog import DeviceStatus
-from ping_web.core.envelope import MessageEnvelope
 from ping_web.core.ids import ConversationId, DeviceId, UserId
 from ping_web.core.records import MemberInfo
 from ping_web.errors import DeliveryUnavailable, InvalidInput, PingError, UnverifiedDevice
 from ping_web.mls.engine import OpenMlsEngine
+
+
+class LogsNeeded(PingError):
+    """A Welcome names members whose users' logs this device has not read yet (``users``):
+    read them and join again. ``final``: read already, and the service has no log for them:
+    the Welcome waits."""
+
+    def __init__(self, users: set[UserId], *, final: bool = False) -> None:
+        names = ", ".join(sorted(repr(user_text(u)) for u in users))
+        super().__init__(f"the device lists of {names} are needed to check this Welcome's members")
+        self.users = users
+        self.final = final
 
 
 class MemberVetting:
@@ -36,6 +47,8 @@ class MemberVetting:
         self._checked: dict[ConversationId, tuple[int, int]] = {}
         """Conversations whose members all passed: (epoch, identities revision) then."""
         self._reported: set[tuple[ConversationId, bytes]] = set()
+        self._fresh: set[UserId] = set()
+        """Users whose logs were read in the current round of Welcomes."""
 
     def forget(self) -> None:
         self._checked.clear()
@@ -93,35 +106,34 @@ class MemberVetting:
                         key=member.signature_key, reason=reason,
                     ))  # fmt: skip
 
-    async def welcomes(self, welcomes: list[bytes]) -> list[bytes]:
-        """Read the logs of each Welcome's members before it is joined (the join then checks
-        them without I/O, :meth:`joined`). A Welcome waits (not joined, not acknowledged)
-        while a member's log cannot be read, or a member's user has no log at the service
-        yet (a new user whose first device has not published it); it is refused once a log
-        shows a member is not one of its user's devices."""
-        if not self.enabled:
-            return welcomes
-        ready = []
-        for raw in welcomes:
+    async def fetch_logs(self, users: Iterable[UserId]) -> None:
+        """Read these users' logs (before a Welcome naming them is tried again); their
+        judgement is final from now on: a user the service has no log for stays unknown."""
+        for user in users:
             try:
-                contacts = [await self._identities.refresh(user) for user in self._welcome_users(raw)]
+                await self._identities.refresh(user)
             except DeliveryUnavailable:
-                continue
+                raise
             except PingError:
-                contacts = []  # a log that does not verify: the join's check refuses it, with the reason
-            if any(contact is None for contact in contacts):
-                continue
-            ready.append(raw)
-        return ready
+                pass  # a log that does not verify: the join's check refuses the Welcome, with the reason
+            self._fresh.add(user)
 
     def joined(self, conversation: Conversation) -> None:
         """Raise if a member of a conversation just joined is not a verified device (the
-        caller's savepoint undoes the join): a Welcome into a group with an unknown device
-        is refused."""
+        caller's savepoint undoes the join): :class:`LogsNeeded` while a member's user has not
+        been read yet in this round (the caller reads the logs and joins again), or has no log
+        at the service at all (the Welcome waits); :class:`UnverifiedDevice` once a log shows
+        a member is not one of its user's devices."""
         if not self.enabled:
             return
-        for member in conversation.members():
+        members = conversation.members()
+        missing = {m.user_id for m in members if self._status(m)[0] is DeviceStatus.UNKNOWN}
+        if missing - self._fresh:
+            raise LogsNeeded(missing - self._fresh)
+        for member in members:
             status, reason = self._status(member)
+            if status is DeviceStatus.UNKNOWN and self._identities.cached(member.user_id) is None:
+                raise LogsNeeded({member.user_id}, final=True)
             if status is not DeviceStatus.ACTIVE:
                 raise UnverifiedDevice(
                     f"the Welcome to {conversation.id.hex[:8]} has device {describe_key(member.signature_key)} of "
@@ -129,13 +141,9 @@ class MemberVetting:
                     member.user_id, member.signature_key, reason,
                 )  # fmt: skip
 
+    def end_round(self) -> None:
+        """Forget which logs were read for this round of Welcomes."""
+        self._fresh.clear()
+
     def _status(self, member: MemberInfo) -> tuple[DeviceStatus, str]:
         return self._identities.status(member.user_id, member.signature_key)
-
-    def _welcome_users(self, raw: bytes) -> set[UserId]:
-        try:
-            envelope = MessageEnvelope.decode(raw)
-            members = self._engine().peek_welcome_members(envelope.payload)
-        except PingError:
-            return set()
-        return {UserId(m.identity) for m in members}

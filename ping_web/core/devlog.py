@@ -94,16 +94,21 @@ class LogEntry:
     label: str
     signature: bytes
     consent: bytes | None = None
+    raw: bytes = dataclasses.field(default=b"", compare=False, repr=False)
+    """The bytes it was decoded from (they equal :meth:`encode`; kept to hash and check
+    signatures without building them again)."""
 
     def tbs(self) -> bytes:
         """The bytes the signer signed (under :data:`LABEL_ENTRY`)."""
+        if self.raw:
+            return self.raw[: len(self.raw) - (2 if self.consent is not None else 1) * SIGNATURE_SIZE]
         label = self.label.encode("utf-8")
         fixed = _FIXED.pack(self.seq, self.prev, self.ts_ms, self.device_id.raw, self.device_key, self.signer_key)
         user = self.user_id.raw
         return bytes([FORMAT_VERSION, int(self.op), len(user)]) + user + fixed + bytes([len(label)]) + label
 
     def encode(self) -> bytes:
-        return self.tbs() + self.signature + (self.consent or b"")
+        return self.raw or self.tbs() + self.signature + (self.consent or b"")
 
     @property
     def hash(self) -> bytes:
@@ -144,7 +149,8 @@ class LogEntry:
             raise DeviceLogInvalid("the log entry's label has control characters")
         signature = data[label_end : label_end + SIGNATURE_SIZE]
         consent = data[label_end + SIGNATURE_SIZE :] if op is LogOp.ADD else None
-        return cls(op, user_id, seq, prev, ts_ms, DeviceId(device), device_key, signer_key, label, signature, consent)
+        return cls(op, user_id, seq, prev, ts_ms, DeviceId(device), device_key, signer_key, label, signature, consent,
+                   data)  # fmt: skip
 
 
 def unsigned_entry(
@@ -158,7 +164,7 @@ def unsigned_entry(
         raise DeviceLogInvalid("prev is 32 bytes and keys are 32-byte Ed25519 public keys")
     if not 0 <= seq < 1 << 63 or not 0 <= ts_ms < 1 << 63:
         raise DeviceLogInvalid("seq and ts_ms are 63-bit unsigned integers")
-    return LogEntry(op, user_id, seq, prev, ts_ms, device_id, device_key, signer_key, label, b"", None)
+    return LogEntry(op, user_id, seq, prev, ts_ms, device_id, device_key, signer_key, label, b"", None, b"")
 
 
 def signed(entry: LogEntry, signature: bytes, consent: bytes | None = None) -> LogEntry:
@@ -167,7 +173,9 @@ def signed(entry: LogEntry, signature: bytes, consent: bytes | None = None) -> L
         raise DeviceLogInvalid("an entry has one 64-byte signature, and an ADD also a 64-byte consent")
     if consent is not None and len(consent) != SIGNATURE_SIZE:
         raise DeviceLogInvalid("a consent signature is 64 bytes")
-    return dataclasses.replace(entry, signature=bytes(signature), consent=None if consent is None else bytes(consent))
+    return dataclasses.replace(
+        entry, signature=bytes(signature), consent=None if consent is None else bytes(consent), raw=b""
+    )
 
 
 @dataclass(frozen=True, slots=True)

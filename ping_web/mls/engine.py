@@ -10,14 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ping_web.core.engine import Member
 from ping_web.mls.openmls import Group, Identity, Provider, Savepoint
-
-
-class _Peeked(Exception):
-    def __init__(self, members: list[Member]) -> None:
-        super().__init__("peeked")
-        self.members = members
 
 
 class OpenMlsEngine:
@@ -34,15 +27,6 @@ class OpenMlsEngine:
 
     def join_group(self, welcome: bytes) -> Group:
         return self.provider.join_group(self.identity, welcome)
-
-    def peek_welcome_members(self, welcome: bytes) -> list[Member]:
-        """The members of the group a Welcome joins, without joining it (the join is made
-        inside a savepoint and undone), so they can be checked before the real join."""
-        try:
-            with self.provider.savepoint():
-                raise _Peeked(self.provider.join_group(self.identity, welcome).members())
-        except _Peeked as peeked:
-            return peeked.members
 
     def load_group(self, group_id: bytes) -> Group | None:
         return self.provider.load_group(self.identity, group_id)
