@@ -401,8 +401,15 @@ class WorkerHost:
         """Add every device of ``user``'s verified device log (one commit), each with one of
         its published KeyPackages (``MessagingClient.add_user``)."""
         client = self._require_client()
-        outcome = await client.add_user(_conversation_id(args), _user(args))
-        return {"epoch": outcome.welcome.epoch}
+        conversation_id, user = _conversation_id(args), _user(args)
+        before = {m.signature_key for m in (await client.conversation(conversation_id)).members()}
+        outcome = await client.add_user(conversation_id, user)
+        added = {d.key: d.device_id.hex for d in await client.devices_of(user)}
+        members = (await client.conversation(conversation_id)).members()
+        devices = [
+            added[m.signature_key] for m in members if m.signature_key in added and m.signature_key not in before
+        ]
+        return {"epoch": outcome.welcome.epoch, "devices": devices}
 
     # -- identity: linking, contacts, safety numbers --------------------------------------------
 

@@ -147,7 +147,7 @@ def test_worker_protocol(context: Any, relay_server: Callable[..., RelayServer])
 
     assert out["progress"][:4] == ["pyodide", "packages", "wasm", "ready"]
     assert out["start"]["pyodide"].startswith("314.") and out["start"]["wasm_bytes"] > 100_000
-    assert out["describe"]["protocol"] == 2 and "open_device" in out["describe"]["methods"]
+    assert out["describe"]["protocol"] == 3 and "open_device" in out["describe"]["methods"]
     assert out["openDelivery"] == {"persistent": False}
     assert out["connections"] == 2
     assert out["ann"]["user"] == "ann" and out["ann"]["created"] is True and len(out["ann"]["device_id"]) == 32
