@@ -69,7 +69,7 @@ def entry(op: LogOp, seq: int, prev: bytes, subject: TestDevice, signer: TestDev
 
 
 def genesis(device: TestDevice) -> bytes:
-    return entry(LogOp.GENESIS, 0, devlog.NO_PREV, device, device)
+    return devlog.genesis(device.user_id, device.device_id, device.key, device.sign, ts_ms=1, label=device.label)
 
 
 class LogWriter:

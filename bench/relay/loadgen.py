@@ -37,8 +37,9 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ping_web.core import devlog
 from ping_web.core.envelope import Hlc, MessageEnvelope, MessageKind
-from ping_web.core.ids import ConversationId, DeviceId
+from ping_web.core.ids import ConversationId, DeviceId, UserId
 
 SUBPROTOCOL = "ping-relay.v1"
 PAYLOAD_BYTES = 256
@@ -166,6 +167,8 @@ class SimDevice:
                 "device_id": self.id,
                 "signature_public_key": b64e(self.public_key),
                 "signature": b64e(self.sign("relay-register", content)),
+                "device_log": b64e(devlog.genesis(UserId(self.user_id), DeviceId(self.device_id), self.public_key,
+                                                  self.sign, ts_ms=int(time.time() * 1000))),  # a new user's first device
             },
             prefer=self.post_prefer,
         )

@@ -20,7 +20,7 @@ from ping_web.client.device import DEVICE_GROUP_NAME, DeviceRecord, device_group
 from ping_web.client.identity import Contact
 from ping_web.core import devlog
 from ping_web.core.conversation import Conversation
-from ping_web.core.devlog import DeviceLog, LogOp
+from ping_web.core.devlog import DeviceLog
 from ping_web.core.ids import DeviceId, UserId
 from ping_web.delivery.base import Delivery
 from ping_web.errors import InvalidInput, PingError, StorageCorrupted
@@ -118,12 +118,9 @@ class Opening(ClientBase):
     def _genesis_contact(self, label: str) -> Contact:
         """The user's device log, started by this device (signed with its MLS key)."""
         record = self._record
-        unsigned = devlog.unsigned_entry(
-            LogOp.GENESIS, record.user_id, 0, devlog.NO_PREV, self._clock(), record.device_id, record.public_key,
-            record.public_key, label,
-        )  # fmt: skip
-        signature = self._engine.identity.sign_with_label(devlog.LABEL_ENTRY, unsigned.tbs())
-        return Contact(DeviceLog.start(devlog.signed(unsigned, signature).encode(), None))
+        entry = devlog.genesis(record.user_id, record.device_id, record.public_key,
+                               self._engine.identity.sign_with_label, ts_ms=self._clock(), label=label)  # fmt: skip
+        return Contact(DeviceLog.start(entry, None))
 
     async def _start_own_log(self, label: str) -> None:
         """Start the user's device log with this device (the first device of its user)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final, NoReturn, Protocol
@@ -176,6 +176,17 @@ def signed(entry: LogEntry, signature: bytes, consent: bytes | None = None) -> L
     return dataclasses.replace(
         entry, signature=bytes(signature), consent=None if consent is None else bytes(consent), raw=b""
     )
+
+
+Sign = Callable[[str, bytes], bytes]
+"""``sign(label, content)``: a device's Ed25519 signature over ``b"ping-web/" + label + b"\\x00"
++ content`` (``Identity.sign_with_label`` in a client; ``cryptography`` in tests and tools)."""
+
+
+def genesis(user_id: UserId, device_id: DeviceId, key: bytes, sign: Sign, *, ts_ms: int, label: str = "") -> bytes:
+    """The genesis entry of ``user_id``'s log, by its first device (``key``, signing with ``sign``)."""
+    unsigned = unsigned_entry(LogOp.GENESIS, user_id, 0, NO_PREV, ts_ms, device_id, key, key, label)
+    return signed(unsigned, sign(LABEL_ENTRY, unsigned.tbs())).encode()
 
 
 @dataclass(frozen=True, slots=True)

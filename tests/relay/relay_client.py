@@ -89,7 +89,8 @@ class Device:
             "device_id": self.id,
             "signature_public_key": b64e(self.public_key),
             "signature": b64e(self.sign("relay-register", content)),
-            "device_log": b64e(self.log_entry(LogOp.GENESIS, self, 0, devlog.NO_PREV)) if genesis else None,
+            "device_log": b64e(devlog.genesis(UserId(self.user_id), DeviceId(self.device_id), self.public_key,
+                                              self.sign, ts_ms=int(time.time() * 1000))) if genesis else None,
         }
 
     def register(self, *, genesis: bool | None = None) -> httpx.Response:
