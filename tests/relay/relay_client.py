@@ -89,13 +89,24 @@ class Device:
             "device_id": self.id,
             "signature_public_key": b64e(self.public_key),
             "signature": b64e(self.sign("relay-register", content)),
-            "device_log": b64e(devlog.genesis(UserId(self.user_id), DeviceId(self.device_id), self.public_key,
-                                              self.sign, ts_ms=int(time.time() * 1000))) if genesis else None,
+            "device_log": b64e(
+                devlog.genesis(
+                    UserId(self.user_id),
+                    DeviceId(self.device_id),
+                    self.public_key,
+                    self.sign,
+                    ts_ms=int(time.time() * 1000),
+                )
+            )
+            if genesis
+            else None,
         }
 
     def register(self, *, genesis: bool | None = None) -> httpx.Response:
         """Register; a device another one added (:meth:`add_device`) sends no genesis."""
-        return self.http.post("/v1/devices", json=self.register_body(genesis=not self.linked if genesis is None else genesis))
+        return self.http.post(
+            "/v1/devices", json=self.register_body(genesis=not self.linked if genesis is None else genesis)
+        )
 
     # -- the device log -------------------------------------------------------------------
 

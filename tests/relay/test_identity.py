@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 
-from relay_client import Device, b64d, b64e
+from tests.identity_keys import VERIFIER
 
 from ping_web.core import devlog
 from ping_web.core.devlog import DeviceLog, LogEntry, LogOp
-from tests.identity_keys import VERIFIER
+
+from relay_client import Device, b64d, b64e
 
 
 def error(r) -> str:  # type: ignore[no-untyped-def]
@@ -113,7 +114,7 @@ def test_a_revoked_device_loses_its_tokens_keypackages_and_stream(relay, device)
         try:
             while True:
                 frames.append(ws.recv(timeout=10))
-        except Exception as closed:  # noqa: BLE001 - the close is what we wait for
+        except Exception as closed:
             code = getattr(getattr(closed, "rcvd", None), "code", None)
         assert code == 4409, (frames, code)
     r = lost.call("GET", "/v1/key-packages")
