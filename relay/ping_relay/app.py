@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
 from .config import Config
@@ -19,6 +19,7 @@ from .fanout import Fanout
 from .notify import Notifier
 from .ratelimit import RateLimiter
 from .relay import CursorBook, Relay, now_ms
+from .replies import reply
 from .routes import ROUTES
 from .sqlstore import Backend, SqlStore
 from .stream import stream
@@ -52,28 +53,24 @@ def _database_down(exc: Exception) -> bool:
 async def relay_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, RelayError):
         return await internal_error(request, exc)
-    return JSONResponse(exc.body(), status_code=exc.status, headers={**exc.headers, "Cache-Control": "no-store"})
+    return reply(exc.body(), exc.status, exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):
         return await internal_error(request, exc)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=dict(exc.headers or {})
-    )
+    return reply({"error": code, "detail": str(exc.detail)}, exc.status_code, exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     if _database_down(exc):
         log.warning("the database did not answer: %s", exc)
-        return JSONResponse(
-            {"error": "unavailable", "detail": "the database did not answer; retry"},
-            status_code=503,
-            headers={"Retry-After": "1", "Cache-Control": "no-store"},
+        return reply(
+            {"error": "unavailable", "detail": "the database did not answer; retry"}, 503, {"Retry-After": "1"}
         )
     log.error("request failed", exc_info=exc)
-    return JSONResponse({"error": "internal", "detail": "internal error"}, status_code=500)
+    return reply({"error": "internal", "detail": "internal error"}, 500)
 
 
 async def _prune_forever(relay: Relay) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ping_web.core.envelope import MessageKind
@@ -17,6 +16,7 @@ from ping_web.core.envelope import MessageKind
 from . import PROTOCOL_VERSION, __version__, auth, wire
 from .errors import JsonValue, RelayError, bad_request, forbidden, not_found, rate_limited, refuse, unauthorized
 from .relay import Relay, now_ms
+from .replies import JsonReply, reply
 from .storage import CommitRequest, Device, KeyPackageCount, Page
 
 DEVICE_ID = 16
@@ -28,8 +28,8 @@ def relay_of(request: Request) -> Relay:
     return cast(Relay, request.app.state.relay)
 
 
-def ok(body: dict[str, JsonValue]) -> JSONResponse:
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+def ok(body: dict[str, JsonValue]) -> JsonReply:
+    return reply(body)
 
 
 def limit_anonymous(request: Request, relay: Relay) -> None:
@@ -138,7 +138,7 @@ def page_json(page: Page) -> dict[str, JsonValue]:
 # -- unauthenticated -------------------------------------------------------------------------
 
 
-async def info(request: Request) -> JSONResponse:
+async def info(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
     c, lim = relay.config, relay.config.limits
@@ -177,7 +177,7 @@ async def info(request: Request) -> JSONResponse:
     )
 
 
-async def register(request: Request) -> JSONResponse:
+async def register(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
     body = await json_body(request, relay, required=("user_id", "device_id", "signature_public_key", "signature"))
@@ -196,7 +196,7 @@ async def register(request: Request) -> JSONResponse:
     return ok({"created": created, **device_json(stored or device)})
 
 
-async def challenge(request: Request) -> JSONResponse:
+async def challenge(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
     body = await json_body(request, relay, required=("device_id",))
@@ -210,7 +210,7 @@ async def challenge(request: Request) -> JSONResponse:
     return ok({"challenge": wire.b64e(secret), "expires_at_ms": expires})
 
 
-async def token(request: Request) -> JSONResponse:
+async def token(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
     body = await json_body(request, relay, required=("device_id", "challenge", "signature"))
@@ -238,7 +238,7 @@ async def token(request: Request) -> JSONResponse:
 # -- devices and KeyPackages -------------------------------------------------------------------
 
 
-async def device_info(request: Request) -> JSONResponse:
+async def device_info(request: Request) -> JsonReply:
     relay = relay_of(request)
     await authenticate(request, relay)
     device = await relay.store.get_device(path_id(request, "device_id", DEVICE_ID))
@@ -247,7 +247,7 @@ async def device_info(request: Request) -> JSONResponse:
     return ok(device_json(device))
 
 
-async def user_devices(request: Request) -> JSONResponse:
+async def user_devices(request: Request) -> JsonReply:
     relay = relay_of(request)
     await authenticate(request, relay)
     user_id = wire.b64d(request.path_params["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
@@ -255,7 +255,7 @@ async def user_devices(request: Request) -> JSONResponse:
     return ok({"user_id": wire.b64e(user_id), "devices": [device_json(d) for d in devices]})
 
 
-async def publish_key_packages(request: Request) -> JSONResponse:
+async def publish_key_packages(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     body = await json_body(request, relay, required=("key_packages",), optional=("last_resort",))
@@ -286,13 +286,13 @@ async def publish_key_packages(request: Request) -> JSONResponse:
     return ok(count_json(count))
 
 
-async def count_key_packages(request: Request) -> JSONResponse:
+async def count_key_packages(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     return ok(count_json(await relay.store.count_key_packages(device.device_id)))
 
 
-async def claim_key_package(request: Request) -> JSONResponse:
+async def claim_key_package(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     target = path_id(request, "device_id", DEVICE_ID)
@@ -306,7 +306,7 @@ async def claim_key_package(request: Request) -> JSONResponse:
 # -- groups, the log, Welcomes -----------------------------------------------------------------
 
 
-async def create_group(request: Request) -> JSONResponse:
+async def create_group(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     body = await json_body(request, relay, required=("group_id",))
@@ -315,7 +315,7 @@ async def create_group(request: Request) -> JSONResponse:
     return ok({"group_id": wire.b64e(group_id), "created": created})
 
 
-async def group_info(request: Request) -> JSONResponse:
+async def group_info(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     group = await relay.store.group_info(path_id(request, "group_id", GROUP_ID), device.device_id)
@@ -335,7 +335,7 @@ async def group_info(request: Request) -> JSONResponse:
     )
 
 
-async def post_message(request: Request) -> JSONResponse:
+async def post_message(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
@@ -353,7 +353,7 @@ async def post_message(request: Request) -> JSONResponse:
     return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
 
 
-async def post_commit(request: Request) -> JSONResponse:
+async def post_commit(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
@@ -416,7 +416,7 @@ async def post_commit(request: Request) -> JSONResponse:
     return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
 
 
-async def fetch(request: Request) -> JSONResponse:
+async def fetch(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
@@ -431,7 +431,7 @@ async def fetch(request: Request) -> JSONResponse:
     return ok(page_json(page))
 
 
-async def welcomes(request: Request) -> JSONResponse:
+async def welcomes(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     lim = relay.config.limits
@@ -453,7 +453,7 @@ def welcome_json(welcome_id: int, group_id: bytes, commit_seq: int, envelope: by
     }
 
 
-async def ack_welcomes(request: Request) -> JSONResponse:
+async def ack_welcomes(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     body = await json_body(request, relay, required=("ids",))

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import RedirectResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .replies import JsonReply, reply
 
 for _suffix, _kind in {
     ".mjs": "text/javascript",
@@ -91,5 +93,5 @@ def _no_store(send: Send) -> Send:
     return wrapped
 
 
-def _error(status: int, code: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": code.replace("_", " ")}, status_code=status)
+def _error(status: int, code: str) -> JsonReply:
+    return reply({"error": code, "detail": code.replace("_", " ")}, status)
