@@ -186,7 +186,11 @@ async def register(request: Request) -> JsonReply:
     public_key = wire.b64d(body["signature_public_key"], "signature_public_key", size=auth.PUBLIC_KEY_SIZE)
     signature = wire.b64d(body["signature"], "signature", size=auth.SIGNATURE_SIZE)
     if not auth.valid_public_key(public_key):
-        raise bad_request("bad_field", "signature_public_key: not an Ed25519 public key", field="signature_public_key")
+        raise bad_request(
+            "bad_field",
+            "signature_public_key: not an Ed25519 public key (canonical, on the curve, not of small order)",
+            field="signature_public_key",
+        )
     content = auth.register_content(device_id, public_key, user_id, relay.config.public_origin)
     if not auth.verify(public_key, signature, auth.LABEL_REGISTER, content):
         raise unauthorized("invalid_signature", "the signature does not verify with this key")
