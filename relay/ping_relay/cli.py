@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import Config, Limits
+from .headers import SecurityHeaders
 from .static import WithStatic, parse_mount
 
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
     uvicorn.run(
-        WithStatic(app, mounts, args.index) if mounts else app,
+        SecurityHeaders(WithStatic(app, mounts, args.index, origin=config.public_origin) if mounts else app),
         host=config.host,
         port=config.port,
         http="httptools",
@@ -98,5 +99,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",
         log_level=config.log_level,
         access_log=False,
+        server_header=False,
         timeout_graceful_shutdown=5,
     )

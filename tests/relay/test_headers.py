@@ -65,6 +65,7 @@ def test_security_headers_on_every_reply(spawn, tmp_path: Path) -> None:
 def test_redirects_use_the_configured_origin_not_the_host_header(spawn, tmp_path: Path) -> None:
     site = tmp_path / "web"
     (site / "sub").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>app</h1>")
     (site / "sub" / "index.html").write_text("<h1>sub</h1>")
     relay = spawn("--static", f"/web={site}", "--index", "/web/")
     with httpx.Client(base_url=relay.url, timeout=30) as http:
