@@ -125,6 +125,7 @@ def create_app(config: Config) -> Starlette:
         notifier=notifier,
         device_limiter=RateLimiter(lim.rate_per_second, lim.rate_burst),
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
+        auth_failures=RateLimiter(lim.auth_failure_rate_per_second, lim.auth_failure_burst),
         fanout=Fanout(store, notifier, lim),
         cursors=CursorBook(config.prunes),
     )

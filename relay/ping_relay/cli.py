@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor-flush-interval", type=float, default=defaults.cursor_flush_interval, metavar="SECONDS")
     p.add_argument("--recheck-interval", type=float, default=defaults.recheck_interval, metavar="SECONDS")
     p.add_argument("--postgres-pool-size", type=int, default=defaults.postgres_pool_size)
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy whose X-Forwarded-For names the client (repeatable; an IP or a network)",
+    )
     p.add_argument("--log-level", default=defaults.log_level, choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--static",
@@ -70,6 +77,7 @@ def _config(args: argparse.Namespace) -> Config:
         cursor_flush_interval=args.cursor_flush_interval,
         recheck_interval=args.recheck_interval,
         postgres_pool_size=args.postgres_pool_size,
+        trusted_proxies=tuple(args.trusted_proxy),
         log_level=args.log_level,
         limits=limits,
     )
@@ -97,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ws_ping_timeout=config.limits.ws_ping_interval,
         ws_per_message_deflate=False,
         lifespan="on",
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies) or None,
         log_level=config.log_level,
         access_log=False,
         server_header=False,

@@ -35,6 +35,11 @@ class Limits:
     anon_rate_per_second: float = 20.0
     """Sustained unauthenticated requests per second per client address (register, challenge, token, info)."""
     anon_burst: int = 100
+    auth_failure_rate_per_second: float = 1.0
+    """Sustained failed authentications per second per client address (an unknown or
+    malformed bearer token, a wrong answer to a login challenge); past it, 429 without a
+    database lookup. Valid tokens this process has seen still pass."""
+    auth_failure_burst: int = 20
     page_default_entries: int = 100
     page_max_entries: int = 1000
     page_max_bytes: int = 4 * MIB
@@ -72,6 +77,9 @@ class Config:
     """How often each process re-reads the heads of the groups its streams follow, in case
     a wake-up was lost (0: never)."""
     postgres_pool_size: int = 16
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses of reverse proxies whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` name
+    the client; from anyone else (and by default) the connection's own address counts."""
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
 

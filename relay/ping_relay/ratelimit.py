@@ -21,6 +21,15 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: dict[object, tuple[float, float]] = {}
 
+    def peek(self, key: object, now: float | None = None) -> int | None:
+        """Like :meth:`take`, spending nothing: ``None`` if a token is there."""
+        if self._rate <= 0:
+            return None
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        return None if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self._rate))
+
     def take(self, key: object, now: float | None = None) -> int | None:
         if self._rate <= 0:
             return None

@@ -84,6 +84,8 @@ class Relay:
     notifier: Notifier
     device_limiter: RateLimiter
     anon_limiter: RateLimiter
+    auth_failures: RateLimiter
+    """Failed authentications per client address."""
     fanout: Fanout
     tokens: TokenCache = field(default_factory=TokenCache)
     cursors: CursorBook = field(default_factory=lambda: CursorBook(False))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.routing import Route
 
 from ping_web.core.envelope import MessageKind
@@ -32,11 +32,29 @@ def ok(body: dict[str, JsonValue]) -> JsonReply:
     return reply(body)
 
 
+def client_address(connection: HTTPConnection) -> str:
+    """The client's address: the connection's, or what a configured proxy forwarded (uvicorn
+    rewrites it only for ``--trusted-proxy`` peers)."""
+    return connection.client.host if connection.client else "?"
+
+
 def limit_anonymous(request: Request, relay: Relay) -> None:
-    client = request.client.host if request.client else "?"
-    retry = relay.anon_limiter.take(("anon", client))
+    retry = relay.anon_limiter.take(("anon", client_address(request)))
     if retry is not None:
         raise rate_limited(retry)
+
+
+def check_failures(relay: Relay, address: str) -> None:
+    """429 if ``address`` spent its failed-authentication budget (before any database lookup)."""
+    retry = relay.auth_failures.peek(address)
+    if retry is not None:
+        raise rate_limited(retry)
+
+
+def failed(relay: Relay, address: str, refusal: RelayError) -> RelayError:
+    """Count a failed authentication of ``address``: ``refusal``, or 429 once over the budget."""
+    retry = relay.auth_failures.take(address)
+    return refusal if retry is None else rate_limited(retry)
 
 
 async def authenticate(request: Request, relay: Relay) -> Device:
@@ -44,7 +62,7 @@ async def authenticate(request: Request, relay: Relay) -> Device:
     header = request.headers.get("authorization")
     if header is None:
         raise unauthorized("missing_token", "send Authorization: Bearer <token>")
-    device, _ = await device_of_token(header_token(header), relay)
+    device, _ = await device_of_token(header_token(header), relay, client_address(request))
     return device
 
 
@@ -55,18 +73,21 @@ def header_token(header: str) -> str:
     return value.strip()
 
 
-async def device_of_token(text: str, relay: Relay) -> tuple[Device, int]:
-    """The device a token was issued to and the token's expiry (ms); 401 or 429 otherwise."""
+async def device_of_token(text: str, relay: Relay, address: str) -> tuple[Device, int]:
+    """The device a token was issued to and the token's expiry (ms); 401 or 429 otherwise.
+    An unknown token counts as a failed authentication of ``address``."""
     try:
         token = wire.b64d(text, "token", size=auth.SECRET_SIZE)
     except RelayError:
-        raise unauthorized("invalid_token", "unknown token") from None
+        check_failures(relay, address)
+        raise failed(relay, address, unauthorized("invalid_token", "unknown token")) from None
     digest = auth.token_hash(token)
     owner = relay.tokens.get(digest)
     if owner is None:
+        check_failures(relay, address)
         owner = await relay.store.token_owner(digest)
         if owner is None:
-            raise unauthorized("invalid_token", "unknown token")
+            raise failed(relay, address, unauthorized("invalid_token", "unknown token"))
         relay.tokens.put(digest, owner)
     device, expires_at_ms = owner
     if expires_at_ms <= now_ms():
@@ -163,6 +184,8 @@ async def info(request: Request) -> JsonReply:
                 "rate_burst": lim.rate_burst,
                 "anon_rate_per_second": lim.anon_rate_per_second,
                 "anon_burst": lim.anon_burst,
+                "auth_failure_rate_per_second": lim.auth_failure_rate_per_second,
+                "auth_failure_burst": lim.auth_failure_burst,
                 "page_default_entries": lim.page_default_entries,
                 "page_max_entries": lim.page_max_entries,
                 "page_max_bytes": lim.page_max_bytes,
@@ -217,25 +240,34 @@ async def challenge(request: Request) -> JsonReply:
 async def token(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
+    address = client_address(request)
     body = await json_body(request, relay, required=("device_id", "challenge", "signature"))
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     secret = wire.b64d(body["challenge"], "challenge", size=auth.SECRET_SIZE)
     signature = wire.b64d(body["signature"], "signature", size=auth.SIGNATURE_SIZE)
+    check_failures(relay, address)
     taken = await relay.store.take_challenge(secret)
     if taken is None or taken[0] != device_id:
-        raise unauthorized("unknown_challenge", "this challenge was never issued to this device, or was used")
+        raise failed(
+            relay,
+            address,
+            unauthorized("unknown_challenge", "this challenge was never issued to this device, or was used"),
+        )
     now = now_ms()
     if taken[1] <= now:
-        raise unauthorized("challenge_expired", "the challenge has expired; ask for another")
+        raise failed(relay, address, unauthorized("challenge_expired", "the challenge has expired; ask for another"))
     device = await relay.store.get_device(device_id)
     if device is None:
-        raise unauthorized("unknown_device", "no device with this id is registered")
+        raise failed(relay, address, unauthorized("unknown_device", "no device with this id is registered"))
     content = auth.auth_content(secret, device_id, relay.config.public_origin)
     if not auth.verify(device.public_key, signature, auth.LABEL_AUTH, content):
-        raise unauthorized("invalid_signature", "the signature does not verify with this device's key")
+        raise failed(
+            relay, address, unauthorized("invalid_signature", "the signature does not verify with this device's key")
+        )
     new_token = auth.new_secret()
     expires = now + int(relay.config.token_ttl * 1000)
     await relay.store.add_token(auth.token_hash(new_token), device_id, expires, now)
+    relay.tokens.put(auth.token_hash(new_token), (device, expires))
     return ok({"token": wire.b64e(new_token), "expires_at_ms": expires, "device_id": wire.b64e(device_id)})
 
 

@@ -29,7 +29,7 @@ from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized, un
 from .fanout import Subscription, dumps, entry_frame, error_frame
 from .notify import device_key
 from .relay import Relay, now_ms
-from .routes import GROUP_ID, device_of_token, header_token
+from .routes import GROUP_ID, client_address, device_of_token, header_token
 from .storage import Device
 
 SUBPROTOCOL: Final = "ping-relay.v1"
@@ -409,7 +409,7 @@ async def stream(ws: WebSocket) -> None:
         try:
             if token is None:
                 raise unauthorized("missing_token", "offer the subprotocol bearer.<token> or send Authorization")
-            device, expires = await device_of_token(token, relay)
+            device, expires = await device_of_token(token, relay, client_address(ws))
             connection = Connection(ws, relay, device, expires)
             await relay.store.claim_stream(device.device_id, connection.owner, now_ms())
         except RelayError as error:

@@ -28,6 +28,7 @@ PG_DSN = os.environ.get("PING_RELAY_TEST_POSTGRES", "")
 FAST = [
     "--rate-per-second", "100000", "--rate-burst", "100000",
     "--anon-rate-per-second", "100000", "--anon-burst", "100000",
+    "--auth-failure-rate-per-second", "100000", "--auth-failure-burst", "100000",
 ]  # fmt: skip
 
 
