@@ -206,13 +206,34 @@ def _post_statement_sql(limited: bool) -> str:
 
 
 def _duplicate(tx: Tx, group_id: bytes, envelope: MessageEnvelope) -> int | None:
+    """The seq of the entry with the envelope's dedupe key ``(sender_device, seq)``, if any
+    (409 ``seq_reused`` if its bytes differ: see :func:`_same_bytes`)."""
     row = tx.one(
         "SELECT seq FROM log WHERE group_id = ? AND sender_device = ? AND sender_seq = ?",
         group_id,
         envelope.sender_device.raw,
         _u64(envelope.seq),
     )
-    return None if row is None else _int(row[0])
+    if row is None:
+        return None
+    _same_bytes(tx, group_id, _int(row[0]), envelope)
+    return _int(row[0])
+
+
+def _same_bytes(tx: Tx, group_id: bytes, seq: int, envelope: MessageEnvelope) -> None:
+    """Only the identical bytes are a duplicate: another envelope under the same dedupe key
+    is refused (a client that reuses its seqs, or a commit posing as a retried message)."""
+    row = tx.one("SELECT envelope FROM log WHERE group_id = ? AND seq = ?", group_id, seq)
+    if row is not None and _bytes(row[0]) != envelope.encode():
+        raise conflict(
+            "seq_reused",
+            "this device already posted another envelope with this seq to this group; seqs are never reused",
+        )
+
+
+def _epoch_for(member: object, epoch: int) -> int | None:
+    """The group's epoch as a reply may show it: to a current member (1) only."""
+    return epoch if member == 1 else None
 
 
 def _append(tx: Tx, group_id: bytes, seq: int, envelope: MessageEnvelope, now_ms: int) -> None:
@@ -538,7 +559,8 @@ class SqlStore:
                 raise not_found("unknown_group", "no group with this id")
             epoch, head = _int(row[0]), _int(row[1])
             if row[2] is not None:
-                return Posted(_int(row[2]), duplicate=True, epoch=epoch)
+                _same_bytes(t, group_id, _int(row[2]), envelope)
+                return Posted(_int(row[2]), duplicate=True, epoch=_epoch_for(row[3], epoch))
             if row[3] != 1:
                 raise forbidden("not_member", "this device is not a member of the group")
             if envelope.kind is MessageKind.APPLICATION:
@@ -628,7 +650,8 @@ class SqlStore:
                 raise not_found("unknown_group", "no group with this id")
             epoch, head, original, member, stored = _int(row[0]), _int(row[1]), row[2], row[3], row[4]
             if original is not None:
-                return Posted(_int(original), duplicate=True, epoch=epoch)
+                _same_bytes(t, group_id, _int(original), envelope)
+                return Posted(_int(original), duplicate=True, epoch=_epoch_for(member, epoch))
             if member != 1:
                 raise forbidden("not_member", "this device is not a member of the group")
             if not stored:
@@ -645,9 +668,12 @@ class SqlStore:
         def tx(t: Tx) -> Posted:
             epoch, head, _ = _group(t, group_id, lock=True)
             original = _duplicate(t, group_id, commit)
+            membership = _membership(t, group_id, sender)
+            current = membership is not None and membership[1] is None
             if original is not None:
-                return Posted(original, duplicate=True, epoch=epoch)
-            _require_member(t, group_id, sender)
+                return Posted(original, duplicate=True, epoch=epoch if current else None)
+            if not current:
+                raise forbidden("not_member", "this device is not a member of the group")
             if commit.epoch != epoch:
                 raise conflict(
                     "stale_commit",

@@ -97,8 +97,10 @@ class GroupInfo:
 class Posted:
     seq: int
     duplicate: bool
-    epoch: int
-    """The group's epoch after the post (a commit's reply shows the new epoch)."""
+    epoch: int | None
+    """The group's epoch after the post (a commit's reply shows the new epoch); ``None`` for
+    a duplicate from a device that is no longer a member (it learns its post's fate, not the
+    group's state)."""
 
 
 @dataclass(frozen=True, slots=True)
