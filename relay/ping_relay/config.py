@@ -24,6 +24,8 @@ class Limits:
     max_key_packages_per_request: int = 100
     max_key_packages_stored: int = 1000
     """Per device, not counting its last-resort KeyPackage."""
+    max_devices_per_user: int = 100
+    """Devices registered under one user id (the ``GET /v1/users/{u}/devices`` list)."""
     max_roster_devices: int = 1000
     """Most device ids in ``added`` or in ``removed`` of one commit."""
     max_ack_ids: int = 1000

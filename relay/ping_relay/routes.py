@@ -177,6 +177,7 @@ async def info(request: Request) -> JsonReply:
                 "max_key_package_bytes": lim.max_key_package_bytes,
                 "max_key_packages_per_request": lim.max_key_packages_per_request,
                 "max_key_packages_stored": lim.max_key_packages_stored,
+                "max_devices_per_user": lim.max_devices_per_user,
                 "max_roster_devices": lim.max_roster_devices,
                 "max_ack_ids": lim.max_ack_ids,
                 "epoch_window": lim.epoch_window,
@@ -218,7 +219,7 @@ async def register(request: Request) -> JsonReply:
     if not auth.verify(public_key, signature, auth.LABEL_REGISTER, content):
         raise unauthorized("invalid_signature", "the signature does not verify with this key")
     device = Device(device_id, user_id, public_key, now_ms())
-    created = await relay.store.register_device(device)
+    created = await relay.store.register_device(device, relay.config.limits.max_devices_per_user)
     stored = device if created else await relay.store.get_device(device_id)
     return ok({"created": created, **device_json(stored or device)})
 
@@ -287,7 +288,7 @@ async def user_devices(request: Request) -> JsonReply:
     relay = relay_of(request)
     await authenticate(request, relay)
     user_id = wire.b64d(request.path_params["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
-    devices = await relay.store.devices_of(user_id)
+    devices = await relay.store.devices_of(user_id, relay.config.limits.max_devices_per_user)
     return ok({"user_id": wire.b64e(user_id), "devices": [device_json(d) for d in devices]})
 
 

@@ -161,6 +161,15 @@ def _require_member(tx: Tx, group_id: bytes, device_id: bytes) -> None:
         raise forbidden("not_member", "this device is not a member of the group")
 
 
+def _lock_user(tx: Tx, user_id: bytes) -> None:
+    """Serialize registrations under one user id until the transaction ends (PostgreSQL: an
+    advisory lock on a hash of it; SQLite's write transactions are serialized already), so
+    the per-user cap holds with concurrent registrations on several processes."""
+    if tx.dialect == "postgres":
+        key = int.from_bytes(hashlib.sha256(b"ping-relay/user\x00" + user_id).digest()[:8], "big", signed=True)
+        tx.one("SELECT pg_advisory_xact_lock(?)", key)
+
+
 def _chunks(items: Sequence[bytes], size: int = 500) -> list[Sequence[bytes]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -346,13 +355,19 @@ class SqlStore:
 
     # -- devices and auth ---------------------------------------------------------------
 
-    async def register_device(self, device: Device) -> bool:
+    async def register_device(self, device: Device, max_per_user: int) -> bool:
         def tx(t: Tx) -> bool:
             row = t.one("SELECT user_id, public_key FROM devices WHERE device_id = ?" + t.lock, device.device_id)
             if row is not None:
                 if _bytes(row[0]) == device.user_id and _bytes(row[1]) == device.public_key:
                     return False
                 raise conflict("device_conflict", "this device id is registered with another user or key")
+            _lock_user(t, device.user_id)
+            count = t.one("SELECT COUNT(*) FROM devices WHERE user_id = ?", device.user_id)
+            if count is not None and _int(count[0]) >= max_per_user:
+                raise conflict(
+                    "too_many_devices", f"a user has at most {max_per_user} devices at this relay", limit=max_per_user
+                )
             t.run(
                 f"INSERT INTO devices ({_DEVICE}) VALUES (?, ?, ?, ?)",
                 device.device_id,
@@ -371,9 +386,9 @@ class SqlStore:
 
         return await self._db.query(tx)
 
-    async def devices_of(self, user_id: bytes) -> list[Device]:
+    async def devices_of(self, user_id: bytes, limit: int) -> list[Device]:
         def tx(t: Tx) -> list[Device]:
-            rows = t.all(f"SELECT {_DEVICE} FROM devices WHERE user_id = ? ORDER BY device_id", user_id)
+            rows = t.all(f"SELECT {_DEVICE} FROM devices WHERE user_id = ? ORDER BY device_id LIMIT ?", user_id, limit)
             return [_device(row) for row in rows]
 
         return await self._db.read(tx)
