@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import wire
 from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized, unavailable
-from .fanout import Subscription, dumps, entry_frame, error_frame
+from .fanout import Joined, Subscription, dumps, entry_frame, error_frame, removed_frame
 from .notify import device_key
 from .relay import Relay, now_ms
 from .routes import GROUP_ID, client_address, device_of_token, header_token
@@ -353,9 +353,9 @@ class Connection:
             return True
         if page.removed_seq is not None:
             self._drop(sub)
-            await self.put(dumps({"type": "removed", "group_id": sub.tag, "removed_at": page.removed_seq}))
+            await self.put(removed_frame(sub.tag, page.removed_seq))
             return False
-        return not self.relay.fanout.join(sub)
+        return self.relay.fanout.join(sub) is Joined.BEHIND
 
     async def _pump(self) -> None:
         while True:
