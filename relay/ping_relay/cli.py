@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import Config, Limits
+from .connections import Deadlines, guarded_protocol
 from .headers import SecurityHeaders
 from .static import WithStatic, parse_mount
 
@@ -93,16 +94,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
+    lim = config.limits
     uvicorn.run(
         SecurityHeaders(WithStatic(app, mounts, args.index, origin=config.public_origin) if mounts else app),
         host=config.host,
         port=config.port,
-        http="httptools",
+        http=guarded_protocol(Deadlines(lim.header_timeout, lim.body_timeout, lim.max_connections)),
         loop="uvloop",
         ws="websockets-sansio",
-        ws_max_size=config.limits.ws_max_frame_bytes,
-        ws_ping_interval=config.limits.ws_ping_interval,
-        ws_ping_timeout=config.limits.ws_ping_interval,
+        ws_max_size=lim.ws_max_frame_bytes,
+        ws_ping_interval=lim.ws_ping_interval,
+        ws_ping_timeout=lim.ws_ping_interval,
         ws_per_message_deflate=False,
         lifespan="on",
         proxy_headers=bool(config.trusted_proxies),

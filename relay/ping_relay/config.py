@@ -55,6 +55,14 @@ class Limits:
     """Seconds the queue may stay full before the connection is closed as a slow consumer (4408)."""
     ws_max_subscriptions: int = 1000
     ws_ping_interval: float = 20.0
+    header_timeout: float = 10.0
+    """Seconds a request's headers may take, from the connection or the request's first byte
+    (408, closed)."""
+    body_timeout: float = 30.0
+    """Seconds a request's body may take after its headers (408, closed)."""
+    max_connections: int = 4096
+    """Open connections (HTTP and WebSocket) per process; more are answered 503. Keep it
+    below the process's open-file limit (``ulimit -n``)."""
 
 
 @dataclass(frozen=True, slots=True)

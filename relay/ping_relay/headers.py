@@ -20,7 +20,7 @@ PAGE_POLICY: Final = (
     " img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none';"
     " frame-ancestors 'none'"
 )
-_COMMON: Final = (
+COMMON_HEADERS: Final = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
@@ -50,7 +50,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _REPLACED]
-                message = dict(message, headers=[*headers, *_COMMON, (b"content-security-policy", policy)])
+                message = dict(message, headers=[*headers, *COMMON_HEADERS, (b"content-security-policy", policy)])
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.routing import Route
 
 from ping_web.core.envelope import MessageKind
@@ -108,11 +108,14 @@ async def read_body(request: Request, relay: Relay) -> bytes:
             raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut by the body deadline (connections.py): nobody reads a reply
+        raise refuse(408, "request_timeout", "the request's body did not arrive") from None
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise refuse(415, "unsupported_media_type", "send Content-Type: application/json")
@@ -196,6 +199,9 @@ async def info(request: Request) -> JsonReply:
                 "ws_send_timeout_ms": int(lim.ws_send_timeout * 1000),
                 "ws_max_subscriptions": lim.ws_max_subscriptions,
                 "ws_ping_interval_ms": int(lim.ws_ping_interval * 1000),
+                "header_timeout_ms": int(lim.header_timeout * 1000),
+                "body_timeout_ms": int(lim.body_timeout * 1000),
+                "max_connections": lim.max_connections,
             },
         }
     )
