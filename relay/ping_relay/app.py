@@ -73,16 +73,25 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return reply({"error": "internal", "detail": "internal error"}, 500)
 
 
-async def _prune_forever(relay: Relay) -> None:
+async def _maintain_forever(relay: Relay) -> None:
+    """Every ``--prune-interval``: prune the log (when retention is on), delete expired
+    Welcomes (``--welcome-ttl``), and drop rate buckets that are full again."""
     config = relay.config
     while True:
         await asyncio.sleep(config.prune_interval)
+        now = now_ms()
         try:
-            deleted = await relay.store.prune(
-                now_ms(), int(config.retention_seconds * 1000), int(config.max_retention_seconds * 1000)
-            )
-            if deleted:
-                log.info("pruned %d log entries", deleted)
+            if config.prunes:
+                deleted = await relay.store.prune(
+                    now, int(config.retention_seconds * 1000), int(config.max_retention_seconds * 1000)
+                )
+                if deleted:
+                    log.info("pruned %d log entries", deleted)
+            if config.welcome_ttl_seconds > 0:
+                expired = await relay.store.prune_welcomes(now - int(config.welcome_ttl_seconds * 1000))
+                if expired:
+                    log.info("deleted %d expired Welcomes", expired)
+            await relay.store.sweep_buckets(now)
         except Exception:
             log.exception("pruning failed")
 
@@ -118,7 +127,7 @@ async def _recheck_forever(relay: Relay) -> None:
 def create_app(config: Config) -> Starlette:
     notifier = Notifier()
     lim = config.limits
-    store = SqlStore(open_backend(config, notifier), lim.rate_per_second, lim.rate_burst)
+    store = SqlStore(open_backend(config, notifier), lim)
     relay = Relay(
         config=config,
         store=store,
@@ -134,8 +143,8 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         tasks: list[asyncio.Task[None]] = []
+        tasks.append(asyncio.create_task(_maintain_forever(relay)))
         if config.prunes:
-            tasks.append(asyncio.create_task(_prune_forever(relay)))
             tasks.append(asyncio.create_task(_flush_cursors_forever(relay)))
         if config.recheck_interval > 0:
             tasks.append(asyncio.create_task(_recheck_forever(relay)))

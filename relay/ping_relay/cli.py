@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-retention", type=float, default=0.0, metavar="SECONDS", help="prune every log entry older than this"
     )
+    p.add_argument(
+        "--welcome-ttl",
+        type=float,
+        default=defaults.welcome_ttl_seconds,
+        metavar="SECONDS",
+        help="delete Welcomes not acknowledged within this (0: never)",
+    )
     p.add_argument("--prune-interval", type=float, default=defaults.prune_interval, metavar="SECONDS")
     p.add_argument("--cursor-flush-interval", type=float, default=defaults.cursor_flush_interval, metavar="SECONDS")
     p.add_argument("--recheck-interval", type=float, default=defaults.recheck_interval, metavar="SECONDS")
@@ -74,6 +81,7 @@ def _config(args: argparse.Namespace) -> Config:
         token_ttl=args.token_ttl,
         retention_seconds=args.retention,
         max_retention_seconds=args.max_retention,
+        welcome_ttl_seconds=args.welcome_ttl,
         prune_interval=args.prune_interval,
         cursor_flush_interval=args.cursor_flush_interval,
         recheck_interval=args.recheck_interval,

@@ -24,6 +24,31 @@ class Limits:
     max_key_packages_per_request: int = 100
     max_key_packages_stored: int = 1000
     """Per device, not counting its last-resort KeyPackage."""
+    claim_rate_per_target: float = 0.05
+    """Sustained KeyPackage claims per second of one device's KeyPackages, by all claimers
+    together (3 a minute); past it and the burst, 429 ``claims_limited``."""
+    claim_burst_per_target: int = 30
+    claim_rate_per_pair: float = 0.01
+    """Sustained claims per second by one device of another's KeyPackages (one per 100 s)."""
+    claim_burst_per_pair: int = 5
+    last_resort_rate: float = 1 / 600
+    """Sustained hand-outs per second of one device's last-resort KeyPackage (one per 10 min)."""
+    last_resort_burst: int = 3
+    key_packages_low: int = 3
+    """A device that has published KeyPackages and has fewer regular ones left is told so on
+    its stream (ping_web publishes 5 at a time)."""
+    max_welcome_bytes: int = 1024 * 1024
+    """Largest Welcome envelope (a commit's ``welcome.envelope``)."""
+    max_mailbox_welcomes: int = 100
+    """Welcomes waiting in one device's mailbox; a commit adding a device with a full
+    mailbox is refused (409 ``mailbox_full``)."""
+    max_mailbox_bytes: int = 16 * MIB
+    """Bytes of Welcomes waiting in one device's mailbox."""
+    max_device_bytes: int = 256 * MIB
+    """Log bytes (envelopes) one device's posts and commits hold, in every group; pruning
+    frees them (409 ``quota_exceeded``, scope ``device``)."""
+    max_group_bytes: int = 1024 * MIB
+    """Log bytes one group holds (409 ``quota_exceeded``, scope ``group``)."""
     max_devices_per_user: int = 100
     """Devices registered under one user id (the ``GET /v1/users/{u}/devices`` list)."""
     max_roster_devices: int = 1000
@@ -80,6 +105,8 @@ class Config:
     it) older than this are pruned (0: never)."""
     max_retention_seconds: float = 0.0
     """Every log entry older than this is pruned, acknowledged or not (0: never)."""
+    welcome_ttl_seconds: float = 30 * 24 * 3600.0
+    """Welcomes not acknowledged within this are deleted (0: kept until acknowledged)."""
     prune_interval: float = 60.0
     cursor_flush_interval: float = 1.0
     """How often the cursors devices reported are written to the database (retention on)."""

@@ -174,12 +174,26 @@ async def info(request: Request) -> JsonReply:
             "challenge_ttl_ms": int(c.challenge_ttl * 1000),
             "token_ttl_ms": int(c.token_ttl * 1000),
             "retention_ms": int(c.retention_seconds * 1000),
+            "max_retention_ms": int(c.max_retention_seconds * 1000),
+            "welcome_ttl_ms": int(c.welcome_ttl_seconds * 1000),
             "limits": {
                 "max_body_bytes": lim.max_body_bytes,
                 "max_envelope_bytes": lim.max_envelope_bytes,
                 "max_key_package_bytes": lim.max_key_package_bytes,
                 "max_key_packages_per_request": lim.max_key_packages_per_request,
                 "max_key_packages_stored": lim.max_key_packages_stored,
+                "claim_rate_per_target": lim.claim_rate_per_target,
+                "claim_burst_per_target": lim.claim_burst_per_target,
+                "claim_rate_per_pair": lim.claim_rate_per_pair,
+                "claim_burst_per_pair": lim.claim_burst_per_pair,
+                "last_resort_rate": lim.last_resort_rate,
+                "last_resort_burst": lim.last_resort_burst,
+                "key_packages_low": lim.key_packages_low,
+                "max_welcome_bytes": lim.max_welcome_bytes,
+                "max_mailbox_welcomes": lim.max_mailbox_welcomes,
+                "max_mailbox_bytes": lim.max_mailbox_bytes,
+                "max_device_bytes": lim.max_device_bytes,
+                "max_group_bytes": lim.max_group_bytes,
                 "max_devices_per_user": lim.max_devices_per_user,
                 "max_roster_devices": lim.max_roster_devices,
                 "max_ack_ids": lim.max_ack_ids,
@@ -341,8 +355,6 @@ async def claim_key_package(request: Request) -> JsonReply:
     target = path_id(request, "device_id", DEVICE_ID)
     await json_body(request, relay, required=())
     claimed = await relay.store.claim_key_package(target, device.device_id, now_ms())
-    if claimed is None:
-        raise not_found("no_key_package", "this device has no KeyPackage left")
     return ok({"key_package": wire.b64e(claimed.key_package), "last_resort": claimed.last_resort})
 
 
@@ -430,7 +442,8 @@ async def post_commit(request: Request) -> JsonReply:
         if not isinstance(body["welcome"], dict):
             raise bad_request("bad_field", "welcome: expected an object or null", field="welcome")
         item = wire.parse_object_value(body["welcome"], "welcome", required=("envelope", "joiners"))
-        welcome = wire.envelope(item["envelope"], "welcome.envelope", max_bytes=lim.max_envelope_bytes)
+        welcome_limit = min(lim.max_envelope_bytes, lim.max_welcome_bytes)
+        welcome = wire.envelope(item["envelope"], "welcome.envelope", max_bytes=welcome_limit)
         joiners = wire.id_list(item["joiners"], "welcome.joiners", size=DEVICE_ID, most=lim.max_roster_devices)
         if (
             welcome.kind is not MessageKind.WELCOME
@@ -483,8 +496,13 @@ async def welcomes(request: Request) -> JsonReply:
     limit = wire.query_uint(
         request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
     )
-    items = await relay.store.welcomes(device.device_id, after, limit)
-    return ok({"welcomes": [welcome_json(w.id, w.group_id, w.commit_seq, w.envelope) for w in items]})
+    page = await relay.store.welcomes(device.device_id, after, limit, lim.page_max_bytes)
+    return ok(
+        {
+            "welcomes": [welcome_json(w.id, w.group_id, w.commit_seq, w.envelope) for w in page.welcomes],
+            "more": page.more,
+        }
+    )
 
 
 def welcome_json(welcome_id: int, group_id: bytes, commit_seq: int, envelope: bytes) -> dict[str, JsonValue]:

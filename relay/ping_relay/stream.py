@@ -30,7 +30,7 @@ from .fanout import Joined, Subscription, dumps, entry_frame, error_frame, remov
 from .notify import device_key
 from .relay import Relay, now_ms
 from .routes import GROUP_ID, client_address, device_of_token, header_token
-from .storage import Device
+from .storage import Device, KeyPackageCount
 
 SUBPROTOCOL: Final = "ping-relay.v1"
 BEARER_PREFIX: Final = "bearer."
@@ -119,6 +119,8 @@ class Connection:
         """The device's key was woken: Welcomes, or another stream of the device."""
         self.finals: deque[str] = deque()
         self.welcomes_sent: set[int] = set()
+        self.key_packages_told: KeyPackageCount | None = None
+        """The KeyPackage counts last sent in a ``key_packages_low`` frame."""
         self.replaced = asyncio.Event()
         self.owner = os.urandom(16)
         """This connection's id in the database's ``streams`` table."""
@@ -315,19 +317,47 @@ class Connection:
             raise _Close(CLOSE_REPLACED, "replaced")
 
     async def _welcomes(self) -> None:
+        """Send the device's unacknowledged Welcomes this connection has not sent yet, read
+        in pages bounded in count and bytes (each waits for room in the send queue)."""
         lim = self.relay.config.limits
-        for item in await self.relay.store.welcomes(self.device.device_id, 0, lim.page_max_entries):
-            if item.id in self.welcomes_sent:
-                continue
-            self.welcomes_sent.add(item.id)
-            frame: dict[str, JsonValue] = {
-                "type": "welcome",
-                "id": item.id,
-                "group_id": wire.b64e(item.group_id),
-                "commit_seq": item.commit_seq,
-                "envelope": wire.b64e(item.envelope),
-            }
-            await self.put(dumps(frame))
+        after = 0
+        while True:
+            page = await self.relay.store.welcomes(
+                self.device.device_id, after, lim.page_max_entries, lim.page_max_bytes, frozenset(self.welcomes_sent)
+            )
+            for item in page.welcomes:
+                self.welcomes_sent.add(item.id)
+                frame: dict[str, JsonValue] = {
+                    "type": "welcome",
+                    "id": item.id,
+                    "group_id": wire.b64e(item.group_id),
+                    "commit_seq": item.commit_seq,
+                    "envelope": wire.b64e(item.envelope),
+                }
+                await self.put(dumps(frame))
+            if not page.more:
+                return
+            after = page.last_id
+
+    async def _key_packages_low(self) -> None:
+        """Tell a device that publishes KeyPackages when its regular ones run low (once per
+        change of its counts on this connection), so that it publishes more."""
+        threshold = self.relay.config.limits.key_packages_low
+        count = await self.relay.store.count_key_packages(self.device.device_id)
+        if count.available >= threshold or not count.published:
+            self.key_packages_told = None
+            return
+        if count == self.key_packages_told:
+            return
+        self.key_packages_told = count
+        frame: dict[str, JsonValue] = {
+            "type": "key_packages_low",
+            "available": count.available,
+            "last_resort": count.last_resort,
+            "last_resort_claims": count.last_resort_claims,
+            "threshold": threshold,
+        }
+        await self.put(dumps(frame))
 
     async def _catch_up(self, sub: Subscription) -> bool:
         """Read and queue the entries after ``sub``'s cursor; join the feed once caught up.
@@ -365,6 +395,7 @@ class Connection:
                     self.device_wake.clear()
                     await self._check_owner()
                     await self._welcomes()
+                    await self._key_packages_low()
                 while self.finals:
                     await self.put(self.finals.popleft())
                 busy = False

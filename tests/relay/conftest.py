@@ -29,6 +29,9 @@ FAST = [
     "--rate-per-second", "100000", "--rate-burst", "100000",
     "--anon-rate-per-second", "100000", "--anon-burst", "100000",
     "--auth-failure-rate-per-second", "100000", "--auth-failure-burst", "100000",
+    "--claim-rate-per-target", "100000", "--claim-burst-per-target", "100000",
+    "--claim-rate-per-pair", "100000", "--claim-burst-per-pair", "100000",
+    "--last-resort-rate", "100000", "--last-resort-burst", "100000",
 ]  # fmt: skip
 
 
