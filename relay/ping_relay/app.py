@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from .budget import BodyBudget
 from .config import Config
 from .errors import RelayError
 from .fanout import Fanout
@@ -135,6 +136,7 @@ def create_app(config: Config) -> Starlette:
         device_limiter=RateLimiter(lim.rate_per_second, lim.rate_burst),
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
         auth_failures=RateLimiter(lim.auth_failure_rate_per_second, lim.auth_failure_burst),
+        bodies=BodyBudget(lim.body_bytes_in_flight, lim.body_bytes_in_flight_per_client),
         fanout=Fanout(store, notifier, lim),
         cursors=CursorBook(config.prunes),
     )

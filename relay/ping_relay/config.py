@@ -85,6 +85,11 @@ class Limits:
     (408, closed)."""
     body_timeout: float = 30.0
     """Seconds a request's body may take after its headers (408, closed)."""
+    body_bytes_in_flight: int = 64 * MIB
+    """Request-body bytes a process receives at once, from all clients (503 ``busy``)."""
+    body_bytes_in_flight_per_client: int = 8 * MIB
+    """Request-body bytes one device, or one address before it logs in, sends at once (429
+    ``uploads_limited``): two bodies of ``max_body_bytes``."""
     max_connections: int = 4096
     """Open connections (HTTP and WebSocket) per process; more are answered 503. Keep it
     below the process's open-file limit (``ulimit -n``)."""

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
+from .budget import BodyBudget
 from .config import Config
 from .notify import Notifier
 from .ratelimit import RateLimiter
@@ -86,6 +87,8 @@ class Relay:
     anon_limiter: RateLimiter
     auth_failures: RateLimiter
     """Failed authentications per client address."""
+    bodies: BodyBudget
+    """Request-body bytes being received, per client and in all."""
     fanout: Fanout
     tokens: TokenCache = field(default_factory=TokenCache)
     cursors: CursorBook = field(default_factory=lambda: CursorBook(False))

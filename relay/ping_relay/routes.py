@@ -38,8 +38,13 @@ def client_address(connection: HTTPConnection) -> str:
     return connection.client.host if connection.client else "?"
 
 
+def anonymous(request: Request) -> tuple[str, str]:
+    """The key of an unauthenticated client (its address) in per-client limits."""
+    return ("anon", client_address(request))
+
+
 def limit_anonymous(request: Request, relay: Relay) -> None:
-    retry = relay.anon_limiter.take(("anon", client_address(request)))
+    retry = relay.anon_limiter.take(anonymous(request))
     if retry is not None:
         raise rate_limited(retry)
 
@@ -98,7 +103,9 @@ async def device_of_token(text: str, relay: Relay, address: str) -> tuple[Device
     return device, expires_at_ms
 
 
-async def read_body(request: Request, relay: Relay) -> bytes:
+async def read_body(request: Request, relay: Relay, client: object) -> bytes:
+    """The request's body: at most ``max_body_bytes`` (413), counted against ``client``'s
+    and the process's bodies in flight while it is received (``budget.py``)."""
     limit = relay.config.limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -106,6 +113,9 @@ async def read_body(request: Request, relay: Relay) -> bytes:
             raise bad_request("bad_header", "Content-Length is not a number")
         if int(declared) > limit:
             raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
+    budget = relay.bodies
+    counted = int(declared) if declared is not None else 0
+    budget.take(client, counted)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -113,9 +123,14 @@ async def read_body(request: Request, relay: Relay) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
+            if size > counted:  # chunked, or longer than declared
+                budget.take(client, size - counted)
+                counted = size
             chunks.append(chunk)
     except ClientDisconnect:  # gone, or cut by the body deadline (connections.py): nobody reads a reply
         raise refuse(408, "request_timeout", "the request's body did not arrive") from None
+    finally:
+        budget.give_back(client, counted)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise refuse(415, "unsupported_media_type", "send Content-Type: application/json")
@@ -123,9 +138,9 @@ async def read_body(request: Request, relay: Relay) -> bytes:
 
 
 async def json_body(
-    request: Request, relay: Relay, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    request: Request, relay: Relay, client: object, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    return wire.parse_object(await read_body(request, relay), required=required, optional=optional)
+    return wire.parse_object(await read_body(request, relay, client), required=required, optional=optional)
 
 
 def path_id(request: Request, name: str, size: int) -> bytes:
@@ -216,6 +231,8 @@ async def info(request: Request) -> JsonReply:
                 "header_timeout_ms": int(lim.header_timeout * 1000),
                 "body_timeout_ms": int(lim.body_timeout * 1000),
                 "max_connections": lim.max_connections,
+                "body_bytes_in_flight": lim.body_bytes_in_flight,
+                "body_bytes_in_flight_per_client": lim.body_bytes_in_flight_per_client,
             },
         }
     )
@@ -224,7 +241,9 @@ async def info(request: Request) -> JsonReply:
 async def register(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
-    body = await json_body(request, relay, required=("user_id", "device_id", "signature_public_key", "signature"))
+    body = await json_body(
+        request, relay, anonymous(request), required=("user_id", "device_id", "signature_public_key", "signature")
+    )
     user_id = wire.b64d(body["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     public_key = wire.b64d(body["signature_public_key"], "signature_public_key", size=auth.PUBLIC_KEY_SIZE)
@@ -247,7 +266,7 @@ async def register(request: Request) -> JsonReply:
 async def challenge(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
-    body = await json_body(request, relay, required=("device_id",))
+    body = await json_body(request, relay, anonymous(request), required=("device_id",))
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     if await relay.store.get_device(device_id) is None:
         raise unauthorized("unknown_device", "no device with this id is registered")
@@ -262,7 +281,7 @@ async def token(request: Request) -> JsonReply:
     relay = relay_of(request)
     limit_anonymous(request, relay)
     address = client_address(request)
-    body = await json_body(request, relay, required=("device_id", "challenge", "signature"))
+    body = await json_body(request, relay, anonymous(request), required=("device_id", "challenge", "signature"))
     device_id = wire.b64d(body["device_id"], "device_id", size=DEVICE_ID)
     secret = wire.b64d(body["challenge"], "challenge", size=auth.SECRET_SIZE)
     signature = wire.b64d(body["signature"], "signature", size=auth.SIGNATURE_SIZE)
@@ -315,7 +334,7 @@ async def user_devices(request: Request) -> JsonReply:
 async def publish_key_packages(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
-    body = await json_body(request, relay, required=("key_packages",), optional=("last_resort",))
+    body = await json_body(request, relay, device.device_id, required=("key_packages",), optional=("last_resort",))
     lim = relay.config.limits
     items = body["key_packages"]
     if not isinstance(items, list):
@@ -353,7 +372,7 @@ async def claim_key_package(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     target = path_id(request, "device_id", DEVICE_ID)
-    await json_body(request, relay, required=())
+    await json_body(request, relay, device.device_id, required=())
     claimed = await relay.store.claim_key_package(target, device.device_id, now_ms())
     return ok({"key_package": wire.b64e(claimed.key_package), "last_resort": claimed.last_resort})
 
@@ -364,7 +383,7 @@ async def claim_key_package(request: Request) -> JsonReply:
 async def create_group(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
-    body = await json_body(request, relay, required=("group_id",))
+    body = await json_body(request, relay, device.device_id, required=("group_id",))
     group_id = wire.b64d(body["group_id"], "group_id", size=GROUP_ID)
     created = await relay.store.create_group(group_id, device.device_id, now_ms())
     return ok({"group_id": wire.b64e(group_id), "created": created})
@@ -394,7 +413,7 @@ async def post_message(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
-    body = await json_body(request, relay, required=("envelope",))
+    body = await json_body(request, relay, device.device_id, required=("envelope",))
     envelope = wire.envelope(body["envelope"], "envelope", max_bytes=relay.config.limits.max_envelope_bytes)
     if envelope.kind is MessageKind.COMMIT:
         raise bad_request("wrong_kind", "commits go to POST /v1/groups/{group_id}/commits", field="envelope")
@@ -413,7 +432,7 @@ async def post_commit(request: Request) -> JsonReply:
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
     lim = relay.config.limits
-    body = await json_body(request, relay, required=("commit", "welcome", "roster"))
+    body = await json_body(request, relay, device.device_id, required=("commit", "welcome", "roster"))
     commit = wire.envelope(body["commit"], "commit", max_bytes=lim.max_envelope_bytes)
     if commit.kind is not MessageKind.COMMIT:
         raise bad_request("wrong_kind", "commit: not a commit envelope", field="commit")
@@ -517,7 +536,7 @@ def welcome_json(welcome_id: int, group_id: bytes, commit_seq: int, envelope: by
 async def ack_welcomes(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
-    body = await json_body(request, relay, required=("ids",))
+    body = await json_body(request, relay, device.device_id, required=("ids",))
     ids = body["ids"]
     most = relay.config.limits.max_ack_ids
     if not isinstance(ids, list) or not ids:

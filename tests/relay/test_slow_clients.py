@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from relay_client import Device
+from relay_client import Device, b64e
 
 HANG_GUARD = 30.0  # seconds: only so that a relay that never closes fails instead of hanging
 
@@ -106,3 +106,40 @@ def test_malformed_http_gets_a_json_400(relay) -> None:
     assert (status, body["error"]) == (400, "malformed_request"), body
     assert headers["x-content-type-options"] == "nosniff"
     s.close()
+
+
+def test_request_bodies_in_flight_are_bounded(spawn) -> None:
+    """One device sending big bodies slowly, many at once, holds at most its share of the
+    relay's memory; another device's requests go on; past the process's budget, 503."""
+    relay = spawn(
+        "--body-timeout", "60", "--body-bytes-in-flight-per-client", "9000000", "--body-bytes-in-flight", "20000000"
+    )  # fmt: skip
+    mallory, honest = Device(relay.url).setup(), Device(relay.url).setup()
+    group = mallory.create_group()
+    path = f"/v1/groups/{b64e(group)}/messages"
+
+    def slow_upload(device: Device) -> socket.socket:
+        s = open_socket(relay.port)
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: relay.test\r\nAuthorization: Bearer {device.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {4 * 1024 * 1024}\r\n\r\n".encode()
+            + b'{"envelope": "AAAA'
+        )
+        return s
+
+    held = [slow_upload(mallory), slow_upload(mallory)]  # 8 MiB declared: its share
+    third = slow_upload(mallory)
+    status, headers, body = json_reply(read_until_closed(third))
+    assert (status, body["error"]) == (429, "uploads_limited"), body
+    assert headers["retry-after"] == "1"
+    assert honest.call("GET", "/v1/key-packages").status_code == 200
+    others = [Device(relay.url).setup() for _ in range(3)]
+    held += [slow_upload(others[0]), slow_upload(others[0]), slow_upload(others[1])]  # 20 MiB in all
+    status, _, body = json_reply(read_until_closed(slow_upload(others[2])))
+    assert (status, body["error"]) == (503, "busy"), body
+    for s in held:
+        s.close()
+    time.sleep(0.3)  # the relay sees them gone and gives their bytes back
+    assert mallory.post(group, mallory.application(group, 0)).status_code == 200
+    for d in (mallory, honest, *others):
+        d.close()
