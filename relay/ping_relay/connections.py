@@ -7,6 +7,8 @@ sends nothing, half a request line, or headers and part of a body, holds its con
 * the request's headers must be complete within ``header_timeout`` of the connection or
   of the request's first byte, its body within ``body_timeout`` of its headers; otherwise
   the relay answers ``408 request_timeout`` (when it has not started a reply) and closes;
+* a reply the client has not read within ``body_timeout`` of its end (a page of up to
+  ``page_max_bytes`` left in the socket's buffer) is dropped with the connection;
 * over ``max_connections`` open connections (HTTP and WebSocket) in this process, a new
   one is answered ``503 too_many_connections`` with ``Retry-After`` and closed;
 * a request httptools cannot parse gets a JSON ``400 malformed_request``, with the same
@@ -60,6 +62,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._drain: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -70,7 +73,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._drain is not None:
+            self._drain.cancel()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._drain is None and self.transport.get_write_buffer_size() > 0:
+            self._drain = self.loop.call_later(self.deadlines.body_timeout, self._drop_if_unread)
+
+    def _drop_if_unread(self) -> None:
+        self._drain = None
+        if self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

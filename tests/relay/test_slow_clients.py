@@ -5,6 +5,7 @@ over the cap is answered 503 at once, and honest requests go on meanwhile."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -143,3 +144,27 @@ def test_request_bodies_in_flight_are_bounded(spawn) -> None:
     assert mallory.post(group, mallory.application(group, 0)).status_code == 200
     for d in (mallory, honest, *others):
         d.close()
+
+
+def test_a_reply_left_unread_is_dropped(spawn) -> None:
+    """A client that asks for a big page and never reads it does not hold it in the relay:
+    the connection is dropped after --body-timeout."""
+    relay = spawn("--body-timeout", "1", "--page-max-bytes", str(8 * 1024 * 1024))
+    alice = Device(relay.url).setup()
+    group = alice.create_group()
+    for _ in range(6):
+        alice.send(group, 0, os.urandom(900 * 1024))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(HANG_GUARD)
+    s.connect(("127.0.0.1", relay.port))
+    s.sendall(
+        f"GET /v1/groups/{b64e(group)}/messages?after=0 HTTP/1.1\r\nHost: relay.test\r\n"
+        f"Authorization: Bearer {alice.token}\r\n\r\n".encode()
+    )
+    time.sleep(3)  # the relay's reply (about 7 MB) waits in its buffer; the deadline passes
+    received = len(read_until_closed(s))
+    s.close()
+    assert received < 6 * 900 * 1024, received  # cut: the rest was dropped, not kept for this reader
+    assert alice.fetch(group).status_code == 200
+    alice.close()
