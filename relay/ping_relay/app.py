@@ -137,6 +137,8 @@ def create_app(config: Config) -> Starlette:
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
         auth_failures=RateLimiter(lim.auth_failure_rate_per_second, lim.auth_failure_burst),
         bodies=BodyBudget(lim.body_bytes_in_flight, lim.body_bytes_in_flight_per_client),
+        uploads=RateLimiter(lim.upload_bytes_per_second, lim.upload_burst_bytes),
+        downloads=RateLimiter(lim.download_bytes_per_second, lim.download_burst_bytes),
         fanout=Fanout(store, notifier, lim),
         cursors=CursorBook(config.prunes),
     )

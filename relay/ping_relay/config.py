@@ -59,6 +59,10 @@ class Limits:
     rate_per_second: float = 50.0
     """Sustained requests per second per authenticated device (HTTP requests and stream frames)."""
     rate_burst: int = 200
+    group_rate_per_second: float = 0.5
+    """Sustained group registrations per second per device (a group is a row kept for good,
+    and each is a write that holds up the others); 429 ``rate_limited``."""
+    group_burst: int = 20
     anon_rate_per_second: float = 20.0
     """Sustained unauthenticated requests per second per client address (register, challenge, token, info)."""
     anon_burst: int = 100
@@ -85,6 +89,16 @@ class Limits:
     (408, closed)."""
     body_timeout: float = 30.0
     """Seconds a request's body may take after its headers (408, closed)."""
+    upload_bytes_per_second: float = 256 * 1024.0
+    """Sustained request-body bytes per second per device (per address before it logs in):
+    decoding base64 JSON costs the process's event loop about 8 ms a megabyte, and a large
+    write holds up the other devices' writes in its transaction; 429 ``rate_limited``."""
+    upload_burst_bytes: int = 4 * MIB
+    """At least ``max_body_bytes``: the largest body must be able to pass."""
+    download_bytes_per_second: float = float(MIB)
+    """Sustained bytes of log and Welcome pages (HTTP) per second per device: encoding them
+    costs the event loop too. A page is charged once built; the next waits (429)."""
+    download_burst_bytes: int = 16 * MIB
     body_bytes_in_flight: int = 64 * MIB
     """Request-body bytes a process receives at once, from all clients (503 ``busy``)."""
     body_bytes_in_flight_per_client: int = 8 * MIB

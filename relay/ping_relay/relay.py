@@ -89,6 +89,10 @@ class Relay:
     """Failed authentications per client address."""
     bodies: BodyBudget
     """Request-body bytes being received, per client and in all."""
+    uploads: RateLimiter
+    """Request-body bytes per client, per second."""
+    downloads: RateLimiter
+    """Bytes of log and Welcome pages per device, per second."""
     fanout: Fanout
     tokens: TokenCache = field(default_factory=TokenCache)
     cursors: CursorBook = field(default_factory=lambda: CursorBook(False))

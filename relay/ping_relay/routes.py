@@ -115,6 +115,7 @@ async def read_body(request: Request, relay: Relay, client: object) -> bytes:
             raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
     budget = relay.bodies
     counted = int(declared) if declared is not None else 0
+    spend_upload(relay, client, counted)
     budget.take(client, counted)
     chunks: list[bytes] = []
     size = 0
@@ -124,6 +125,7 @@ async def read_body(request: Request, relay: Relay, client: object) -> bytes:
             if size > limit:
                 raise refuse(413, "payload_too_large", f"the body is over {limit} bytes", limit=limit)
             if size > counted:  # chunked, or longer than declared
+                spend_upload(relay, client, size - counted)
                 budget.take(client, size - counted)
                 counted = size
             chunks.append(chunk)
@@ -135,6 +137,20 @@ async def read_body(request: Request, relay: Relay, client: object) -> bytes:
     if kind != "application/json":
         raise refuse(415, "unsupported_media_type", "send Content-Type: application/json")
     return b"".join(chunks)
+
+
+def spend_upload(relay: Relay, client: object, size: int) -> None:
+    """Spend ``size`` bytes of the client's upload rate, or 429 (nothing read yet)."""
+    retry = relay.uploads.take(client, cost=float(size)) if size else None
+    if retry is not None:
+        raise rate_limited(retry)
+
+
+def check_download(relay: Relay, client: object) -> None:
+    """429 while the client owes bytes for pages it had (before building another one)."""
+    retry = relay.downloads.peek(client)
+    if retry is not None:
+        raise rate_limited(retry)
 
 
 async def json_body(
@@ -215,6 +231,8 @@ async def info(request: Request) -> JsonReply:
                 "epoch_window": lim.epoch_window,
                 "rate_per_second": lim.rate_per_second,
                 "rate_burst": lim.rate_burst,
+                "group_rate_per_second": lim.group_rate_per_second,
+                "group_burst": lim.group_burst,
                 "anon_rate_per_second": lim.anon_rate_per_second,
                 "anon_burst": lim.anon_burst,
                 "auth_failure_rate_per_second": lim.auth_failure_rate_per_second,
@@ -231,6 +249,10 @@ async def info(request: Request) -> JsonReply:
                 "header_timeout_ms": int(lim.header_timeout * 1000),
                 "body_timeout_ms": int(lim.body_timeout * 1000),
                 "max_connections": lim.max_connections,
+                "upload_bytes_per_second": lim.upload_bytes_per_second,
+                "upload_burst_bytes": lim.upload_burst_bytes,
+                "download_bytes_per_second": lim.download_bytes_per_second,
+                "download_burst_bytes": lim.download_burst_bytes,
                 "body_bytes_in_flight": lim.body_bytes_in_flight,
                 "body_bytes_in_flight_per_client": lim.body_bytes_in_flight_per_client,
             },
@@ -501,7 +523,9 @@ async def fetch(request: Request) -> JsonReply:
     limit = wire.query_uint(
         request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
     )
+    check_download(relay, device.device_id)
     page = await relay.store.read(group_id, device.device_id, after, limit, lim.page_max_bytes)
+    relay.downloads.owe(device.device_id, float(sum(len(e.envelope) for e in page.entries)))
     relay.cursors.report(group_id, device.device_id, after)
     return ok(page_json(page))
 
@@ -515,7 +539,9 @@ async def welcomes(request: Request) -> JsonReply:
     limit = wire.query_uint(
         request.query_params.get("limit"), "limit", default=lim.page_default_entries, lo=1, hi=lim.page_max_entries
     )
+    check_download(relay, device.device_id)
     page = await relay.store.welcomes(device.device_id, after, limit, lim.page_max_bytes)
+    relay.downloads.owe(device.device_id, float(sum(len(w.envelope) for w in page.welcomes)))
     return ok(
         {
             "welcomes": [welcome_json(w.id, w.group_id, w.commit_seq, w.envelope) for w in page.welcomes],

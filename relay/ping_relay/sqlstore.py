@@ -402,6 +402,8 @@ _CLAIM_KEY_PREFIX: Final = {
 }
 """Bucket keys of KeyPackage claims in ``rate_buckets`` (beside the 16-byte device ids):
 the prefix, then the claimer's and the target's device id (pair) or the target's."""
+_GROUP_KEY_PREFIX: Final = b"groups/"
+"""Bucket key of a device's group registrations: the prefix, then its device id."""
 
 
 class SqlStore:
@@ -480,6 +482,7 @@ class SqlStore:
             (lim.claim_rate_per_pair, lim.claim_burst_per_pair),
             (lim.claim_rate_per_target, lim.claim_burst_per_target),
             (lim.last_resort_rate, lim.last_resort_burst),
+            (lim.group_rate_per_second, lim.group_burst),
         ]
         return math.ceil(max((burst / rate for rate, burst in pairs if rate > 0), default=0.0) * 1000)
 
@@ -688,6 +691,11 @@ class SqlStore:
                     return False
                 raise conflict("group_exists", "a group with this id exists")
             self._charge(t, creator, now_ms)
+            retry = self._spend(
+                t, _GROUP_KEY_PREFIX + creator, now_ms, self._limits.group_rate_per_second, self._limits.group_burst
+            )
+            if retry is not None:
+                raise rate_limited(retry)
             t.run(
                 "INSERT INTO conversations (group_id, creator_device, epoch, head_seq, pruned_through, created_at_ms)"
                 " VALUES (?, ?, 0, 0, 0, ?)",

@@ -32,6 +32,9 @@ FAST = [
     "--claim-rate-per-target", "100000", "--claim-burst-per-target", "100000",
     "--claim-rate-per-pair", "100000", "--claim-burst-per-pair", "100000",
     "--last-resort-rate", "100000", "--last-resort-burst", "100000",
+    "--group-rate-per-second", "100000", "--group-burst", "100000",
+    "--upload-bytes-per-second", "1e12", "--upload-burst-bytes", str(10**12),
+    "--download-bytes-per-second", "1e12", "--download-burst-bytes", str(10**12),
 ]  # fmt: skip
 
 
