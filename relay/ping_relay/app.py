@@ -15,7 +15,7 @@ from starlette.routing import WebSocketRoute
 
 from .budget import BodyBudget
 from .config import Config
-from .errors import RelayError
+from .errors import BucketKind, RelayError
 from .fanout import Fanout
 from .notify import Notifier
 from .ratelimit import RateLimiter
@@ -138,6 +138,12 @@ def create_app(config: Config) -> Starlette:
         auth_failures=RateLimiter(lim.auth_failure_rate_per_second, lim.auth_failure_burst),
         bodies=BodyBudget(lim.body_bytes_in_flight, lim.body_bytes_in_flight_per_client),
         uploads=RateLimiter(lim.upload_bytes_per_second, lim.upload_burst_bytes),
+        mirrors={
+            BucketKind.CLAIM_PAIR: RateLimiter(lim.claim_rate_per_pair, lim.claim_burst_per_pair),
+            BucketKind.CLAIM_TARGET: RateLimiter(lim.claim_rate_per_target, lim.claim_burst_per_target),
+            BucketKind.LAST_RESORT: RateLimiter(lim.last_resort_rate, lim.last_resort_burst),
+            BucketKind.GROUPS: RateLimiter(lim.group_rate_per_second, lim.group_burst),
+        },
         downloads=RateLimiter(lim.download_bytes_per_second, lim.download_burst_bytes),
         fanout=Fanout(store, notifier, lim),
         cursors=CursorBook(config.prunes),

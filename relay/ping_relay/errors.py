@@ -99,6 +99,15 @@ class ClaimScope(enum.Enum):
     """Hand-outs of this device's last-resort KeyPackage."""
 
 
+class BucketKind(enum.Enum):
+    """Rate buckets kept in the database (``sqlstore.py``) that a process mirrors in memory."""
+
+    CLAIM_PAIR = "claim_pair"
+    CLAIM_TARGET = "claim_target"
+    LAST_RESORT = "last_resort"
+    GROUPS = "groups"
+
+
 def quota_exceeded(scope: QuotaScope, limit: int) -> RelayError:
     """409: storing this would take the device's or the group's log bytes past ``limit``."""
     whose = "this device's posts" if scope is QuotaScope.DEVICE else "this group's log"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from .budget import BodyBudget
 from .config import Config
+from .errors import BucketKind
 from .notify import Notifier
 from .ratelimit import RateLimiter
 from .storage import Device, Store
@@ -93,6 +94,10 @@ class Relay:
     """Request-body bytes per client, per second."""
     downloads: RateLimiter
     """Bytes of log and Welcome pages per device, per second."""
+    mirrors: dict[BucketKind, RateLimiter]
+    """In-memory copies of database buckets, spent when the database accepted: a request
+    this process already knows the database would refuse is refused without a transaction
+    (the database stays the authority across processes)."""
     fanout: Fanout
     tokens: TokenCache = field(default_factory=TokenCache)
     cursors: CursorBook = field(default_factory=lambda: CursorBook(False))

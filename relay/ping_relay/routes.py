@@ -14,7 +14,19 @@ from starlette.routing import Route
 from ping_web.core.envelope import MessageKind
 
 from . import PROTOCOL_VERSION, __version__, auth, wire
-from .errors import JsonValue, RelayError, bad_request, forbidden, not_found, rate_limited, refuse, unauthorized
+from .errors import (
+    BucketKind,
+    ClaimScope,
+    JsonValue,
+    RelayError,
+    bad_request,
+    claims_limited,
+    forbidden,
+    not_found,
+    rate_limited,
+    refuse,
+    unauthorized,
+)
 from .relay import Relay, now_ms
 from .replies import JsonReply, reply
 from .storage import CommitRequest, Device, KeyPackageCount, Page
@@ -395,7 +407,19 @@ async def claim_key_package(request: Request) -> JsonReply:
     device = await authenticate(request, relay)
     target = path_id(request, "device_id", DEVICE_ID)
     await json_body(request, relay, device.device_id, required=())
+    pair = (device.device_id, target)
+    for kind, key, scope in (
+        (BucketKind.CLAIM_PAIR, pair, ClaimScope.PAIR),
+        (BucketKind.CLAIM_TARGET, target, ClaimScope.TARGET),
+    ):
+        retry = relay.mirrors[kind].peek(key)
+        if retry is not None:
+            raise claims_limited(scope, retry)
     claimed = await relay.store.claim_key_package(target, device.device_id, now_ms())
+    relay.mirrors[BucketKind.CLAIM_PAIR].take(pair)
+    relay.mirrors[BucketKind.CLAIM_TARGET].take(target)
+    if claimed.last_resort:
+        relay.mirrors[BucketKind.LAST_RESORT].take(target)
     return ok({"key_package": wire.b64e(claimed.key_package), "last_resort": claimed.last_resort})
 
 
@@ -407,7 +431,12 @@ async def create_group(request: Request) -> JsonReply:
     device = await authenticate(request, relay)
     body = await json_body(request, relay, device.device_id, required=("group_id",))
     group_id = wire.b64d(body["group_id"], "group_id", size=GROUP_ID)
+    retry = relay.mirrors[BucketKind.GROUPS].peek(device.device_id)
+    if retry is not None:
+        raise rate_limited(retry)
     created = await relay.store.create_group(group_id, device.device_id, now_ms())
+    if created:
+        relay.mirrors[BucketKind.GROUPS].take(device.device_id)
     return ok({"group_id": wire.b64e(group_id), "created": created})
 
 

@@ -35,7 +35,7 @@ HOSTILE_S = float(os.environ.get("PING_RELAY_RESOURCE_SECONDS", "60"))
 ACTIVITIES = os.environ.get("PING_RELAY_RESOURCE_ONLY", "big_posts,welcomes,claims,unread_stream,slow_connections")
 """Diagnostics: run fewer hostile activities, or shorter phases (the test runs them all)."""
 SEND_INTERVAL_S = 0.05  # the honest pair: 20 messages a second
-RSS_BOUND_MIB = 256
+RSS_BOUND_MIB = 160
 BIG = 1_000_000
 SLOW_CONNECTIONS = 200
 
