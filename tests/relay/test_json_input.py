@@ -127,7 +127,7 @@ def _encode(value: Any, ascii_only: bool, nest: int) -> bytes:
     return text.encode("utf-8", "surrogatepass")  # unescaped lone surrogates: not UTF-8
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_arbitrary_json_gets_a_typed_4xx(world, data) -> None:
     relay, endpoints = world

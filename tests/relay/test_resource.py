@@ -213,7 +213,7 @@ class Hostile:
         sock.connect(("127.0.0.1", self.port))
         url = self.url.replace("http://", "ws://") + "/v1/stream"
         subprotocols = [SUBPROTOCOL, f"bearer.{self.mallory.token}"]
-        with connect(url, sock=sock, subprotocols=subprotocols, max_size=None, max_queue=1) as ws:
+        with connect(url, sock=sock, subprotocols=subprotocols, max_size=None, max_queue=1, ping_interval=None) as ws:
             ws.send(json.dumps({"type": "subscribe", "groups": [{"group_id": b64e(self.group), "after": 0}]}))
             try:
                 while not self.stop.wait(1):

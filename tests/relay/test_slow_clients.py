@@ -38,6 +38,26 @@ def read_until_closed(s: socket.socket) -> bytes:
     return reply
 
 
+def read_reply(s: socket.socket) -> bytes:
+    """One reply, by its Content-Length (the relay may keep the connection open after it)."""
+    raw = b""
+    deadline = time.monotonic() + HANG_GUARD
+    while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < _length(raw):
+        assert time.monotonic() < deadline, raw[:200]
+        chunk = s.recv(65536)
+        assert chunk, raw[:200]
+        raw += chunk
+    return raw
+
+
+def _length(raw: bytes) -> int:
+    for line in raw.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def json_reply(raw: bytes) -> tuple[int, dict[str, str], dict]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -130,13 +150,13 @@ def test_request_bodies_in_flight_are_bounded(spawn) -> None:
 
     held = [slow_upload(mallory), slow_upload(mallory)]  # 8 MiB declared: its share
     third = slow_upload(mallory)
-    status, headers, body = json_reply(read_until_closed(third))
+    status, headers, body = json_reply(read_reply(third))
     assert (status, body["error"]) == (429, "uploads_limited"), body
     assert headers["retry-after"] == "1"
     assert honest.call("GET", "/v1/key-packages").status_code == 200
     others = [Device(relay.url).setup() for _ in range(3)]
     held += [slow_upload(others[0]), slow_upload(others[0]), slow_upload(others[1])]  # 20 MiB in all
-    status, _, body = json_reply(read_until_closed(slow_upload(others[2])))
+    status, _, body = json_reply(read_reply(slow_upload(others[2])))
     assert (status, body["error"]) == (503, "busy"), body
     for s in held:
         s.close()
