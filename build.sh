@@ -371,8 +371,12 @@ run_bench_relay() {
 # PING_WEB_RELAY_DB names another file) also serves web/ and dist/pyodide/, so the page,
 # its worker and the relay share one origin. PING_WEB_HOST=0.0.0.0 listens on every
 # interface; PING_WEB_ORIGIN is the URL browsers open (bound into the devices' signatures).
+# Retention (docs/relay.md section 7.7): log entries every member has read are pruned after
+# PING_WEB_RETENTION seconds (7 days), every entry after PING_WEB_MAX_RETENTION (30 days).
 SERVE_PORT="${PING_WEB_PORT:-8000}"
 SERVE_HOST="${PING_WEB_HOST:-127.0.0.1}"
+SERVE_RETENTION="${PING_WEB_RETENTION:-604800}"
+SERVE_MAX_RETENTION="${PING_WEB_MAX_RETENTION:-2592000}"
 
 run_serve() {
   ensure_relay
@@ -382,6 +386,7 @@ run_serve() {
   step "Serving the demo and its relay: open $origin/web/ (relay database $db; Ctrl-C to stop)"
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m ping_relay --db "sqlite:///$db" \
     --host "$SERVE_HOST" --port "$SERVE_PORT" --origin "$origin" --index /web/ \
+    --retention "$SERVE_RETENTION" --max-retention "$SERVE_MAX_RETENTION" \
     --static "/web=$ROOT/web" --static "/dist/pyodide=$DIST/pyodide"
 }
 

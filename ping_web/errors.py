@@ -110,6 +110,22 @@ class DeliveryUnavailable(PingError):
     was not handed over; retry with ``sync()`` once the service is back."""
 
 
+class RateLimited(DeliveryUnavailable):
+    """The delivery service refused for now: this device, its address, or the device whose
+    KeyPackage it claims is over a rate. ``retry_after_s`` says when to try again; nothing
+    was changed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(StateConflict):
+    """The delivery service holds as much as it allows for this device, conversation or user
+    (a storage quota, the devices of one user). Nothing was stored; the message says what
+    frees room (the relay's pruning, or its operator)."""
+
+
 class CommitRefused(StateConflict):
     """The delivery service refused a commit for a reason other than a lost race for the
     epoch (its roster names a device it does not know, or one already in or out of the

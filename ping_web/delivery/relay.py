@@ -15,9 +15,14 @@ origin: by default the origin of ``url``; pass ``origin`` when the relay runs wi
 ``--origin`` other than the URL this device reaches it by.
 
 **Requests.** Each call is one relay request (a fetch follows ``more``). Without an answer
-(network down, relay restarting) or on ``5xx``/``429``, a request is repeated with jittered
-backoff for up to ``retry_for_s`` seconds, then :class:`~ping_web.delivery.DeliveryUnavailable`
-is raised; while the relay is known to be unreachable (state ``offline``) it is tried once.
+(network down, relay restarting) or on ``5xx``/``408``/``429``, a request is repeated with
+jittered backoff for up to ``retry_for_s`` seconds, then :class:`~ping_web.delivery.DeliveryUnavailable`
+is raised (:class:`~ping_web.errors.RateLimited`, with ``retry_after_s``, for a ``429``); while
+the relay is known to be unreachable (state ``offline``) it is tried once. The relay's limits
+map to typed errors that say what to do: a storage quota or the devices of one user to
+:class:`~ping_web.errors.QuotaExceeded`, a seq the relay already holds other bytes for to
+:class:`~ping_web.errors.RejoinRequired`, a commit's full mailbox or oversized Welcome to
+:class:`~ping_web.errors.CommitRefused`.
 Repeating is safe: posts and commits are deduplicated by the relay on (sender, seq), so a
 post whose reply was lost is answered with its original seq; registration, group creation,
 publishing and acknowledging are idempotent. Posts of one conversation go out one at a
@@ -87,6 +92,9 @@ from ping_web.errors import (
     LinkFailed,
     NotAMember,
     PingError,
+    QuotaExceeded,
+    RateLimited,
+    RejoinRequired,
     StateConflict,
     UnknownConversation,
 )
@@ -294,8 +302,8 @@ class RelayDelivery:
             refusal = exc.refusal
             if refusal.error == "stale_commit":
                 return False
-            if refusal.status == 409 or refusal.error in ("bad_roster", "welcome_mismatch"):
-                raise CommitRefused(f"the relay refused this commit as a whole: {refusal.describe()}") from None
+            if refusal.status == 409 or refusal.error in ("bad_roster", "welcome_mismatch", "envelope_too_large"):
+                raise CommitRefused(_commit_refusal(refusal)) from None
             self._refused(refusal, "the commit")
         return True
 
@@ -340,7 +348,7 @@ class RelayDelivery:
                 self._welcomes_seen.add(welcome_id)
                 envelopes.append(envelope)
                 after = max(after, welcome_id)
-            if len(items) < PAGE_LIMIT:
+            if not reply.get("more", len(items) == PAGE_LIMIT):  # pages are cut by bytes too
                 return envelopes
 
     async def ack_welcomes(self, device_id: DeviceId, welcomes: list[bytes]) -> None:
@@ -521,8 +529,8 @@ class RelayDelivery:
                     if loop.time() + wait <= deadline:
                         await asyncio.sleep(wait)
                         continue
-                    raise DeliveryUnavailable(f"the relay is rate limiting this device; retry in {wait:g} s")
-                if response.status < 500:
+                    raise RateLimited(_rate_limit_message(refusal, wait), wait)
+                if response.status < 500 and response.status != 408:  # 408: the request was cut; repeat it
                     raise _Refused(refusal)
                 problem = f"the relay failed: {refusal.describe()}"
             delay = backoff.next_delay()
@@ -601,6 +609,11 @@ class RelayDelivery:
                 ) from None
             if exc.refusal.error == "device_revoked":
                 raise StateConflict("this device was revoked from its user's device list") from None
+            if exc.refusal.error == "too_many_devices":
+                raise QuotaExceeded(
+                    f"the relay allows {exc.refusal.data.get('limit')} devices per user and this user has them all; "
+                    "register this device under another user id, or ask the relay's operator"
+                ) from None
             if exc.refusal.error == "invalid_signature":
                 raise StateConflict(
                     f"the relay refused this device's registration signature: it signs for origin {self.origin}; "
@@ -724,6 +737,16 @@ class RelayDelivery:
             raise NotAMember(message)
         if refusal.error == "unknown_group":
             raise UnknownConversation(message)
+        if refusal.error == "quota_exceeded":
+            raise QuotaExceeded(
+                f"{message}; the message stays in the outbox: it is posted by a later sync() once the relay "
+                "has pruned what every member has read (or its operator raised the quota)"
+            )
+        if refusal.error == "seq_reused":
+            raise RejoinRequired(
+                f"{message}; the relay holds another message of this device with the same seq: this copy of the "
+                "device is behind what it sent (restored from an old backup?), so it must rejoin the conversation"
+            )
         if refusal.status in (401, 409, 410):
             raise StateConflict(message)
         raise RelayRefused(message, refusal)
@@ -975,6 +998,33 @@ def _text(raw: bytes) -> str:
 
 def _int(value: Any, what: str) -> int:
     return codec.uint(value, f"relay reply: {what}")
+
+
+def _rate_limit_message(refusal: Refusal, wait: float) -> str:
+    """What a 429 means for the caller, by its code."""
+    if refusal.error == "claims_limited":
+        return (
+            "the relay limits how fast a device's KeyPackages are claimed "
+            f"({refusal.data.get('scope')}); add this device again in {wait:g} s"
+        )
+    return f"the relay is rate limiting this device or its address; retry in {wait:g} s"
+
+
+def _commit_refusal(refusal: Refusal) -> str:
+    """Why the relay refused a commit as a whole, and what to do (the commit is discarded)."""
+    said = f"the relay refused this commit as a whole: {refusal.describe()}"
+    if refusal.error == "mailbox_full":
+        return (
+            f"{said}; device {refusal.data.get('device_id')} has as many invitations waiting as the relay allows: "
+            "it must come online and accept or decline them before it can be added"
+        )
+    if refusal.error == "envelope_too_large":
+        return f"{said}; the Welcome is over the relay's limit ({refusal.data.get('limit')} bytes): add fewer devices"
+    if refusal.error == "quota_exceeded":
+        return f"{said}; the relay's storage quota ({refusal.data.get('scope')}) is full: retry once it has pruned"
+    if refusal.error == "seq_reused":
+        return f"{said}; the relay holds another message of this device with the same seq: rejoin the conversation"
+    return said
 
 
 def _retry_after(header: str | None, refusal: Refusal) -> float:

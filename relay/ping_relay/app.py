@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
+from .budget import BodyBudget
 from .config import Config
-from .errors import RelayError
+from .errors import BucketKind, RelayError
 from .fanout import Fanout
 from .identity import IDENTITY_ROUTES, IdentityStore
 from .notify import Notifier
 from .ratelimit import RateLimiter
 from .relay import CursorBook, Relay, TokenCache, now_ms
+from .replies import reply
 from .routes import ROUTES
 from .sqlstore import Backend, SqlStore
 from .stream import stream
@@ -53,40 +55,45 @@ def _database_down(exc: Exception) -> bool:
 async def relay_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, RelayError):
         return await internal_error(request, exc)
-    return JSONResponse(exc.body(), status_code=exc.status, headers={**exc.headers, "Cache-Control": "no-store"})
+    return reply(exc.body(), exc.status, exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):
         return await internal_error(request, exc)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=dict(exc.headers or {})
-    )
+    return reply({"error": code, "detail": str(exc.detail)}, exc.status_code, exc.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     if _database_down(exc):
         log.warning("the database did not answer: %s", exc)
-        return JSONResponse(
-            {"error": "unavailable", "detail": "the database did not answer; retry"},
-            status_code=503,
-            headers={"Retry-After": "1", "Cache-Control": "no-store"},
+        return reply(
+            {"error": "unavailable", "detail": "the database did not answer; retry"}, 503, {"Retry-After": "1"}
         )
     log.error("request failed", exc_info=exc)
-    return JSONResponse({"error": "internal", "detail": "internal error"}, status_code=500)
+    return reply({"error": "internal", "detail": "internal error"}, 500)
 
 
-async def _prune_forever(relay: Relay) -> None:
+async def _maintain_forever(relay: Relay) -> None:
+    """Every ``--prune-interval``: prune the log (when retention is on), delete expired
+    Welcomes (``--welcome-ttl``), and drop rate buckets that are full again."""
     config = relay.config
     while True:
         await asyncio.sleep(config.prune_interval)
+        now = now_ms()
         try:
-            deleted = await relay.store.prune(
-                now_ms(), int(config.retention_seconds * 1000), int(config.max_retention_seconds * 1000)
-            )
-            if deleted:
-                log.info("pruned %d log entries", deleted)
+            if config.prunes:
+                deleted = await relay.store.prune(
+                    now, int(config.retention_seconds * 1000), int(config.max_retention_seconds * 1000)
+                )
+                if deleted:
+                    log.info("pruned %d log entries", deleted)
+            if config.welcome_ttl_seconds > 0:
+                expired = await relay.store.prune_welcomes(now - int(config.welcome_ttl_seconds * 1000))
+                if expired:
+                    log.info("deleted %d expired Welcomes", expired)
+            await relay.store.sweep_buckets(now)
         except Exception:
             log.exception("pruning failed")
 
@@ -122,15 +129,25 @@ async def _recheck_forever(relay: Relay) -> None:
 def create_app(config: Config) -> Starlette:
     notifier = Notifier()
     lim = config.limits
-    store = SqlStore(open_backend(config, notifier), lim.rate_per_second, lim.rate_burst)
+    store = SqlStore(open_backend(config, notifier), lim)
     relay = Relay(
         config=config,
         store=store,
         notifier=notifier,
         device_limiter=RateLimiter(lim.rate_per_second, lim.rate_burst),
         anon_limiter=RateLimiter(lim.anon_rate_per_second, lim.anon_burst),
+        auth_failures=RateLimiter(lim.auth_failure_rate_per_second, lim.auth_failure_burst),
+        bodies=BodyBudget(lim.body_bytes_in_flight, lim.body_bytes_in_flight_per_client),
+        uploads=RateLimiter(lim.upload_bytes_per_second, lim.upload_burst_bytes),
+        mirrors={
+            BucketKind.CLAIM_PAIR: RateLimiter(lim.claim_rate_per_pair, lim.claim_burst_per_pair),
+            BucketKind.CLAIM_TARGET: RateLimiter(lim.claim_rate_per_target, lim.claim_burst_per_target),
+            BucketKind.LAST_RESORT: RateLimiter(lim.last_resort_rate, lim.last_resort_burst),
+            BucketKind.GROUPS: RateLimiter(lim.group_rate_per_second, lim.group_burst),
+        },
+        downloads=RateLimiter(lim.download_bytes_per_second, lim.download_burst_bytes),
         fanout=Fanout(store, notifier, lim),
-        identities=IdentityStore(store.backend),
+        identities=IdentityStore(store.backend, lim.max_devices_per_user),
         cursors=CursorBook(config.prunes),
         tokens=TokenCache(max_age_s=config.recheck_interval or 2.0),
     )
@@ -139,8 +156,8 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         tasks: list[asyncio.Task[None]] = []
+        tasks.append(asyncio.create_task(_maintain_forever(relay)))
         if config.prunes:
-            tasks.append(asyncio.create_task(_prune_forever(relay)))
             tasks.append(asyncio.create_task(_flush_cursors_forever(relay)))
         if config.recheck_interval > 0:
             tasks.append(asyncio.create_task(_recheck_forever(relay)))

@@ -25,6 +25,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from . import ed25519
+
 PREFIX: Final = b"ping-web/"
 LABEL_REGISTER: Final = "relay-register"
 LABEL_AUTH: Final = "relay-auth"
@@ -58,8 +60,11 @@ def roster_content(
 
 
 def verify(public_key: bytes, signature: bytes, label: str, content: bytes) -> bool:
-    """True if ``signature`` is ``public_key``'s Ed25519 signature of ``label``/``content``."""
+    """True if ``signature`` is ``public_key``'s Ed25519 signature of ``label``/``content``,
+    verified strictly (``ed25519.py``: no small-order or non-canonical key or ``R``)."""
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    if not ed25519.strict_signature(public_key, signature):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_input(label, content))
@@ -69,12 +74,9 @@ def verify(public_key: bytes, signature: bytes, label: str, content: bytes) -> b
 
 
 def valid_public_key(public_key: bytes) -> bool:
-    """An Ed25519 public key the verifier accepts (32 bytes that decode to a point)."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key)
-    except ValueError:
-        return False
-    return True
+    """An Ed25519 public key the relay accepts: the canonical encoding of a point on the
+    curve that is not of small order (``ed25519.strict_public_key``)."""
+    return len(public_key) == PUBLIC_KEY_SIZE and ed25519.strict_public_key(public_key)
 
 
 def new_secret() -> bytes:

@@ -11,6 +11,8 @@ import uvicorn
 
 from .app import create_app
 from .config import Config, Limits
+from .connections import Deadlines, guarded_protocol
+from .headers import SecurityHeaders
 from .static import WithStatic, parse_mount
 
 
@@ -29,10 +31,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-retention", type=float, default=0.0, metavar="SECONDS", help="prune every log entry older than this"
     )
+    p.add_argument(
+        "--welcome-ttl",
+        type=float,
+        default=defaults.welcome_ttl_seconds,
+        metavar="SECONDS",
+        help="delete Welcomes not acknowledged within this (0: never)",
+    )
     p.add_argument("--prune-interval", type=float, default=defaults.prune_interval, metavar="SECONDS")
     p.add_argument("--cursor-flush-interval", type=float, default=defaults.cursor_flush_interval, metavar="SECONDS")
     p.add_argument("--recheck-interval", type=float, default=defaults.recheck_interval, metavar="SECONDS")
     p.add_argument("--postgres-pool-size", type=int, default=defaults.postgres_pool_size)
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy whose X-Forwarded-For names the client (repeatable; an IP or a network)",
+    )
     p.add_argument("--log-level", default=defaults.log_level, choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument(
         "--static",
@@ -65,10 +81,12 @@ def _config(args: argparse.Namespace) -> Config:
         token_ttl=args.token_ttl,
         retention_seconds=args.retention,
         max_retention_seconds=args.max_retention,
+        welcome_ttl_seconds=args.welcome_ttl,
         prune_interval=args.prune_interval,
         cursor_flush_interval=args.cursor_flush_interval,
         recheck_interval=args.recheck_interval,
         postgres_pool_size=args.postgres_pool_size,
+        trusted_proxies=tuple(args.trusted_proxy),
         log_level=args.log_level,
         limits=limits,
     )
@@ -84,19 +102,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
+    lim = config.limits
     uvicorn.run(
-        WithStatic(app, mounts, args.index) if mounts else app,
+        SecurityHeaders(WithStatic(app, mounts, args.index, origin=config.public_origin) if mounts else app),
         host=config.host,
         port=config.port,
-        http="httptools",
+        http=guarded_protocol(Deadlines(lim.header_timeout, lim.body_timeout, lim.max_connections)),
         loop="uvloop",
         ws="websockets-sansio",
-        ws_max_size=config.limits.ws_max_frame_bytes,
-        ws_ping_interval=config.limits.ws_ping_interval,
-        ws_ping_timeout=config.limits.ws_ping_interval,
+        ws_max_size=lim.ws_max_frame_bytes,
+        ws_ping_interval=lim.ws_ping_interval,
+        ws_ping_timeout=lim.ws_ping_interval,
         ws_per_message_deflate=False,
         lifespan="on",
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies) or None,
         log_level=config.log_level,
         access_log=False,
+        server_header=False,
         timeout_graceful_shutdown=5,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import TypeAlias
 
 JsonScalar: TypeAlias = str | int | float | bool | None
@@ -78,3 +79,61 @@ def rate_limited(retry_after: int) -> RelayError:
 def unavailable(detail: str) -> RelayError:
     """503 with ``Retry-After: 1``: the database cannot be reached; nothing was acknowledged."""
     return RelayError(503, "unavailable", detail, headers={"Retry-After": "1"})
+
+
+class QuotaScope(enum.Enum):
+    """What a storage quota is counted for (the ``scope`` of ``quota_exceeded``)."""
+
+    DEVICE = "device"
+    GROUP = "group"
+
+
+class ClaimScope(enum.Enum):
+    """Which KeyPackage claim limit refused a claim (the ``scope`` of ``claims_limited``)."""
+
+    PAIR = "pair"
+    """This claimer, of this device's KeyPackages."""
+    TARGET = "target"
+    """Every claimer together, of this device's KeyPackages."""
+    LAST_RESORT = "last_resort"
+    """Hand-outs of this device's last-resort KeyPackage."""
+
+
+class BucketKind(enum.Enum):
+    """Rate buckets kept in the database (``sqlstore.py``) that a process mirrors in memory."""
+
+    CLAIM_PAIR = "claim_pair"
+    CLAIM_TARGET = "claim_target"
+    LAST_RESORT = "last_resort"
+    GROUPS = "groups"
+
+
+def quota_exceeded(scope: QuotaScope, limit: int) -> RelayError:
+    """409: storing this would take the device's or the group's log bytes past ``limit``."""
+    whose = "this device's posts" if scope is QuotaScope.DEVICE else "this group's log"
+    return conflict(
+        "quota_exceeded",
+        f"{whose} would hold more than {limit} bytes at this relay; wait for pruning to free room",
+        scope=scope.value,
+        limit=limit,
+    )
+
+
+def claims_limited(scope: ClaimScope, retry_after: int) -> RelayError:
+    """429 with ``Retry-After``: a KeyPackage claim limit (``ClaimScope``) is spent."""
+    return RelayError(
+        429,
+        "claims_limited",
+        f"too many claims of this device's KeyPackages ({scope.value}); retry in {retry_after} s",
+        {"scope": scope.value, "retry_after": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def mailbox_full(device_id: bytes, count: int, size: int) -> RelayError:
+    """409: an added device's Welcome mailbox holds as many Welcomes, or bytes, as it may."""
+    return conflict(
+        "mailbox_full",
+        f"an added device has {count} Welcomes ({size} bytes) waiting; it must accept or acknowledge them first",
+        device_id=device_id.hex(),
+    )

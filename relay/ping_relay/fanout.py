@@ -22,6 +22,11 @@ position (the last seq the feed read), or when the feed's recent frames bridge t
 difference; the feed hands an entry to a subscription only if its seq is past the
 subscription's cursor, and entries come in seq order. Joining and offering run on the
 event loop without an ``await`` in between.
+
+One access rule on every path that hands out an entry (``GroupFeed.deliver``): the
+bridge of a join and the dispatch of a read alike stop after the commit that removes the
+subscription's device, and end the subscription with its ``removed`` frame (the catch-up
+reads through ``Store.read``, which applies the same rule).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import json
 import logging
 from collections import deque
@@ -98,6 +104,22 @@ def _removes(removed: bytes, device_id: bytes) -> bool:
     return any(removed[i : i + 16] == device_id for i in range(0, len(removed), 16))
 
 
+def removed_frame(tag: str, removed_at: int) -> str:
+    return dumps({"type": "removed", "group_id": tag, "removed_at": removed_at})
+
+
+class Joined(enum.Enum):
+    """What came of a subscription's attempt to join its group's feed."""
+
+    LIVE = "live"
+    """It follows the feed from now on."""
+    BEHIND = "behind"
+    """The feed is ahead by more than its recent frames, or the connection had no room:
+    catch up further by reading the log."""
+    ENDED = "ended"
+    """The bridge reached the commit that removed the device: ended with ``removed``."""
+
+
 class _Wake:
     """What the notifier sets for a feed: marks it for the process's next batch read."""
 
@@ -117,29 +139,43 @@ class GroupFeed:
         self.subs: set[Subscription] = set()
         self.position = -1
         """The last seq read and handed out (-1: none yet; set by the first join)."""
-        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_FRAMES)
+        self.recent: deque[tuple[int, str, bytes]] = deque(maxlen=RECENT_FRAMES)
+        """``(seq, frame, removed device ids)`` of the last entries handed out."""
         self.wake = _Wake(fanout, self)
 
-    def join(self, sub: Subscription) -> bool:
+    def join(self, sub: Subscription) -> Joined:
         if self.position < 0:
             self.position = sub.last_sent
         if sub.last_sent < self.position:
             if not self.recent or self.recent[0][0] > sub.last_sent + 1:
-                return False
-            for seq, frame in self.recent:
+                return Joined.BEHIND
+            for seq, frame, removed in self.recent:
                 if seq <= sub.last_sent:
                     continue
                 if not sub.sink.offer(frame):
-                    return False
+                    return Joined.BEHIND
                 sub.last_sent = seq
+                if removed and _removes(removed, sub.sink.device_id):
+                    self.let_go(sub, removed_frame(self.tag, seq))
+                    return Joined.ENDED
         self.subs.add(sub)
         sub.live = True
-        return True
+        return Joined.LIVE
 
     def let_go(self, sub: Subscription, final: str | None) -> None:
         self.subs.discard(sub)
         sub.live = False
         sub.sink.release(sub, final)
+
+    def deliver(self, sub: Subscription, seq: int, frame: str, removed: bytes) -> None:
+        """Hand one entry to a joined subscription: let it go if its connection has no room
+        (it catches up by itself), end it after the commit that removes its device."""
+        if not sub.sink.offer(frame):
+            self.let_go(sub, None)
+            return
+        sub.last_sent = seq
+        if removed and _removes(removed, sub.sink.device_id):
+            self.let_go(sub, removed_frame(self.tag, seq))
 
     def dispatch(self, page: LogPage) -> None:
         """Hand out a page read after ``position``."""
@@ -163,17 +199,10 @@ class GroupFeed:
                 continue
             frame = entry_frame(self.tag, entry.seq, entry.envelope)
             for sub in list(self.subs):
-                if entry.seq <= sub.last_sent:
-                    continue
-                if not sub.sink.offer(frame):
-                    self.let_go(sub, None)
-                    continue
-                sub.last_sent = entry.seq
-                if entry.removed and _removes(entry.removed, sub.sink.device_id):
-                    removed: dict[str, JsonValue] = {"type": "removed", "group_id": self.tag, "removed_at": entry.seq}
-                    self.let_go(sub, dumps(removed))
+                if entry.seq > sub.last_sent:
+                    self.deliver(sub, entry.seq, frame, entry.removed)
             self.position = entry.seq
-            self.recent.append((entry.seq, frame))
+            self.recent.append((entry.seq, frame, entry.removed))
 
 
 class Fanout:
@@ -197,19 +226,20 @@ class Fanout:
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read_forever(), name="ping_relay.fanout")
 
-    def join(self, sub: Subscription) -> bool:
-        """Hand ``sub`` to its group's feed; False if it must catch up further first."""
+    def join(self, sub: Subscription) -> Joined:
+        """Hand ``sub`` to its group's feed (or end it, if the feed's recent entries remove
+        its device)."""
         feed = self.feeds.get(sub.group_id)
         if feed is None:
             feed = GroupFeed(self, sub.group_id)
             self.feeds[sub.group_id] = feed
             self.notifier.listen(feed.key, feed.wake)
-        if not feed.join(sub):
-            if not feed.subs:
-                self._forget(feed)
-            return False
-        self.mark(feed)  # read what was committed between the catch-up's read and now
-        return True
+        joined = feed.join(sub)
+        if joined is Joined.LIVE:
+            self.mark(feed)  # read what was committed between the catch-up's read and now
+        elif not feed.subs:
+            self._forget(feed)
+        return joined
 
     def leave(self, sub: Subscription) -> None:
         feed = self.feeds.get(sub.group_id)

@@ -27,8 +27,18 @@ from . import auth, wire
 from .errors import JsonValue, RelayError, bad_request, conflict, forbidden, not_found
 from .notify import device_key
 from .relay import now_ms
-from .routes import USER_ID_MAX, authenticate, check_query, json_body, limit_anonymous, ok, path_id, relay_of
-from .sqlstore import Backend, Tx, _bytes, _int
+from .routes import (
+    USER_ID_MAX,
+    anonymous,
+    authenticate,
+    check_query,
+    json_body,
+    limit_anonymous,
+    ok,
+    path_id,
+    relay_of,
+)
+from .sqlstore import Backend, Tx, _bytes, _int, _lock_user
 from .storage import Device
 
 LINK_TTL_MS: Final = 10 * 60 * 1000
@@ -73,9 +83,10 @@ class Appended:
 class IdentityStore:
     """Device logs, registration by log entry, revocation, link slots: SQL on the relay's backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, max_devices_per_user: int) -> None:
         self._db = backend
         self._verifier = auth.Verifier()
+        self._max_devices = max_devices_per_user
 
     async def register(self, device: Device, genesis: bytes | None) -> bool:
         """Register ``device``: created (True), already there (False), or refused: a user with
@@ -91,6 +102,7 @@ class IdentityStore:
                 if row[2] is not None:
                     raise forbidden("device_revoked", "this device was revoked from its user's device log")
                 return False
+            _lock_user(t, device.user_id)  # one first device per user id, across processes too
             if t.one("SELECT 1 FROM device_logs WHERE user_id = ? AND seq = 0", device.user_id) is not None:
                 raise forbidden("link_required", "this user id has devices: one of them must add this device (link it)")
             if genesis is None:
@@ -129,6 +141,7 @@ class IdentityStore:
             raise forbidden("wrong_signer", "a device appends only entries it signed, to its own user's log")
 
         def tx(t: Tx) -> Appended:
+            _lock_user(t, signer.user_id)
             stored = t.one("SELECT entry FROM device_logs WHERE user_id = ? AND seq = ?" + t.lock,
                            signer.user_id, entry.seq)  # fmt: skip
             if stored is not None:
@@ -151,18 +164,22 @@ class IdentityStore:
                 raise invalid_entry(str(exc)) from None
             t.run("INSERT INTO device_logs (user_id, seq, entry, entry_hash) VALUES (?, ?, ?, ?)",
                   signer.user_id, entry.seq, entry_bytes, entry.hash)  # fmt: skip
-            self._apply(t, entry, now)
+            self._apply(t, entry, now, self._max_devices)
             return Appended(entry.op, entry.device_id.raw)
 
         return await self._db.write(tx)
 
     @staticmethod
-    def _apply(t: Tx, entry: LogEntry, now: int) -> None:
+    def _apply(t: Tx, entry: LogEntry, now: int, max_devices: int) -> None:
         device_id = entry.device_id.raw
         if entry.op is LogOp.ADD:
             row = t.one("SELECT user_id, public_key FROM devices WHERE device_id = ?", device_id)
             if row is not None and (_bytes(row[0]), _bytes(row[1])) != (entry.user_id.raw, entry.device_key):
                 raise conflict("device_conflict", "the added device id is registered with another user or key")
+            count = t.one("SELECT COUNT(*) FROM devices WHERE user_id = ?", entry.user_id.raw)
+            if row is None and count is not None and _int(count[0]) >= max_devices:
+                raise conflict("too_many_devices", f"a user has at most {max_devices} devices at this relay, revoked "
+                               "ones included", limit=max_devices)  # fmt: skip
             if row is None:
                 t.run("INSERT INTO devices (device_id, user_id, public_key, registered_at_ms) VALUES (?, ?, ?, ?)",
                       device_id, entry.user_id.raw, entry.device_key, now)  # fmt: skip
@@ -286,7 +303,7 @@ async def append_log(request: Request) -> JSONResponse:
     user_id = wire.b64d(request.path_params["user_id"], "user_id", lo=1, hi=USER_ID_MAX)
     if user_id != device.user_id:
         raise forbidden("wrong_user", "a device appends only to its own user's device log")
-    body = await json_body(request, relay, required=("entry",))
+    body = await json_body(request, relay, device.device_id, required=("entry",))
     entry = wire.sized(body["entry"], "entry", max_bytes=4096)
     appended = await relay.identities.append(device, entry, now_ms())
     if appended.op is LogOp.REVOKE and appended.device_id is not None:
@@ -297,7 +314,7 @@ async def append_log(request: Request) -> JSONResponse:
 async def open_link(request: Request) -> JSONResponse:
     relay = relay_of(request)
     device = await authenticate(request, relay)
-    body = await json_body(request, relay, required=("link_id",))
+    body = await json_body(request, relay, device.device_id, required=("link_id",))
     link_id = wire.b64d(body["link_id"], "link_id", size=LINK_ID_SIZE)
     await relay.identities.open_link(link_id, device.user_id, now_ms())
     return ok({"link_id": wire.b64e(link_id), "expires_in_ms": LINK_TTL_MS})
@@ -308,11 +325,14 @@ async def _link_message(request: Request, part: LinkPart) -> JSONResponse:
     link_id = path_id(request, "link_id", LINK_ID_SIZE)
     owner = None
     column = part.value
+    client: object
     if part is LinkPart.ANSWER:
-        owner = (await authenticate(request, relay)).user_id
+        device = await authenticate(request, relay)
+        owner, client = device.user_id, device.device_id
     else:
         limit_anonymous(request, relay)
-    body = await json_body(request, relay, required=(column,))
+        client = anonymous(request)
+    body = await json_body(request, relay, client, required=(column,))
     value = wire.sized(body[column], column, max_bytes=MAX_LINK_MESSAGE)
     await relay.identities.put_link(link_id, part, value, owner, now_ms())
     return ok({"stored": True})

@@ -104,7 +104,26 @@ MIGRATIONS: Final[list[list[str]]] = [
             since_ms BIGINT NOT NULL)""",
         "ALTER TABLE members ADD COLUMN acked_seq BIGINT NOT NULL DEFAULT 0",
     ],
-    # 3: users' device logs (each entry once per seq: the primary key is the append's
+    # 3: quotas and bounded mailboxes (issue 17): the log bytes each group holds and each
+    # device sent, and each mailbox entry's Welcome size, counted from what is stored now;
+    # how many of a device's regular KeyPackages were claimed (to tell it when it runs low)
+    [
+        "ALTER TABLE conversations ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN key_packages_claimed BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE mailbox ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0",
+        """UPDATE conversations SET stored_bytes = s.total
+            FROM (SELECT group_id, SUM(LENGTH(envelope)) AS total FROM log GROUP BY group_id) s
+            WHERE conversations.group_id = s.group_id""",
+        """UPDATE devices SET stored_bytes = s.total
+            FROM (SELECT sender_device, SUM(LENGTH(envelope)) AS total FROM log GROUP BY sender_device) s
+            WHERE devices.device_id = s.sender_device""",
+        """UPDATE mailbox SET bytes = s.size
+            FROM (SELECT group_id, commit_seq, LENGTH(envelope) AS size FROM welcomes) s
+            WHERE mailbox.group_id = s.group_id AND mailbox.commit_seq = s.commit_seq""",
+        "CREATE INDEX mailbox_by_time ON mailbox (created_at_ms)",
+    ],
+    # 4: users' device logs (each entry once per seq: the primary key is the append's
     # compare-and-swap), revoked devices, and link slots for new devices
     [
         """CREATE TABLE device_logs (

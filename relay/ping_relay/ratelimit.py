@@ -21,19 +21,39 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: dict[object, tuple[float, float]] = {}
 
-    def take(self, key: object, now: float | None = None) -> int | None:
+    def peek(self, key: object, now: float | None = None) -> int | None:
+        """Like :meth:`take`, spending nothing: ``None`` if a token is there."""
         if self._rate <= 0:
             return None
         now = time.monotonic() if now is None else now
         tokens, last = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - last) * self._rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        return None if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self._rate))
+
+    def take(self, key: object, now: float | None = None, cost: float = 1.0) -> int | None:
+        """Spend ``cost`` tokens if the bucket holds them (else nothing spent)."""
+        if self._rate <= 0:
+            return None
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             if len(self._buckets) > _MAX_KEYS:
                 self._sweep(now)
             return None
         self._buckets[key] = (tokens, now)
-        return max(1, math.ceil((1.0 - tokens) / self._rate))
+        return max(1, math.ceil((cost - tokens) / self._rate))
+
+    def owe(self, key: object, cost: float, now: float | None = None) -> None:
+        """Spend ``cost`` tokens after the fact (a reply already built): the bucket may go
+        below zero, down to ``-burst``, and refuses until it has refilled."""
+        if self._rate <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        self._buckets[key] = (max(-self._burst, tokens - cost), now)
 
     def _sweep(self, now: float) -> None:
         for key, (tokens, last) in list(self._buckets.items()):

@@ -6,7 +6,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
+from .budget import BodyBudget
 from .config import Config
+from .errors import BucketKind
 from .notify import Notifier
 from .ratelimit import RateLimiter
 from .storage import Device, Store
@@ -95,6 +97,18 @@ class Relay:
     notifier: Notifier
     device_limiter: RateLimiter
     anon_limiter: RateLimiter
+    auth_failures: RateLimiter
+    """Failed authentications per client address."""
+    bodies: BodyBudget
+    """Request-body bytes being received, per client and in all."""
+    uploads: RateLimiter
+    """Request-body bytes per client, per second."""
+    downloads: RateLimiter
+    """Bytes of log and Welcome pages per device, per second."""
+    mirrors: dict[BucketKind, RateLimiter]
+    """In-memory copies of database buckets, spent when the database accepted: a request
+    this process already knows the database would refuse is refused without a transaction
+    (the database stays the authority across processes)."""
     fanout: Fanout
     identities: IdentityStore
     tokens: TokenCache = field(default_factory=TokenCache)

@@ -97,8 +97,10 @@ class GroupInfo:
 class Posted:
     seq: int
     duplicate: bool
-    epoch: int
-    """The group's epoch after the post (a commit's reply shows the new epoch)."""
+    epoch: int | None
+    """The group's epoch after the post (a commit's reply shows the new epoch); ``None`` for
+    a duplicate from a device that is no longer a member (it learns its post's fate, not the
+    group's state)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +124,26 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
+class WelcomePage:
+    welcomes: list[Welcome]
+    more: bool
+    """Mailbox entries after the page remain (fetch again after ``last_id``)."""
+    last_id: int
+    """The last mailbox id the page covers (the ``after`` of the next page)."""
+
+
+@dataclass(frozen=True, slots=True)
 class KeyPackageCount:
     available: int
     last_resort: bool
     last_resort_claims: int
+    claimed: int = 0
+    """Regular KeyPackages of the device claimed so far (not in replies: it tells a device
+    that has run out from one that never published)."""
+
+    @property
+    def published(self) -> bool:
+        return self.available > 0 or self.last_resort or self.claimed > 0 or self.last_resort_claims > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +159,8 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    # devices and auth
-    async def register_device(self, device: Device) -> bool:
-        """True if stored now, False if already registered identically; 409 otherwise."""
-        ...
-
+    # devices and auth (registration and users' device lists: ``identity.py``)
     async def get_device(self, device_id: bytes) -> Device | None: ...
-
-    async def devices_of(self, user_id: bytes) -> list[Device]: ...
 
     async def add_challenge(self, challenge: bytes, device_id: bytes, expires_at_ms: int, now_ms: int) -> None: ...
 
@@ -169,7 +181,10 @@ class Store(Protocol):
 
     async def count_key_packages(self, device_id: bytes) -> KeyPackageCount: ...
 
-    async def claim_key_package(self, device_id: bytes, claimer: bytes, now_ms: int) -> Claimed | None: ...
+    async def claim_key_package(self, device_id: bytes, claimer: bytes, now_ms: int) -> Claimed:
+        """One KeyPackage of ``device_id``: 404 if none, 429 ``claims_limited`` past a claim
+        limit (nothing taken); wakes the owner when its stock runs low."""
+        ...
 
     # groups and the log
     async def create_group(self, group_id: bytes, creator: bytes, now_ms: int) -> bool: ...
@@ -199,7 +214,12 @@ class Store(Protocol):
     async def stream_owner(self, device_id: bytes) -> bytes | None: ...
 
     # Welcome mailbox
-    async def welcomes(self, device_id: bytes, after_id: int, limit: int) -> list[Welcome]: ...
+    async def welcomes(
+        self, device_id: bytes, after_id: int, limit: int, max_bytes: int, skip: frozenset[int] = frozenset()
+    ) -> WelcomePage:
+        """The mailbox after ``after_id``, at most ``limit`` Welcomes and, beyond the first,
+        ``max_bytes`` of envelopes; ids in ``skip`` (already sent) are left out."""
+        ...
 
     async def ack_welcomes(self, device_id: bytes, ids: list[int], now_ms: int) -> int: ...
 
@@ -207,6 +227,14 @@ class Store(Protocol):
     async def record_cursors(self, cursors: dict[tuple[bytes, bytes], int]) -> None:
         """Store ``(group_id, device_id) -> seq`` cursors the devices reported (only ever
         moving a stored cursor forward)."""
+        ...
+
+    async def prune_welcomes(self, before_ms: int) -> int:
+        """Delete the Welcomes queued before ``before_ms`` (expired); how many mailbox entries."""
+        ...
+
+    async def sweep_buckets(self, now_ms: int) -> int:
+        """Delete rate buckets idle long enough to be full again (a missing bucket is full)."""
         ...
 
     async def prune(self, now_ms: int, retention_ms: int, max_retention_ms: int) -> int:

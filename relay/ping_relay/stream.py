@@ -26,11 +26,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import wire
 from .errors import JsonValue, RelayError, bad_request, refuse, unauthorized, unavailable
-from .fanout import Subscription, dumps, entry_frame, error_frame
+from .fanout import Joined, Subscription, dumps, entry_frame, error_frame, removed_frame
 from .notify import device_key
 from .relay import Relay, now_ms
-from .routes import GROUP_ID, device_of_token, header_token
-from .storage import Device
+from .routes import GROUP_ID, client_address, device_of_token, header_token
+from .storage import Device, KeyPackageCount
 
 SUBPROTOCOL: Final = "ping-relay.v1"
 BEARER_PREFIX: Final = "bearer."
@@ -119,6 +119,8 @@ class Connection:
         """The device's key was woken: Welcomes, or another stream of the device."""
         self.finals: deque[str] = deque()
         self.welcomes_sent: set[int] = set()
+        self.key_packages_told: KeyPackageCount | None = None
+        """The KeyPackage counts last sent in a ``key_packages_low`` frame."""
         self.replaced = asyncio.Event()
         self.owner = os.urandom(16)
         """This connection's id in the database's ``streams`` table."""
@@ -315,19 +317,47 @@ class Connection:
             raise _Close(CLOSE_REPLACED, "replaced")
 
     async def _welcomes(self) -> None:
+        """Send the device's unacknowledged Welcomes this connection has not sent yet, read
+        in pages bounded in count and bytes (each waits for room in the send queue)."""
         lim = self.relay.config.limits
-        for item in await self.relay.store.welcomes(self.device.device_id, 0, lim.page_max_entries):
-            if item.id in self.welcomes_sent:
-                continue
-            self.welcomes_sent.add(item.id)
-            frame: dict[str, JsonValue] = {
-                "type": "welcome",
-                "id": item.id,
-                "group_id": wire.b64e(item.group_id),
-                "commit_seq": item.commit_seq,
-                "envelope": wire.b64e(item.envelope),
-            }
-            await self.put(dumps(frame))
+        after = 0
+        while True:
+            page = await self.relay.store.welcomes(
+                self.device.device_id, after, lim.page_max_entries, lim.page_max_bytes, frozenset(self.welcomes_sent)
+            )
+            for item in page.welcomes:
+                self.welcomes_sent.add(item.id)
+                frame: dict[str, JsonValue] = {
+                    "type": "welcome",
+                    "id": item.id,
+                    "group_id": wire.b64e(item.group_id),
+                    "commit_seq": item.commit_seq,
+                    "envelope": wire.b64e(item.envelope),
+                }
+                await self.put(dumps(frame))
+            if not page.more:
+                return
+            after = page.last_id
+
+    async def _key_packages_low(self) -> None:
+        """Tell a device that publishes KeyPackages when its regular ones run low (once per
+        change of its counts on this connection), so that it publishes more."""
+        threshold = self.relay.config.limits.key_packages_low
+        count = await self.relay.store.count_key_packages(self.device.device_id)
+        if count.available >= threshold or not count.published:
+            self.key_packages_told = None
+            return
+        if count == self.key_packages_told:
+            return
+        self.key_packages_told = count
+        frame: dict[str, JsonValue] = {
+            "type": "key_packages_low",
+            "available": count.available,
+            "last_resort": count.last_resort,
+            "last_resort_claims": count.last_resort_claims,
+            "threshold": threshold,
+        }
+        await self.put(dumps(frame))
 
     async def _catch_up(self, sub: Subscription) -> bool:
         """Read and queue the entries after ``sub``'s cursor; join the feed once caught up.
@@ -353,9 +383,9 @@ class Connection:
             return True
         if page.removed_seq is not None:
             self._drop(sub)
-            await self.put(dumps({"type": "removed", "group_id": sub.tag, "removed_at": page.removed_seq}))
+            await self.put(removed_frame(sub.tag, page.removed_seq))
             return False
-        return not self.relay.fanout.join(sub)
+        return self.relay.fanout.join(sub) is Joined.BEHIND
 
     async def _pump(self) -> None:
         while True:
@@ -365,6 +395,7 @@ class Connection:
                     self.device_wake.clear()
                     await self._check_owner()
                     await self._welcomes()
+                    await self._key_packages_low()
                 while self.finals:
                     await self.put(self.finals.popleft())
                 busy = False
@@ -409,7 +440,7 @@ async def stream(ws: WebSocket) -> None:
         try:
             if token is None:
                 raise unauthorized("missing_token", "offer the subprotocol bearer.<token> or send Authorization")
-            device, expires = await device_of_token(token, relay)
+            device, expires = await device_of_token(token, relay, client_address(ws))
             connection = Connection(ws, relay, device, expires)
             await relay.store.claim_stream(device.device_id, connection.owner, now_ms())
         except RelayError as error:

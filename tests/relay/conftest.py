@@ -28,6 +28,13 @@ PG_DSN = os.environ.get("PING_RELAY_TEST_POSTGRES", "")
 FAST = [
     "--rate-per-second", "100000", "--rate-burst", "100000",
     "--anon-rate-per-second", "100000", "--anon-burst", "100000",
+    "--auth-failure-rate-per-second", "100000", "--auth-failure-burst", "100000",
+    "--claim-rate-per-target", "100000", "--claim-burst-per-target", "100000",
+    "--claim-rate-per-pair", "100000", "--claim-burst-per-pair", "100000",
+    "--last-resort-rate", "100000", "--last-resort-burst", "100000",
+    "--group-rate-per-second", "100000", "--group-burst", "100000",
+    "--upload-bytes-per-second", "1e12", "--upload-burst-bytes", str(10**12),
+    "--download-bytes-per-second", "1e12", "--download-burst-bytes", str(10**12),
 ]  # fmt: skip
 
 

@@ -26,3 +26,22 @@ def dump(db: str) -> dict[str, list[tuple[Any, ...]]]:
             )
         ]
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def execute(db: str, sql: str, *params: Any) -> None:
+    """Run one statement with ``?`` placeholders against a relay's database (a test's
+    stand-in for rows an older relay version may have stored)."""
+    if db.startswith("sqlite:"):
+        import sqlite3
+
+        conn = sqlite3.connect(db.removeprefix("sqlite:///"))
+        try:
+            conn.execute(sql, params)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.replace("?", "%s"), params)

@@ -85,9 +85,10 @@ def test_repeated_post_returns_the_original_seq(device, relay) -> None:
     first = alice.post(group, envelope).json()
     assert first == {"seq": 1, "duplicate": False, "epoch": 0}
     assert alice.post(group, envelope).json() == {"seq": 1, "duplicate": True, "epoch": 0}
-    # same (sender device, seq), other bytes: the envelope's own dedupe key
+    # same (sender device, seq), other bytes: not a duplicate but a reused seq (issue 17, item 9)
     again = alice.application(group, 0, b"other text", seq=envelope.seq)
-    assert alice.post(group, again).json() == {"seq": 1, "duplicate": True, "epoch": 0}
+    r = alice.post(group, again)
+    assert (r.status_code, r.json()["error"]) == (409, "seq_reused")
     assert [s for s, _ in alice.fetch_all(group)] == [1]
     assert alice.fetch_all(group)[0][1] == envelope.encode()
     # a commit retried after it was accepted gets its seq back, even though the epoch moved

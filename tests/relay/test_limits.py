@@ -122,3 +122,41 @@ def test_malformed_bodies_store_nothing(device, relay) -> None:
         assert r.status_code in (400, 404), (path2, r.text)
         assert "error" in r.json()
     assert dump(relay.db) == before
+
+
+def test_group_registrations_are_rate_limited(spawn) -> None:
+    relay = spawn("--group-rate-per-second", "0.001", "--group-burst", "3")
+    alice = Device(relay.url).setup()
+    for _ in range(3):
+        alice.create_group()
+    before = dump(relay.db)
+    r = alice.call("POST", "/v1/groups", {"group_id": b64e(b"\x07" * 16)})
+    assert (r.status_code, r.json()["error"]) == (429, "rate_limited"), r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert dump(relay.db) == before
+    alice.close()
+
+
+def test_upload_and_download_bytes_are_rate_limited(spawn) -> None:
+    """A device's request bodies and HTTP pages are limited in bytes per second: one device
+    sending or reading megabytes cannot take the event loop from the others."""
+    relay = spawn(
+        "--upload-bytes-per-second", "1000", "--upload-burst-bytes", "150000",
+        "--download-bytes-per-second", "1000", "--download-burst-bytes", "150000",
+    )  # fmt: skip
+    alice, bob = Device(relay.url).setup(), Device(relay.url).setup()
+    group = alice.create_group()
+    alice.send(group, 0, b"x" * 60_000)  # about 80 kB of base64 JSON
+    before = dump(relay.db)
+    r = alice.post(group, alice.application(group, 0, b"y" * 60_000))
+    assert (r.status_code, r.json()["error"]) == (429, "rate_limited"), r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert dump(relay.db) == before
+    assert bob.call("GET", "/v1/key-packages").status_code == 200  # another device is not limited
+    for _ in range(5):  # pages of 60 kB each: by the fourth alice owes more than she may read
+        r = alice.fetch(group, 0)
+        if r.status_code != 200:
+            break
+    assert (r.status_code, r.json()["error"]) == (429, "rate_limited"), r.text
+    alice.close()
+    bob.close()
