@@ -1,10 +1,14 @@
 """Security headers on every HTTP reply: the API's, static files', errors' and redirects'.
 
 The API answers data, never a document, so its policy lets nothing load or frame it.
-Pages served with ``--static`` (the demo) may run their own scripts, compile their own
-WebAssembly (Pyodide and the OpenMLS module: ``'wasm-unsafe-eval'``, never
-``'unsafe-eval'``), start workers and talk to their own origin (fetch and the stream's
-WebSocket), and nothing else; no page may frame them. ``Cache-Control: no-store`` on
+Pages served with ``--static`` (the demo) may run their own scripts only (no other origin,
+no inline script), compile WebAssembly (Pyodide and the OpenMLS module:
+``'wasm-unsafe-eval'``), start workers and talk to their own origin (fetch and the stream's
+WebSocket), and nothing else; no page may frame them. ``'unsafe-eval'`` is allowed too, for
+one reason: ping_web loads wasm-bindgen's glue for its OpenMLS module by evaluating the
+script's text (``ping_web/mls/loader.py``, through Pyodide's ``run_js``), which is what lets
+``import ping_web`` work in any Pyodide host with no JavaScript of its own; without it the
+demo's worker cannot start. ``Cache-Control: no-store`` on
 every reply (docs/relay.md, section 2), also where Starlette or a mount wrote none.
 """
 
@@ -16,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_POLICY: Final = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 PAGE_POLICY: Final = (
-    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self';"
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval'; worker-src 'self'; connect-src 'self';"
     " img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none';"
     " frame-ancestors 'none'"
 )
