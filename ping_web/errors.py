@@ -176,3 +176,10 @@ class UnverifiedDevice(InvalidInput):
 class LinkFailed(PingError):
     """Linking a new device did not complete: a wrong or expired code, a request or answer
     that does not verify, or no answer in time. Nothing was added to the device log."""
+
+
+class ExternalCommitRefused(InvalidInput):
+    """Another member's external commit was refused: only a device of a user already in the
+    conversation may join by external commit (a stale copy of a member's device rejoining,
+    or a new device of a member's user), and it may remove nothing but its own stale leaf.
+    Nothing was applied."""

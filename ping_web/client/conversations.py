@@ -195,6 +195,35 @@ class Conversations(ClientBase):
             await self._settle(conversation, commit)
         return commit
 
+    async def rejoin(self, conversation_id: ConversationId, *, attempts: int = 3) -> MessageEnvelope:
+        """Join a conversation again by external commit, from the GroupInfo its delivery
+        service keeps: what a copy that needs a rejoin (``RejoinRequired``: restored from a
+        backup that is no longer current) does to send there again. The new leaf replaces
+        this device's stale one in the same commit (the other members' clients check that
+        it is one of its user's verified devices). If another member's commit takes the
+        epoch first, it reads on and tries again, ``attempts`` times in all."""
+        delivery = self._require_delivery()
+        for _ in range(attempts):
+            await self._pull()  # the newest epoch this device can see, and the winner of any race
+            conversation = await self._prepare(conversation_id)
+            group_info = await delivery.group_info(conversation_id)
+            if group_info is None:
+                raise StateConflict(
+                    "the delivery service has no GroupInfo of this conversation yet (members' commits bring "
+                    "one): retry after a member's next change"
+                )
+            try:
+                return await self._rejoin_once(conversation, group_info)
+            except StateConflict:
+                continue  # lost the epoch to another commit: read on and rejoin from a newer GroupInfo
+        raise StateConflict(f"the conversation's epoch moved on during {attempts} rejoins; retry")
+
+    async def _rejoin_once(self, conversation: Conversation, group_info: bytes) -> MessageEnvelope:
+        commit = self._run(lambda: conversation.rejoin(group_info, self._clock()))
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
+        await self._settle(conversation, commit)
+        return commit
+
     def _to_post(self, envelope: MessageEnvelope) -> list[MessageEnvelope]:
         """Outbox entries for an envelope: only a bound delivery service ever drains the
         outbox; without one the caller delivers what it is returned."""

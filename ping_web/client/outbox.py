@@ -189,7 +189,10 @@ class Outbox(ClientBase):
             self._lost_commits.discard(lost)
             raise StateConflict("another member's commit took this epoch; ours was discarded, retry")
         try:
-            accepted = await delivery.commit(commit.encode(), welcome, roster)
+            accepted = await delivery.commit(
+                commit.encode(), welcome, roster, group_info=conversation.staged_group_info,
+                external=pending.kind == "rejoin",
+            )  # fmt: skip
         except CommitRefused:
             pending = conversation.state.pending
             if pending is not None and pending.seq == commit.seq:
@@ -216,7 +219,7 @@ class Outbox(ClientBase):
             raise RejoinRequired(
                 "this conversation was restored from a backup that is no longer current: its first "
                 "self-update was refused because the epoch had moved on; it will not send there. "
-                "Ask a member to add this device again."
+                "Call rejoin() to join it again by external commit."
             )
         raise StateConflict("another member's commit took this epoch; ours was discarded, retry")
 

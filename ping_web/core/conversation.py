@@ -40,6 +40,7 @@ from ping_web.core.records import (
 )
 from ping_web.core.state import MAX_HELD, ConversationState, PendingCommitInfo
 from ping_web.errors import (
+    ExternalCommitRefused,
     InvalidInput,
     NoPendingCommit,
     NotAMember,
@@ -253,6 +254,16 @@ class Conversation:
         return self._state.pending is not None
 
     @property
+    def staged_group_info(self) -> bytes | None:
+        """The GroupInfo of the epoch our pending commit makes (for the delivery service to
+        keep with it); ``None`` if none is known (e.g. staged before a restart)."""
+        return self._group.staged_group_info if self._state.pending is not None else None
+
+    def group_info(self) -> bytes:
+        """A signed GroupInfo of the current epoch (for a member's device to rejoin)."""
+        return self._group.export_group_info()
+
+    @property
     def own_leaf_index(self) -> int:
         return self._group.own_leaf_index
 
@@ -383,11 +394,46 @@ class Conversation:
         self._require_no_pending()
         return self._commit("update", now_ms, lambda aad: self._group.self_update(aad), ())
 
+    def rejoin(self, group_info: bytes, now_ms: int) -> MessageEnvelope:
+        """Rejoin by external commit from ``group_info`` (a stale copy of this device, e.g.
+        restored from a backup that is no longer current). The new leaf replaces this
+        device's old one in the same commit; its seqs start a new incarnation. Pending like
+        any own commit: kept if the delivery service takes it, else the conversation still
+        needs a rejoin (:meth:`discard_commit`)."""
+        if self._state.removed or (not self._group.is_active and not self._state.rejoin_required):
+            raise NotAMember("this device was removed from the conversation; a member adds it again")
+        if self._state.pending is not None:
+            raise PendingCommit("an own commit is pending: confirm_commit() or discard_commit() first")
+        if not isinstance(group_info, (bytes, bytearray)):
+            raise InvalidInput("a GroupInfo must be bytes")
+        group_id, epoch = self._engine.inspect_group_info(bytes(group_info))
+        if group_id != self.id.raw:
+            raise InvalidInput("the GroupInfo is of another conversation")
+        if epoch < self._cursor.epoch:
+            raise InvalidInput(f"the GroupInfo is of epoch {epoch}, before epoch {self._cursor.epoch} this device saw")
+        hlc = _tick(self._state.hlc, now_ms)
+        seq = ((max(self._state.seq, self._cursor.highest_seq(self._device)) >> 32) + 1 << 32) + 1
+        aad = authenticated_header(MessageKind.COMMIT, self._device, epoch, seq, hlc)
+        with self._undo_on_error():
+            self._engine.drop_group(self.id.raw)
+            group, commit = self._engine.join_external(bytes(group_info), aad)
+            if group.group_id != self.id.raw or group.epoch != epoch + 1:
+                raise InvalidInput("the external commit did not join this conversation at the GroupInfo's epoch")
+        envelope = MessageEnvelope.handshake(MessageKind.COMMIT, self.id, epoch, self._device, seq, hlc, commit)
+        self._group = group
+        self._members = None
+        self._users_by_leaf = None
+        self._stage(PendingCommitInfo("rejoin", seq, epoch, (), (), envelope.content_hash), hlc)
+        return envelope
+
     def confirm_commit(self) -> None:
         """The delivery service accepted our pending commit: apply it."""
         pending = self._state.pending
         if pending is None:
             raise NoPendingCommit("no own commit is pending")
+        if pending.kind == "rejoin":
+            self._confirm_rejoin(pending)
+            return
         roster = self._roster()
         self._group.merge_pending_commit()
         self._after_epoch_change(roster)
@@ -406,8 +452,20 @@ class Conversation:
         pending = self._state.pending
         if pending is None:
             raise NoPendingCommit("no own commit is pending")
-        self._group.clear_pending_commit()
+        if pending.kind != "rejoin":  # an external commit was merged already: nothing to clear
+            self._group.clear_pending_commit()
         self._drop_pending(pending)
+
+    def _confirm_rejoin(self, pending: PendingCommitInfo) -> None:
+        """Our external commit is in the log: this device is a member again, from its epoch."""
+        self._after_epoch_change(frozenset())
+        self._leaves = {self._device: self._group.own_leaf_index}
+        self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
+        self._cursor.rejoined(self._group.epoch)
+        self._state.pending = None
+        self._state.rejoin_required = self._state.needs_self_update = self._state.removed = False
+        self._held.clear()  # envelopes of epochs this leaf cannot read
+        self._release_held()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -467,8 +525,8 @@ class Conversation:
         if self._state.rejoin_required:
             raise RejoinRequired(
                 "this copy of the conversation was restored from a backup that is no longer current: "
-                "another copy of this device moved its epoch on, so it no longer sends; ask a member to "
-                "add this device again"
+                "another copy of this device moved its epoch on, so it no longer sends; rejoin() joins it "
+                "again by external commit"
             )
 
     def _require_no_pending(self) -> None:
@@ -492,10 +550,11 @@ class Conversation:
 
     def _drop_pending(self, pending: PendingCommitInfo) -> None:
         """Our pending commit lost its epoch. If it was the self-update a restored copy
-        must make before it sends, this copy cannot prove it owns its epoch: never send."""
+        must make before it sends, this copy cannot prove it owns its epoch: never send;
+        a rejoin that lost still needs a rejoin."""
         self._state.pending = None
         self._cursor.mark_seen(self._device, pending.seq, self._state.hlc)
-        if self._state.needs_self_update:
+        if self._state.needs_self_update or pending.kind == "rejoin":
             self._state.rejoin_required = True
 
     def _stage(self, pending: PendingCommitInfo, hlc: Hlc) -> None:
@@ -580,11 +639,23 @@ class Conversation:
         header = authenticated_header(envelope.kind, envelope.sender_device, envelope.epoch, envelope.seq, envelope.hlc)
         expected = envelope.content_hash if envelope.kind is MessageKind.APPLICATION else b""
         roster = self._roster() if envelope.kind is MessageKind.COMMIT else frozenset()
+        if pending is not None and pending.kind == "rejoin":
+            # Our external commit is not in the log yet: what comes before it is of epochs
+            # the new leaf cannot read; a commit of its epoch took the slot (we rejoin again).
+            if lost:
+                self._drop_pending(pending)
+            return None
         if lost:
             # The ordered log put another device's commit first: ours lost this epoch.
             with self._undo_on_error():
                 self._group.clear_pending_commit()
                 processed = self._group.process_message(envelope.payload, header, expected)
+        elif envelope.kind is MessageKind.COMMIT:
+            before = self._member_list()
+            with self._undo_on_error():
+                processed = self._group.process_message(envelope.payload, header, expected)
+                if processed.external:
+                    _admit_external(before, self._group.members())
         else:
             processed = self._group.process_message(envelope.payload, header, expected)
         if lost:
@@ -640,6 +711,27 @@ class Conversation:
                 continue
             if message is not None:
                 self._released.append(message)
+
+
+def _admit_external(before: list[Member], after: list[Member]) -> None:
+    """Members' rule for an external commit: its one new leaf is a device of a user who was
+    in the group already (a stale copy rejoining with its own key, or a new device of a
+    member's user), and the only leaf it removes is one with its own key (resync). Whether
+    the new device is one of its user's verified devices is checked like any added device
+    (``client.vetting``)."""
+    old = {(m.leaf_index, m.signature_key) for m in before}
+    new = [m for m in after if (m.leaf_index, m.signature_key) not in old]
+    current = {(m.leaf_index, m.signature_key) for m in after}
+    removed = [m for m in before if (m.leaf_index, m.signature_key) not in current]
+    if not new and not removed:
+        return  # a device rejoined in its own place (same key at the same leaf: its stale leaf replaced)
+    if len(new) != 1:
+        raise ExternalCommitRefused(f"an external commit adds one leaf, this one {len(new)}; refused")
+    joiner = new[0]
+    if not any(m.identity == joiner.identity for m in before):
+        raise ExternalCommitRefused("an external commit by a user who is not in the conversation; refused")
+    if any(m.signature_key != joiner.signature_key for m in removed):
+        raise ExternalCommitRefused("an external commit that removes another device; refused")
 
 
 def _held_key(envelope: MessageEnvelope) -> tuple[DeviceId, int]:

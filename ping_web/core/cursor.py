@@ -126,6 +126,13 @@ class SyncCursor:
         elif kind is _WELCOME:
             self.epoch = max(self.epoch, codec.uint(epoch, "epoch"))
 
+    def rejoined(self, epoch: int) -> None:
+        """This device rejoined the group (external commit) at ``epoch``: nothing older was
+        encrypted for its new leaf. The seqs seen stay (dedupe goes on)."""
+        codec.uint(epoch, "epoch")
+        self.epoch = max(self.epoch, epoch)
+        self.min_epoch = self.epoch
+
     def copy(self) -> SyncCursor:
         clone = SyncCursor.__new__(SyncCursor)
         clone.epoch, clone.min_epoch, clone.hlc = self.epoch, self.min_epoch, self.hlc

@@ -47,6 +47,8 @@ class Processed:
     epoch: int
     """The group's epoch after processing."""
     plaintext: bytes
+    external: bool = False
+    """A commit by a new member (an external commit: a device rejoining or joining)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,16 @@ class MlsGroup(Protocol):
         """Stage a commit with fresh keys for this member's leaf; returns the commit."""
         ...
 
+    @property
+    def staged_group_info(self) -> bytes | None:
+        """The GroupInfo of the epoch the last commit staged here makes (``None`` if none
+        was staged since the group was loaded)."""
+        ...
+
+    def export_group_info(self) -> bytes:
+        """A signed GroupInfo of the current epoch, enough to join by external commit."""
+        ...
+
     def merge_pending_commit(self) -> None: ...
 
     def clear_pending_commit(self) -> None: ...
@@ -107,6 +119,15 @@ class MlsEngine(Protocol):
     def create_group(self, group_id: bytes) -> MlsGroup: ...
 
     def join_group(self, welcome: bytes) -> MlsGroup: ...
+
+    def inspect_group_info(self, group_info: bytes) -> tuple[bytes, int]:
+        """``(group id, epoch)`` a GroupInfo claims, unverified (the join verifies it)."""
+        ...
+
+    def join_external(self, group_info: bytes, aad: bytes) -> tuple[MlsGroup, bytes]:
+        """Join by external commit from a GroupInfo (removing our own stale leaf, if any);
+        returns the group, merged, and the commit."""
+        ...
 
     def load_group(self, group_id: bytes) -> MlsGroup | None:
         """The stored group, or ``None`` if the working set has none with that id."""

@@ -23,7 +23,9 @@ MAX_HELD: Final = 1024
 LEGACY_STATE_MAX_SIZE: Final = (MAX_HELD + 1) * (ENVELOPE_MAX_SIZE + 16)
 """Version 1 carried the held envelopes inside the state record."""
 
-PENDING_KINDS: Final = ("add", "remove", "update")
+PENDING_KINDS: Final = ("add", "remove", "update", "rejoin")
+"""``rejoin``: an external commit, already merged in MLS (OpenMLS merges those at once); if
+the delivery service refuses it, the conversation still needs a rejoin."""
 _STATE_KEYS_V1: Final = frozenset({"v", "s", "t", "p", "h", "u", "x"})
 _STATE_KEYS: Final = frozenset({"v", "s", "t", "p", "u", "x", "r"})
 

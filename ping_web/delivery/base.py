@@ -120,12 +120,22 @@ class Delivery(Protocol):
         envelope again is harmless: receivers drop the copy, and the relay keeps it once."""
         ...
 
-    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+    async def commit(
+        self, commit: bytes, welcome: bytes | None, roster: RosterChange, *, group_info: bytes | None = None,
+        external: bool = False,
+    ) -> bool:  # fmt: skip
         """Append a commit, and leave its Welcome in the mailbox of every device in
         ``roster.added``, as one step: ``True`` if the log took it (also when it already
         held this very commit), ``False`` if it holds another commit for that epoch or has
         moved past it (nothing is stored then, the Welcome neither). Raises
-        :class:`CommitRefused` for a refusal that no retry fixes."""
+        :class:`CommitRefused` for a refusal that no retry fixes. ``group_info`` (the
+        GroupInfo of the epoch the commit makes) is kept with the commit, for devices that
+        rejoin or join by external commit; ``external``: this is such a commit."""
+        ...
+
+    async def group_info(self, conversation_id: ConversationId) -> bytes | None:
+        """The GroupInfo kept with the conversation's newest commit that carried one
+        (``None``: none yet). Unverified: joining by external commit verifies it."""
         ...
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:

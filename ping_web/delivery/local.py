@@ -34,6 +34,7 @@ class LocalDeliveryService:
         self._devices: dict[UserId, list[DeviceId]] = defaultdict(list)
         self._device_logs: dict[UserId, DeviceLog] = {}
         self._links: dict[bytes, list[bytes | None]] = {}  # link id -> [request, answer]
+        self._group_infos: dict[ConversationId, bytes] = {}
 
     # The methods are async for the protocol; they never await, so each is atomic.
 
@@ -61,7 +62,10 @@ class LocalDeliveryService:
         self._logs[decoded.conversation_id].append(bytes(envelope))
         return True
 
-    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+    async def commit(
+        self, commit: bytes, welcome: bytes | None, roster: RosterChange, *, group_info: bytes | None = None,
+        external: bool = False,
+    ) -> bool:  # fmt: skip
         decoded = MessageEnvelope.decode(commit)
         if decoded.kind is not MessageKind.COMMIT:
             raise InvalidInput("commit takes a COMMIT envelope")
@@ -73,7 +77,12 @@ class LocalDeliveryService:
             return False
         for device in roster.added:
             self._mailboxes[device].append(bytes(welcome or b""))
+        if group_info is not None:
+            self._group_infos[decoded.conversation_id] = bytes(group_info)
         return True
+
+    async def group_info(self, conversation_id: ConversationId) -> bytes | None:
+        return self._group_infos.get(conversation_id)
 
     def _append_commit(self, decoded: MessageEnvelope, raw: bytes) -> bool:
         conversation = decoded.conversation_id

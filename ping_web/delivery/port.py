@@ -66,6 +66,7 @@ METHODS: Final = (
     "publish_key_packages",
     "claim_key_package",
     "devices_of",
+    "group_info",
     "device_log",
     "append_device_log",
     "open_link",
@@ -204,9 +205,17 @@ class PortDelivery:
     async def post(self, envelope: bytes) -> bool:
         return bool(await self._call("post", bytes(envelope)))
 
-    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+    async def commit(
+        self, commit: bytes, welcome: bytes | None, roster: RosterChange, *, group_info: bytes | None = None,
+        external: bool = False,
+    ) -> bool:  # fmt: skip
         welcome_arg = None if welcome is None else bytes(welcome)
-        return bool(await self._call("commit", bytes(commit), welcome_arg, roster_record(roster)))
+        info = None if group_info is None else bytes(group_info)
+        return bool(await self._call("commit", bytes(commit), welcome_arg, roster_record(roster), info, external))
+
+    async def group_info(self, conversation_id: ConversationId) -> bytes | None:
+        result = await self._call("group_info", conversation_id.raw)
+        return None if result is None else _raw(result, "group info")
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
         result = await self._call("fetch", conversation_id.raw, position)
@@ -418,10 +427,13 @@ class DeliveryServer:
                 notice = {"notice": "log", "conversation_id": MessageEnvelope.decode(envelope).conversation_id.raw}
             return accepted, notice
         if method == "commit":
-            commit, welcome, roster_value = arity(3)
+            commit, welcome, roster_value, info, external = arity(5)
             roster = _roster(roster_value)
             welcome_bytes = None if welcome is None else _raw(welcome, "welcome")
-            accepted = await service.commit(_raw(commit, "commit"), welcome_bytes, roster)
+            accepted = await service.commit(
+                _raw(commit, "commit"), welcome_bytes, roster,
+                group_info=None if info is None else _raw(info, "group info"), external=external is True,
+            )  # fmt: skip
             notice = None
             if accepted:
                 conversation_id = MessageEnvelope.decode(commit).conversation_id.raw
@@ -459,6 +471,9 @@ class DeliveryServer:
         if method == "claim_key_package":
             (device,) = arity(1)
             return await service.claim_key_package(DeviceId.from_bytes(_raw(device, "device_id"))), None
+        if method == "group_info":
+            (conversation,) = arity(1)
+            return await service.group_info(ConversationId.from_bytes(_raw(conversation, "id"))), None
         if method == "devices_of":
             (user,) = arity(1)
             return [d.raw for d in await service.devices_of(UserId.from_bytes(_raw(user, "user_id")))], None

@@ -280,7 +280,10 @@ class RelayDelivery:
             self._refused(exc.refusal, "the post")
         return True
 
-    async def commit(self, commit: bytes, welcome: bytes | None, roster: RosterChange) -> bool:
+    async def commit(
+        self, commit: bytes, welcome: bytes | None, roster: RosterChange, *, group_info: bytes | None = None,
+        external: bool = False,
+    ) -> bool:  # fmt: skip
         device = self._require_device()
         decoded = MessageEnvelope.decode(bytes(commit))
         if decoded.kind is not MessageKind.COMMIT:
@@ -290,11 +293,15 @@ class RelayDelivery:
         removed = list(dict.fromkeys([*roster.removed, *await self._devices_by_key(decoded, roster.removed_keys)]))
         signature = device.sign(LABEL_ROSTER, roster_content(decoded, roster.added, removed))
         added_ids = [b64e(d.raw) for d in roster.added]
-        body = {
+        body: dict[str, Any] = {
             "commit": b64e(commit),
             "welcome": None if welcome is None else {"envelope": b64e(welcome), "joiners": added_ids},
             "roster": {"added": added_ids, "removed": [b64e(d.raw) for d in removed], "signature": b64e(signature)},
         }
+        if group_info is not None:
+            body["group_info"] = b64e(group_info)
+        if external:
+            body["external"] = True
         path = f"/v1/groups/{b64e(decoded.conversation_id.raw)}/commits"
         try:
             await self._post_queued(decoded, path, body)
@@ -306,6 +313,15 @@ class RelayDelivery:
                 raise CommitRefused(_commit_refusal(refusal)) from None
             self._refused(refusal, "the commit")
         return True
+
+    async def group_info(self, conversation_id: ConversationId) -> bytes | None:
+        try:
+            reply = await self._call("GET", f"/v1/groups/{b64e(conversation_id.raw)}/group-info")
+        except _Refused as exc:
+            if exc.refusal.error == "no_group_info":
+                return None
+            self._refused(exc.refusal, "reading the conversation's GroupInfo")
+        return b64d(reply.get("group_info"), "group_info")
 
     async def fetch(self, conversation_id: ConversationId, position: int) -> LogPage:
         if type(position) is not int or position < 0:

@@ -28,6 +28,12 @@ class OpenMlsEngine:
     def join_group(self, welcome: bytes) -> Group:
         return self.provider.join_group(self.identity, welcome)
 
+    def inspect_group_info(self, group_info: bytes) -> tuple[bytes, int]:
+        return self.provider.inspect_group_info(group_info)
+
+    def join_external(self, group_info: bytes, aad: bytes) -> tuple[Group, bytes]:
+        return self.provider.join_external(self.identity, group_info, aad)
+
     def load_group(self, group_id: bytes) -> Group | None:
         return self.provider.load_group(self.identity, group_id)
 

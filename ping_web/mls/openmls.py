@@ -324,6 +324,24 @@ class Provider:
         js = self.runtime.call(self.runtime._exports.Group.join, self.js, self.runtime.u8(welcome))
         return Group(self, js, identity)
 
+    def inspect_group_info(self, group_info: bytes) -> tuple[bytes, int]:
+        """``(group id, epoch)`` a GroupInfo claims (unverified; joining verifies it)."""
+        raw = self.runtime.call(self.runtime._exports.inspectGroupInfo, self.runtime.u8(group_info))
+        group_id, epoch = decode_byte_list(raw.to_bytes())
+        return group_id, int.from_bytes(epoch, "big")
+
+    def join_external(self, identity: Identity, group_info: bytes, aad: bytes) -> tuple[Group, bytes]:
+        """Join the group ``group_info`` describes by an external commit (a leaf with
+        ``identity``'s key is removed in the same commit: a stale copy rejoining). Returns the
+        group, already merged as OpenMLS does for external commits, and the commit."""
+        self._mutating()
+        join = self.runtime.call(
+            self.runtime._exports.Group.joinExternal, self.js, identity.js, self.runtime.u8(group_info),
+            self.runtime.u8(aad),
+        )  # fmt: skip
+        commit = bytes(join.commit.to_bytes())
+        return Group(self, self.runtime.call(join.takeGroup), identity), commit
+
     def inspect_key_package(self, key_package: bytes) -> tuple[bytes, bytes]:
         """Validate a KeyPackage; returns ``(credential identity, signature key)``."""
         raw = self.runtime.call(self.runtime._exports.inspectKeyPackage, self.js, self.runtime.u8(key_package))
@@ -460,6 +478,19 @@ class Group:
         self._mutating()
         return bytes(self._call(self.js.selfUpdate, self.provider.js, self.identity.js, self._u8(aad)).to_bytes())
 
+    @property
+    def staged_group_info(self) -> bytes | None:
+        """The GroupInfo of the epoch our last staged commit makes (``None`` if none was
+        staged since this group was loaded)."""
+        raw = bytes(self.js.stagedGroupInfo.to_bytes())
+        return raw or None
+
+    def export_group_info(self) -> bytes:
+        """A GroupInfo of the current epoch (signed by us, ratchet tree and external_pub
+        inside): enough for a member's other device, or a stale copy of one, to join by
+        external commit."""
+        return bytes(self._call(self.js.exportGroupInfo, self.provider.js, self.identity.js).to_bytes())
+
     def merge_pending_commit(self) -> None:
         self._mutating()
         self._call(self.js.mergePendingCommit, self.provider.js)
@@ -516,6 +547,7 @@ class Group:
             sender_leaf=None if sender == _DELETED else sender,
             epoch=epoch,
             plaintext=raw[4 + _PROCESSED_HEADER.size : end],
+            external=bool(flags & 2),
         )
 
     def export_secret(self, label: str, context: bytes, length: int) -> bytes:

@@ -141,6 +141,14 @@ MIGRATIONS: Final[list[list[str]]] = [
             expires_at_ms BIGINT NOT NULL)""",
         "CREATE INDEX links_by_user ON links (user_id)",
     ],
+    # 5: each group's newest GroupInfo (kept with the commit that carried it), for devices
+    # rejoining or joining by external commit
+    [
+        """CREATE TABLE group_infos (
+            group_id {blob} PRIMARY KEY,
+            epoch BIGINT NOT NULL,
+            group_info {blob} NOT NULL)""",
+    ],
 ]
 
 LATEST: Final = len(MIGRATIONS)

@@ -490,8 +490,16 @@ async def post_commit(request: Request) -> JsonReply:
     device = await authenticate(request, relay)
     group_id = path_id(request, "group_id", GROUP_ID)
     lim = relay.config.limits
-    body = await json_body(request, relay, device.device_id, required=("commit", "welcome", "roster"))
+    body = await json_body(
+        request, relay, device.device_id, required=("commit", "welcome", "roster"), optional=("group_info", "external")
+    )
     commit = wire.envelope(body["commit"], "commit", max_bytes=lim.max_envelope_bytes)
+    group_info = None
+    if body.get("group_info") is not None:
+        group_info = wire.sized(body["group_info"], "group_info", max_bytes=lim.max_envelope_bytes)
+    external = body.get("external", False)
+    if not isinstance(external, bool):
+        raise bad_request("bad_field", "external: expected a boolean", field="external")
     if commit.kind is not MessageKind.COMMIT:
         raise bad_request("wrong_kind", "commit: not a commit envelope", field="commit")
     if commit.conversation_id.raw != group_id:
@@ -543,10 +551,21 @@ async def post_commit(request: Request) -> JsonReply:
     content = auth.roster_content(group_id, commit.epoch, commit.content_hash, added, removed)
     if not auth.verify(device.public_key, signature, auth.LABEL_ROSTER, content):
         raise forbidden("invalid_roster_signature", "roster.signature does not verify with this device's key")
+    if external and (added or removed or welcome_bytes is not None):
+        raise bad_request("bad_roster", "an external commit adds or removes no other device and has no Welcome")
     posted = await relay.store.commit(
-        CommitRequest(group_id, commit, welcome_bytes, added, removed, signature), now_ms()
+        CommitRequest(group_id, commit, welcome_bytes, added, removed, signature, group_info, external), now_ms()
     )
     return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
+
+
+async def read_group_info(request: Request) -> JsonReply:
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    found = await relay.store.mls_group_info(path_id(request, "group_id", GROUP_ID), device)
+    if found is None:
+        raise not_found("no_group_info", "no commit of this group carried a GroupInfo yet")
+    return ok({"epoch": found[0], "group_info": wire.b64e(found[1])})
 
 
 async def fetch(request: Request) -> JsonReply:
@@ -633,6 +652,7 @@ ROUTES = [
     Route("/v1/groups/{group_id}/messages", post_message, methods=["POST"]),
     Route("/v1/groups/{group_id}/messages", fetch, methods=["GET"]),
     Route("/v1/groups/{group_id}/commits", post_commit, methods=["POST"]),
+    Route("/v1/groups/{group_id}/group-info", read_group_info, methods=["GET"]),
     Route("/v1/welcomes", welcomes, methods=["GET"]),
     Route("/v1/welcomes/ack", ack_welcomes, methods=["POST"]),
 ]

@@ -169,6 +169,18 @@ def _membership(tx: Tx, group_id: bytes, device_id: bytes) -> tuple[int, int | N
     return _int(row[0]), None if row[1] is None else _int(row[1])
 
 
+def _user_is_member(tx: Tx, group_id: bytes, device_id: bytes) -> bool:
+    """Whether ``device_id`` is active (not revoked) and a device of its user is a current
+    member of the group: who may join it by external commit."""
+    row = tx.one(
+        "SELECT 1 FROM devices d JOIN devices other ON other.user_id = d.user_id"
+        " JOIN members m ON m.device_id = other.device_id"
+        " WHERE d.device_id = ? AND d.revoked_at_ms IS NULL AND m.group_id = ? AND m.removed_seq IS NULL",
+        device_id, group_id,
+    )  # fmt: skip
+    return row is not None
+
+
 def _require_member(tx: Tx, group_id: bytes, device_id: bytes) -> None:
     membership = _membership(tx, group_id, device_id)
     if membership is None or membership[1] is not None:
@@ -832,7 +844,8 @@ class SqlStore:
             current = membership is not None and membership[1] is None
             if original is not None:
                 return Posted(original, duplicate=True, epoch=epoch if current else None)
-            if not current:
+            joins = not current and request.external and _user_is_member(t, group_id, sender)
+            if not current and not joins:
                 raise forbidden("not_member", "this device is not a member of the group")
             if commit.epoch != epoch:
                 raise conflict(
@@ -885,6 +898,18 @@ class SqlStore:
                 t.run(
                     "UPDATE members SET removed_seq = ? WHERE group_id = ? AND device_id = ?", seq, group_id, device_id
                 )
+            if joins:  # a new device of a member's user, joined by external commit
+                if membership is None:
+                    t.run("INSERT INTO members (group_id, device_id, from_seq) VALUES (?, ?, ?)", group_id, sender, seq)
+                else:
+                    t.run("UPDATE members SET from_seq = ?, removed_seq = NULL WHERE group_id = ? AND device_id = ?",
+                          seq, group_id, sender)  # fmt: skip
+            if request.group_info is not None:
+                t.run(
+                    "INSERT INTO group_infos (group_id, epoch, group_info) VALUES (?, ?, ?) ON CONFLICT (group_id)"
+                    " DO UPDATE SET epoch = excluded.epoch, group_info = excluded.group_info",
+                    group_id, epoch + 1, request.group_info,
+                )  # fmt: skip
             t.run(
                 "INSERT INTO roster_changes (group_id, seq, added, removed, signature) VALUES (?, ?, ?, ?, ?)",
                 group_id,
@@ -937,6 +962,18 @@ class SqlStore:
                 entries.append(Entry(_int(row[0]), _bytes(row[1])))
             last = entries[-1].seq if entries else start
             return Page(entries, visible, None if removed is not None else epoch, removed, last < visible)
+
+        return await self._db.read(tx)
+
+    async def mls_group_info(self, group_id: bytes, device: Device) -> tuple[int, bytes] | None:
+        def tx(t: Tx) -> tuple[int, bytes] | None:
+            _group(t, group_id, lock=False)
+            membership = _membership(t, group_id, device.device_id)
+            current = membership is not None and membership[1] is None
+            if not current and not _user_is_member(t, group_id, device.device_id):
+                raise forbidden("not_member", "only members and their users' devices read the group's GroupInfo")
+            row = t.one("SELECT epoch, group_info FROM group_infos WHERE group_id = ?", group_id)
+            return None if row is None else (_int(row[0]), _bytes(row[1]))
 
         return await self._db.read(tx)
 

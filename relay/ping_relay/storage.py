@@ -113,6 +113,11 @@ class CommitRequest:
     added: list[bytes]
     removed: list[bytes]
     signature: bytes
+    group_info: bytes | None = None
+    """The GroupInfo of the epoch the commit makes (signed by the committer), kept with it."""
+    external: bool = False
+    """An external commit: the committer (re)joins; it may be outside the roster if a device of
+    its user is a member (it is added to the roster then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,11 @@ class Store(Protocol):
     async def commit(self, request: CommitRequest, now_ms: int) -> Posted: ...
 
     async def read(self, group_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int) -> Page: ...
+
+    async def mls_group_info(self, group_id: bytes, device: Device) -> tuple[int, bytes] | None:
+        """``(epoch, GroupInfo)`` kept with the group's newest commit that carried one, for a
+        current member or a device whose user has a current member; 403 otherwise."""
+        ...
 
     async def log_pages(self, cursors: list[tuple[bytes, int]], limit: int, max_bytes: int) -> dict[bytes, LogPage]:
         """The log of each ``(group_id, after)`` after its cursor, for the stream's fan-out (no

@@ -1,6 +1,7 @@
 //! One MLS group. Every mutating call either succeeds, or undoes its own writes to the
 //! working set and reloads the group from it, so a failure changes nothing.
 
+use openmls::messages::group_info::GroupInfo;
 use openmls::prelude::{
     BasicCredential, GroupId, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProtocolMessage,
@@ -31,8 +32,10 @@ const KIND_COMMIT: u8 = 2;
 const KIND_PROPOSAL: u8 = 3;
 /// A message we sent ourselves, fanned back by the delivery service: nothing to apply.
 const KIND_OWN: u8 = 4;
-/// Flag bit in the second byte: this member is still in the group.
+/// Flag bits in the second byte: this member is still in the group; the commit was an
+/// external one (a new member's, `Sender::NewMemberCommit`).
 const FLAG_ACTIVE: u8 = 1;
+const FLAG_EXTERNAL: u8 = 2;
 const NO_LEAF: u32 = u32::MAX;
 
 fn ratchet() -> SenderRatchetConfiguration {
@@ -84,6 +87,20 @@ pub fn inspect_key_package(provider: &Provider, key_package: &[u8]) -> Result<Ve
     Ok(out)
 }
 
+/// The group id and epoch a GroupInfo (TLS-serialized `MlsMessage`) claims, unverified: a
+/// byte list `[group_id, epoch u64 BE]`, so the caller can check them (and bind them into
+/// the commit it makes) before joining; `joinExternal` verifies the GroupInfo itself.
+#[wasm_bindgen(js_name = inspectGroupInfo)]
+pub fn inspect_group_info(group_info: &[u8]) -> Result<Vec<u8>> {
+    match parse_message(group_info)? {
+        MlsMessageBodyIn::GroupInfo(info) => Ok(encode_byte_list(&[
+            info.group_id().as_slice().to_vec(),
+            info.epoch().as_u64().to_be_bytes().to_vec(),
+        ])),
+        _ => Err(Error::new(code::WRONG_MESSAGE_TYPE, "expected a GroupInfo")),
+    }
+}
+
 fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn> {
     let message = MlsMessageIn::tls_deserialize_exact(bytes)
         .map_err(|e| Error::new(code::MALFORMED_MESSAGE, format!("not an MLS message: {e}")))?;
@@ -123,9 +140,46 @@ fn with_changes(provider: &Provider, result: Vec<u8>) -> Vec<u8> {
 #[wasm_bindgen]
 pub struct Group {
     inner: MlsGroup,
+    /// The GroupInfo of the epoch our pending commit makes (signed by us, ratchet tree and
+    /// external_pub inside), for the delivery service to keep with the commit.
+    staged_group_info: Option<Vec<u8>>,
+}
+
+fn group_info_bytes(group_info: Option<GroupInfo>) -> Result<Option<Vec<u8>>> {
+    group_info.map(|info| serialize(MlsMessageOut::from(info))).transpose()
+}
+
+/// A group joined by an external commit, and that commit (TLS-serialized `MlsMessage`).
+#[wasm_bindgen]
+pub struct ExternalJoin {
+    group: Option<Group>,
+    commit: Vec<u8>,
+}
+
+#[wasm_bindgen]
+impl ExternalJoin {
+    #[wasm_bindgen(getter)]
+    pub fn commit(&self) -> Vec<u8> {
+        self.commit.clone()
+    }
+
+    /// The group (once: it moves out).
+    #[wasm_bindgen(js_name = takeGroup)]
+    pub fn take_group(&mut self) -> Result<Group> {
+        self.group
+            .take()
+            .ok_or_else(|| Error::new(code::INVALID_INPUT, "the group was taken already"))
+    }
 }
 
 impl Group {
+    fn wrap(inner: MlsGroup) -> Group {
+        Group {
+            inner,
+            staged_group_info: None,
+        }
+    }
+
     /// Run a mutating operation; on error undo its storage writes and reload the group.
     fn guarded<T>(&mut self, provider: &Provider, op: impl FnOnce(&mut MlsGroup) -> Result<T>) -> Result<T> {
         let result = provider.storage().atomically(|| op(&mut self.inner));
@@ -166,7 +220,7 @@ impl Group {
                     identity.credential.clone(),
                 )
             })
-            .map(|inner| Group { inner })
+            .map(Group::wrap)
             .map_err(|e| mls_error(code::CREATE, e))
     }
 
@@ -184,13 +238,13 @@ impl Group {
                     .map_err(|e| mls_error(code::JOIN, e))
                     .and_then(|staged| staged.into_group(provider).map_err(|e| mls_error(code::JOIN, e)))
             })
-            .map(|inner| Group { inner })
+            .map(Group::wrap)
     }
 
     /// Load a group from the provider's working set; `undefined` if it has none.
     pub fn load(provider: &Provider, group_id: &[u8]) -> Result<Option<Group>> {
         MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
-            .map(|group| group.map(|inner| Group { inner }))
+            .map(|group| group.map(Group::wrap))
             .map_err(|e| Error::new(code::STORAGE, e))
     }
 
@@ -218,10 +272,17 @@ impl Group {
         }
         self.guarded(provider, |group| {
             group.set_aad(aad.to_vec());
-            let (commit, welcome, _) = group
+            let (commit, welcome, group_info) = group
                 .add_members(provider, &identity.signer, &validated)
                 .map_err(|e| mls_error(code::COMMIT, e))?;
-            Ok(encode_byte_list(&[serialize(commit)?, serialize(welcome)?]))
+            Ok((
+                encode_byte_list(&[serialize(commit)?, serialize(welcome)?]),
+                group_info_bytes(group_info)?,
+            ))
+        })
+        .map(|(out, info)| {
+            self.staged_group_info = info;
+            out
         })
     }
 
@@ -245,10 +306,14 @@ impl Group {
         }
         self.guarded(provider, |group| {
             group.set_aad(aad.to_vec());
-            let (commit, _, _) = group
+            let (commit, _, group_info) = group
                 .remove_members(provider, &identity.signer, &members)
                 .map_err(|e| mls_error(code::COMMIT, e))?;
-            serialize(commit)
+            Ok((serialize(commit)?, group_info_bytes(group_info)?))
+        })
+        .map(|(out, info)| {
+            self.staged_group_info = info;
+            out
         })
     }
 
@@ -260,7 +325,12 @@ impl Group {
             let bundle = group
                 .self_update(provider, &identity.signer, LeafNodeParameters::default())
                 .map_err(|e| mls_error(code::COMMIT, e))?;
-            serialize(bundle.into_commit())
+            let info = group_info_bytes(bundle.group_info().cloned())?;
+            Ok((serialize(bundle.into_commit())?, info))
+        })
+        .map(|(out, info)| {
+            self.staged_group_info = info;
+            out
         })
     }
 
@@ -293,6 +363,65 @@ impl Group {
     #[wasm_bindgen(getter, js_name = hasPendingCommit)]
     pub fn has_pending_commit(&self) -> bool {
         self.inner.pending_commit().is_some()
+    }
+
+    /// The GroupInfo of the epoch the last commit staged here makes (empty if none was
+    /// staged since this group was loaded): what a delivery service keeps with the commit.
+    #[wasm_bindgen(getter, js_name = stagedGroupInfo)]
+    pub fn staged_group_info(&self) -> Vec<u8> {
+        self.staged_group_info.clone().unwrap_or_default()
+    }
+
+    /// A GroupInfo of the current epoch, signed by this member, with the ratchet tree and
+    /// external_pub inside (TLS-serialized `MlsMessage`): enough to join by external commit.
+    #[wasm_bindgen(js_name = exportGroupInfo)]
+    pub fn export_group_info(&self, provider: &Provider, identity: &Identity) -> Result<Vec<u8>> {
+        let message = self
+            .inner
+            .export_group_info(provider.crypto(), &identity.signer, true)
+            .map_err(|e| Error::new(code::EXPORT, format!("{e} ({e:?})")))?;
+        serialize(message)
+    }
+
+    /// Join the group a GroupInfo describes by an external commit (RFC 9420 §12.4.3.2): the
+    /// GroupInfo's signature and tree are verified, and a leaf with our own signature key
+    /// (a stale copy of this device) is removed in the same commit (resync). OpenMLS merges
+    /// an external commit at once; the caller keeps the group only if the delivery service
+    /// takes the commit. `aad` is bound into the commit.
+    #[wasm_bindgen(js_name = joinExternal)]
+    pub fn join_external(
+        provider: &Provider,
+        identity: &Identity,
+        group_info: &[u8],
+        aad: &[u8],
+    ) -> Result<ExternalJoin> {
+        let info = match parse_message(group_info)? {
+            MlsMessageBodyIn::GroupInfo(info) => info,
+            _ => return Err(Error::new(code::WRONG_MESSAGE_TYPE, "expected a GroupInfo")),
+        };
+        provider.storage().atomically(|| {
+            let failed = |e: &dyn std::fmt::Display| Error::new(code::JOIN, format!("external commit: {e}"));
+            let (inner, bundle) = MlsGroup::external_commit_builder()
+                .with_config(join_config())
+                .with_aad(aad.to_vec())
+                .build_group(provider, info, identity.credential.clone())
+                .map_err(|e| failed(&e))?
+                .leaf_node_parameters(LeafNodeParameters::default())
+                .load_psks(provider.storage())
+                .map_err(|e| failed(&e))?
+                .build(provider.rand(), provider.crypto(), &identity.signer, |_| true)
+                .map_err(|e| failed(&e))?
+                .finalize(provider)
+                .map_err(|e| failed(&e))?;
+            let info = group_info_bytes(bundle.group_info().cloned())?;
+            let commit = serialize(bundle.into_commit())?;
+            let mut group = Group::wrap(inner);
+            group.staged_group_info = info;
+            Ok(ExternalJoin {
+                group: Some(group),
+                commit,
+            })
+        })
     }
 
     /// Encrypt an application message. Returns the TLS-serialized `MlsMessage`.
@@ -389,6 +518,7 @@ impl Group {
                 Sender::Member(leaf) => leaf.u32(),
                 _ => NO_LEAF,
             };
+            let external = matches!(processed.sender(), Sender::NewMemberCommit);
             let (kind, body) = match processed.into_content() {
                 ProcessedMessageContent::ApplicationMessage(app) => {
                     let plaintext = app.into_bytes();
@@ -425,7 +555,8 @@ impl Group {
             };
             let mut out = Vec::with_capacity(14 + body.len());
             out.push(kind);
-            out.push(if group.is_active() { FLAG_ACTIVE } else { 0 });
+            let flags = if group.is_active() { FLAG_ACTIVE } else { 0 } | if external { FLAG_EXTERNAL } else { 0 };
+            out.push(flags);
             out.extend_from_slice(&sender_leaf.to_be_bytes());
             out.extend_from_slice(&group.epoch().as_u64().to_be_bytes());
             out.extend_from_slice(&body);

@@ -16,7 +16,7 @@ mod signer;
 mod storage;
 mod value;
 
-pub use group::{inspect_key_package, Group};
+pub use group::{inspect_group_info, inspect_key_package, ExternalJoin, Group};
 pub use identity::{verify_with_label, Identity};
 pub use provider::Provider;
 

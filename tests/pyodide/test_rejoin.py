@@ -1,0 +1,151 @@
+"""Rejoin by external commit, with real OpenMLS: a copy restored from a backup that is no
+longer current joins again from the GroupInfo the delivery service keeps with each commit;
+other members refuse an outsider's external commit; a rejoin racing an ordinary commit
+tries again; a tampered GroupInfo changes nothing. The relay version is at the end."""
+
+from pytest_pyodide import run_in_pyodide
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_backup_restored_twice_rejoins_and_both_sides_read_each_other(selenium):
+    import pytest
+
+    from ping_web.client import MessagingClient
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.errors import RejoinRequired
+    from ping_web.storage import MemoryStorage
+
+    ds = LocalDeliveryService()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    await bob.publish_key_packages(1)
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_user(chat, b"bob")
+    await bob.sync()
+    await bob.send(chat, b"before the backup")
+    backup = await bob.backup()
+    await bob.close()
+
+    first = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    await first.sync()
+    await first.send(chat, b"first copy")
+    second = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    await second.sync()
+    with pytest.raises(RejoinRequired):
+        await second.send(chat, b"refused")
+    before = (await second.conversation(chat)).state.seq
+
+    commit = await second.rejoin(chat)
+    conversation = await second.conversation(chat)
+    assert not conversation.state.rejoin_required and conversation.state.pending is None
+    assert commit.seq >> 32 > before >> 32  # a new incarnation of its seqs
+    assert [m.user_id.raw for m in conversation.members()].count(b"bob") == 1  # the stale leaf went
+    # Both sides read each other.
+    await second.send(chat, b"back again")
+    got = (await alice.sync()).messages
+    assert [m.plaintext for m in got][-1] == b"back again" and got[-1].sender_user.raw == b"bob"
+    await alice.send(chat, b"welcome back")
+    assert [m.plaintext for m in (await second.sync()).messages] == [b"welcome back"]
+    # It kept its history.
+    texts = [m.plaintext for m in await second.history(chat)]
+    assert texts[0] == b"before the backup" and texts[-2:] == [b"back again", b"welcome back"]
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_an_outsiders_external_commit_is_refused_by_every_member(selenium):
+    import pytest
+
+    from ping_web.client import MessagingClient
+    from ping_web.core.conversation import authenticated_header
+    from ping_web.core.envelope import Hlc, MessageEnvelope, MessageKind
+    from ping_web.delivery import LocalDeliveryService, RosterChange
+    from ping_web.errors import ExternalCommitRefused
+    from ping_web.storage import MemoryStorage
+
+    ds = LocalDeliveryService()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    eve = await MessagingClient.open(MemoryStorage(), b"eve", delivery=ds)
+    await bob.publish_key_packages(1)
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_user(chat, b"bob")
+    await bob.sync()
+    group_info = await ds.group_info(chat)  # this service shows anyone the GroupInfo (a relay does not)
+    epoch = (await alice.conversation(chat)).epoch()
+    hlc = Hlc(1, 0)
+    aad = authenticated_header(MessageKind.COMMIT, eve.device_id, epoch, 1, hlc)
+    _, payload = eve._engine.join_external(group_info, aad)
+    commit = MessageEnvelope.handshake(MessageKind.COMMIT, chat, epoch, eve.device_id, 1, hlc, payload)
+    assert await ds.commit(commit.encode(), None, RosterChange(), external=True)  # a careless service takes it
+    for member in (alice, bob):
+        before = (await member.conversation(chat)).epoch()
+        outcome = await member.sync()
+        assert any(isinstance(error, ExternalCommitRefused) for _, error in outcome.rejected), member.user_id
+        conversation = await member.conversation(chat)
+        assert conversation.epoch() == before and b"eve" not in [m.user_id.raw for m in conversation.members()]
+    with pytest.raises(ExternalCommitRefused):
+        await alice.receive(commit)
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_rejoin_racing_an_ordinary_commit_tries_again_and_a_tampered_group_info_changes_nothing(selenium):
+    import pytest
+
+    from ping_web.client import MessagingClient
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.errors import MlsError, PingError, RejoinRequired
+    from ping_web.storage import MemoryStorage
+
+    class RacingDelivery(LocalDeliveryService):
+        """Hands out the GroupInfo, then lets ``before_join`` commit first (once)."""
+
+        before_join = None
+        tamper = False
+        calls = 0
+
+        async def group_info(self, conversation_id):
+            self.calls += 1
+            info = await super().group_info(conversation_id)
+            if self.tamper and info is not None:
+                info = info[:-40] + bytes(b ^ 1 for b in info[-40:])
+            race, self.before_join = self.before_join, None
+            if race is not None:
+                await race()
+            return info
+
+    ds = RacingDelivery()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    await bob.publish_key_packages(1)
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_user(chat, b"bob")
+    await bob.sync()
+    backup = await bob.backup()
+    first = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    await first.send(chat, b"first copy")
+    second = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    with pytest.raises(RejoinRequired):
+        await second.send(chat, b"refused")
+
+    # A tampered GroupInfo: refused by OpenMLS (signature), and nothing changes.
+    ds.tamper = True
+    state_before = (await second.conversation(chat)).state.encode()
+    with pytest.raises((MlsError, PingError)):
+        await second.rejoin(chat, attempts=1)
+    assert (await second.conversation(chat)).state.encode() == state_before
+    ds.tamper = False
+
+    # alice commits between the GroupInfo second read and its external commit: the first
+    # attempt loses the epoch, the second one (from the newer GroupInfo) is taken.
+    async def alice_commits():
+        await alice.sync()
+        await alice.self_update(chat)
+
+    ds.before_join = alice_commits
+    ds.calls = 0
+    commit = await second.rejoin(chat)
+    assert ds.calls == 2  # the first external commit lost its epoch; the second one was taken
+    assert commit.epoch == (await alice.conversation(chat)).epoch()
+    await alice.sync()
+    await second.send(chat, b"after the race")
+    assert [m.plaintext for m in (await alice.sync()).messages] == [b"after the race"]
