@@ -41,7 +41,14 @@ from ping_web.core.linking import LinkCode, LinkRequest
 from ping_web.delivery import Delivery, LocalDeliveryService, Notice
 from ping_web.delivery.port import DeliveryServer, PortDelivery, answer, error_record
 from ping_web.delivery.relay import ConnectionState, RelayDelivery
-from ping_web.errors import DatabaseInUse, DeliveryUnavailable, InvalidInput, PingError, StateConflict
+from ping_web.errors import (
+    DatabaseInUse,
+    DeliveryUnavailable,
+    InvalidInput,
+    PingError,
+    RejoinRequired,
+    StateConflict,
+)
 from ping_web.storage import MemoryStorage, Storage
 from ping_web.storage.encrypted import EncryptedStorage
 from ping_web.storage.indexeddb import IndexedDbStorage
@@ -564,7 +571,15 @@ class WorkerHost:
         text = _arg(args, "text", str)
         if not text:
             raise InvalidInput("nothing to send: text is empty")
-        envelope = await client.send(conversation_id, text.encode())
+        try:
+            envelope = await client.send(conversation_id, text.encode())
+        except RejoinRequired:  # a copy restored from an older backup: join again, without asking
+            await client.rejoin(conversation_id)
+            self._notes.setdefault(conversation_id.hex, []).append({
+                "kind": "rejoined", "wall_ms": _now_ms(),
+                "text": "This device joined the conversation again (it had been restored from an older backup).",
+            })  # fmt: skip
+            envelope = await client.send(conversation_id, text.encode())
         await self._count_queued()
         return {
             "epoch": envelope.epoch,

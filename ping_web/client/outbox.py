@@ -193,11 +193,13 @@ class Outbox(ClientBase):
                 commit.encode(), welcome, roster, group_info=conversation.staged_group_info,
                 external=pending.kind == "rejoin",
             )  # fmt: skip
-        except CommitRefused:
+        except CommitRefused as refused:
             pending = conversation.state.pending
             if pending is not None and pending.seq == commit.seq:
                 await self.discard_commit(conversation.id)
                 self._lost_commits.discard(lost)
+            if conversation.state.rejoin_required:  # e.g. another copy of this device used that seq
+                raise RejoinRequired(f"{refused}; this copy needs a rejoin: call rejoin()") from None
             raise
         if accepted:
             pending = conversation.state.pending

@@ -149,3 +149,40 @@ async def test_a_rejoin_racing_an_ordinary_commit_tries_again_and_a_tampered_gro
     await alice.sync()
     await second.send(chat, b"after the race")
     assert [m.plaintext for m in (await alice.sync()).messages] == [b"after the race"]
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def _restored_twice_through_a_relay(selenium, url):
+    import pytest
+
+    from ping_web.client import MessagingClient
+    from ping_web.delivery.relay import RelayDelivery
+    from ping_web.errors import RejoinRequired
+    from ping_web.storage import MemoryStorage
+
+    def delivery():
+        return RelayDelivery(url, push="off")
+
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=delivery())
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=delivery())
+    await bob.publish_key_packages(2)
+    chat = (await alice.create_conversation("chat")).id
+    await alice.add_user(chat, b"bob")
+    await bob.sync()
+    backup = await bob.backup()
+    await bob.close()
+    first = await MessagingClient.restore(MemoryStorage(), backup, delivery=delivery())
+    await first.send(chat, b"first copy")
+    second = await MessagingClient.restore(MemoryStorage(), backup, delivery=delivery())
+    with pytest.raises(RejoinRequired):
+        await second.send(chat, b"refused")
+    await second.rejoin(chat)  # the relay kept the GroupInfo of first's self-update
+    await second.send(chat, b"rejoined through the relay")
+    texts = [m.plaintext for m in (await alice.sync()).messages]
+    assert texts == [b"first copy", b"rejoined through the relay"], texts
+    await alice.send(chat, b"hello again")
+    assert [m.plaintext for m in (await second.sync()).messages] == [b"hello again"]
+
+
+def test_a_restored_copy_rejoins_through_a_relay(selenium, relay):
+    _restored_twice_through_a_relay(selenium, relay.url)
