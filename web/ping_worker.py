@@ -461,6 +461,8 @@ class WorkerHost:
         own = await client.request_link(_arg(args, "code", str), label=_arg(args, "label", str, "") or "")
         if self._key_packages:
             self._to_publish += self._key_packages
+        await client.sync()  # the Welcomes of the conversations the approving device added it to
+        await client.join_user_conversations()  # and the others of its user, by external commit
         self._schedule_sync()
         return {"devices": [d.label or d.device_id.hex[-6:] for d in own.devices]}
 
@@ -498,7 +500,10 @@ class WorkerHost:
         if client is None:
             return
         user = _text(event.user_id.raw)
-        if event.kind is IdentityEventKind.UNVERIFIED_MEMBER and event.conversation_id is not None:
+        if event.kind is IdentityEventKind.DEVICE_JOINED and event.conversation_id is not None:
+            text = f"{user} added a device ({describe_key(event.key or b'')}) to this conversation."
+            targets = [event.conversation_id.hex]
+        elif event.kind is IdentityEventKind.UNVERIFIED_MEMBER and event.conversation_id is not None:
             text = (f"Warning: a device of {user} ({describe_key(event.key or b'')}) in this conversation is not "
                     f"one of {user}'s verified devices ({event.reason}). Nothing is sent here until it is removed.")  # fmt: skip
             targets = [event.conversation_id.hex]

@@ -134,6 +134,8 @@ class ClientBase:
             self._identities, lambda: self._engine, self._identity_event, enabled=delivery is not None
         )
         self._log_published = False
+        self._joins: list[IdentityEvent] = []
+        """Devices that joined by external commit, told once their batch is stored."""
         self.on_identity_event: Callable[[IdentityEvent], None] | None = None
         """Called when a user's devices or identity change, or a conversation has a member
         that is not a verified device of its user (``client.identity.IdentityEvent``).

@@ -218,6 +218,35 @@ class Conversations(ClientBase):
                 continue  # lost the epoch to another commit: read on and rejoin from a newer GroupInfo
         raise StateConflict(f"the conversation's epoch moved on during {attempts} rejoins; retry")
 
+    async def join_user_conversations(self) -> list[ConversationId]:
+        """Join, by external commit, each conversation a device of this user is in and this
+        device is not: what a newly linked device does, without waiting for another device
+        of its user to be online. Members check that it is one of its user's verified
+        devices. Returns the conversations joined."""
+        delivery = self._require_delivery()
+        await self._ready()
+        joined = []
+        for conversation_id in await delivery.user_groups():
+            if conversation_id in self._metas:
+                continue
+            group_info = await delivery.group_info(conversation_id)
+            if group_info is None:
+                continue  # no commit carried one yet: a member's next change brings it
+            try:
+                await self._join_external_once(group_info)
+            except StateConflict:
+                await self.rejoin(conversation_id)  # lost the epoch: from the newer GroupInfo
+            joined.append(conversation_id)
+        return joined
+
+    async def _join_external_once(self, group_info: bytes) -> None:
+        conversation, commit = self._run(
+            lambda: Conversation.join_external(self._engine, self.device_id, group_info, self._clock())
+        )
+        self._adopt(conversation)
+        await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
+        await self._settle(conversation, commit)
+
     async def _rejoin_once(self, conversation: Conversation, group_info: bytes) -> MessageEnvelope:
         commit = self._run(lambda: conversation.rejoin(group_info, self._clock()))
         await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))

@@ -97,6 +97,9 @@ class IdentityEventKind(Enum):
     IDENTITY_CHANGED = "identity_changed"
     """The delivery service serves a log of the user that does not extend the pinned one
     (``conflict``): refused; ``accept_identity`` once people compared safety numbers."""
+    DEVICE_JOINED = "device_joined"
+    """A new device of a member's user joined a conversation by itself (external commit):
+    ``conversation_id`` and ``key`` name it ("ann added a device")."""
     UNVERIFIED_MEMBER = "unverified_member"
     """A conversation has a member (``key``) that is not an active device of its user's
     verified log (``reason``): this device does not send there until it is removed."""

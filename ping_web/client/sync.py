@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from ping_web.client import keys
 from ping_web.client.base import BatchOutcome, ClientBase
 from ping_web.client.conversations import as_envelope
+from ping_web.client.identity import IdentityEvent, IdentityEventKind
 from ping_web.client.vetting import LogsNeeded
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
@@ -74,6 +75,9 @@ class Sync(ClientBase):
             self._lost_commits.update(lost)
             self._log_positions.update(positions or {})
             self._notify(outcome.messages)
+        joins, self._joins = self._joins, []
+        for event in joins:  # told once the commit that made them is stored
+            self._identity_event(event)
         return outcome
 
     def _apply(
@@ -100,6 +104,9 @@ class Sync(ClientBase):
             outcome.messages.append(message)
         outcome.messages.extend(conversation.take_released())
         outcome.rejected.extend(conversation.take_rejected())
+        for member in conversation.take_external_joins():
+            self._joins.append(IdentityEvent(IdentityEventKind.DEVICE_JOINED, member.user_id,
+                                             conversation_id=conversation.id, key=member.signature_key))  # fmt: skip
 
     async def _join_welcomes(self, welcomes: list[bytes]) -> BatchOutcome:
         """Join from Welcomes; acknowledge those joined or refused. A Welcome whose members'

@@ -112,6 +112,7 @@ class Conversation:
         self._persisted_leaves: dict[DeviceId, int] | None = None
         self._released: list[IncomingMessage] = []
         self._rejected: list[tuple[MessageEnvelope, PingError]] = []
+        self._external_joins: list[Member] = []
         self._state.seq = max(self._state.seq, cursor.highest_seq(device_id))
 
     # -- construction ----------------------------------------------------------------------
@@ -163,6 +164,31 @@ class Conversation:
         state = ConversationState(hlc=_tick(Hlc.ZERO, now_ms).merge(welcome.hlc, now_ms))
         leaves = {device_id: group.own_leaf_index}
         return cls(engine, device_id, group, ConversationRecords(meta, SyncCursor(group.epoch), leaves, state))
+
+    @classmethod
+    def join_external(
+        cls, engine: MlsEngine, device_id: DeviceId, group_info: bytes, now_ms: int, *, name: str | None = None
+    ) -> tuple[Conversation, MessageEnvelope]:
+        """Join by external commit from ``group_info`` (a new device of a member's user):
+        the conversation and its commit, pending like any own commit (``rejoin``)."""
+        if not isinstance(group_info, (bytes, bytearray)):
+            raise InvalidInput("a GroupInfo must be bytes")
+        group_id, epoch = engine.inspect_group_info(bytes(group_info))
+        conversation_id = ConversationId(group_id)
+        hlc = _tick(Hlc.ZERO, now_ms)
+        aad = authenticated_header(MessageKind.COMMIT, device_id, epoch, 1, hlc)
+        with engine.savepoint():
+            group, commit = engine.join_external(bytes(group_info), aad)
+            if group.group_id != group_id or group.epoch != epoch + 1:
+                raise InvalidInput("the external commit did not join the GroupInfo's group at its epoch")
+        members = group.members()
+        meta = ConversationMeta(conversation_id, name, group.epoch, len(members), False, now_ms)
+        state = ConversationState(hlc=hlc)
+        records = ConversationRecords(meta, SyncCursor(epoch), {device_id: group.own_leaf_index}, state)
+        conversation = cls(engine, device_id, group, records)
+        envelope = MessageEnvelope.handshake(MessageKind.COMMIT, conversation_id, epoch, device_id, 1, hlc, commit)
+        conversation._stage(PendingCommitInfo("rejoin", 1, epoch, (), (), envelope.content_hash), hlc)
+        return conversation, envelope
 
     @classmethod
     def load(
@@ -296,6 +322,12 @@ class Conversation:
         """Held future-epoch messages that were decrypted since the last call."""
         released, self._released = self._released, []
         return released
+
+    def take_external_joins(self) -> list[MemberInfo]:
+        """Devices that joined (or rejoined with a new leaf) by external commit since the
+        last call: for an event the application shows ("ann added a device")."""
+        joins, self._external_joins = self._external_joins, []
+        return [MemberInfo(UserId(m.identity), m.leaf_index, m.signature_key) for m in joins]
 
     def take_rejected(self) -> list[tuple[MessageEnvelope, PingError]]:
         """Held envelopes that failed once their epoch arrived, with why."""
@@ -655,7 +687,9 @@ class Conversation:
             with self._undo_on_error():
                 processed = self._group.process_message(envelope.payload, header, expected)
                 if processed.external:
-                    _admit_external(before, self._group.members())
+                    joiner = _admit_external(before, self._group.members())
+                    if joiner is not None:
+                        self._external_joins.append(joiner)
         else:
             processed = self._group.process_message(envelope.payload, header, expected)
         if lost:
@@ -713,7 +747,7 @@ class Conversation:
                 self._released.append(message)
 
 
-def _admit_external(before: list[Member], after: list[Member]) -> None:
+def _admit_external(before: list[Member], after: list[Member]) -> Member | None:
     """Members' rule for an external commit: its one new leaf is a device of a user who was
     in the group already (a stale copy rejoining with its own key, or a new device of a
     member's user), and the only leaf it removes is one with its own key (resync). Whether
@@ -724,7 +758,7 @@ def _admit_external(before: list[Member], after: list[Member]) -> None:
     current = {(m.leaf_index, m.signature_key) for m in after}
     removed = [m for m in before if (m.leaf_index, m.signature_key) not in current]
     if not new and not removed:
-        return  # a device rejoined in its own place (same key at the same leaf: its stale leaf replaced)
+        return None  # a device rejoined in its own place (same key at the same leaf: its stale leaf replaced)
     if len(new) != 1:
         raise ExternalCommitRefused(f"an external commit adds one leaf, this one {len(new)}; refused")
     joiner = new[0]
@@ -732,6 +766,7 @@ def _admit_external(before: list[Member], after: list[Member]) -> None:
         raise ExternalCommitRefused("an external commit by a user who is not in the conversation; refused")
     if any(m.signature_key != joiner.signature_key for m in removed):
         raise ExternalCommitRefused("an external commit that removes another device; refused")
+    return None if removed else joiner  # a new device of a member's user, not a stale copy
 
 
 def _held_key(envelope: MessageEnvelope) -> tuple[DeviceId, int]:

@@ -133,6 +133,12 @@ class Delivery(Protocol):
         rejoin or join by external commit; ``external``: this is such a commit."""
         ...
 
+    async def user_groups(self) -> list[ConversationId]:
+        """Conversations a device of this device's user is a member of, as far as the service
+        keeps rosters (a service without them answers none): what a new device of the user
+        joins by external commit."""
+        ...
+
     async def group_info(self, conversation_id: ConversationId) -> bytes | None:
         """The GroupInfo kept with the conversation's newest commit that carried one
         (``None``: none yet). Unverified: joining by external commit verifies it."""

@@ -81,6 +81,10 @@ class LocalDeliveryService:
             self._group_infos[decoded.conversation_id] = bytes(group_info)
         return True
 
+    async def user_groups(self) -> list[ConversationId]:
+        """None: this service keeps no roster."""
+        return []
+
     async def group_info(self, conversation_id: ConversationId) -> bytes | None:
         return self._group_infos.get(conversation_id)
 

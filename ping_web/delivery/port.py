@@ -67,6 +67,7 @@ METHODS: Final = (
     "claim_key_package",
     "devices_of",
     "group_info",
+    "user_groups",
     "device_log",
     "append_device_log",
     "open_link",
@@ -212,6 +213,9 @@ class PortDelivery:
         welcome_arg = None if welcome is None else bytes(welcome)
         info = None if group_info is None else bytes(group_info)
         return bool(await self._call("commit", bytes(commit), welcome_arg, roster_record(roster), info, external))
+
+    async def user_groups(self) -> list[ConversationId]:
+        return [ConversationId.from_bytes(raw) for raw in _raw_list(await self._call("user_groups"), "groups")]
 
     async def group_info(self, conversation_id: ConversationId) -> bytes | None:
         result = await self._call("group_info", conversation_id.raw)
@@ -471,6 +475,9 @@ class DeliveryServer:
         if method == "claim_key_package":
             (device,) = arity(1)
             return await service.claim_key_package(DeviceId.from_bytes(_raw(device, "device_id"))), None
+        if method == "user_groups":
+            arity(0)
+            return [c.raw for c in await service.user_groups()], None
         if method == "group_info":
             (conversation,) = arity(1)
             return await service.group_info(ConversationId.from_bytes(_raw(conversation, "id"))), None

@@ -314,6 +314,10 @@ class RelayDelivery:
             self._refused(refusal, "the commit")
         return True
 
+    async def user_groups(self) -> list[ConversationId]:
+        reply = await self._ok("GET", "/v1/groups", what="listing this user's conversations")
+        return [ConversationId(b64d(g, "group_id", size=16)) for g in _list(reply.get("groups"), "groups")]
+
     async def group_info(self, conversation_id: ConversationId) -> bytes | None:
         try:
             reply = await self._call("GET", f"/v1/groups/{b64e(conversation_id.raw)}/group-info")

@@ -34,6 +34,7 @@ from .storage import CommitRequest, Device, KeyPackageCount, Page
 DEVICE_ID = 16
 GROUP_ID = 16
 USER_ID_MAX = 255
+USER_GROUPS_MAX = 1000
 
 
 def relay_of(request: Request) -> Relay:
@@ -559,6 +560,15 @@ async def post_commit(request: Request) -> JsonReply:
     return ok({"seq": posted.seq, "duplicate": posted.duplicate, "epoch": posted.epoch})
 
 
+async def user_groups(request: Request) -> JsonReply:
+    """The groups a device of the caller's user is in (a new device joins them by external
+    commit), at most ``max_user_groups``."""
+    relay = relay_of(request)
+    device = await authenticate(request, relay)
+    groups = await relay.store.user_groups(device, USER_GROUPS_MAX)
+    return ok({"groups": [wire.b64e(g) for g in groups]})
+
+
 async def read_group_info(request: Request) -> JsonReply:
     relay = relay_of(request)
     device = await authenticate(request, relay)
@@ -653,6 +663,7 @@ ROUTES = [
     Route("/v1/groups/{group_id}/messages", fetch, methods=["GET"]),
     Route("/v1/groups/{group_id}/commits", post_commit, methods=["POST"]),
     Route("/v1/groups/{group_id}/group-info", read_group_info, methods=["GET"]),
+    Route("/v1/groups", user_groups, methods=["GET"]),
     Route("/v1/welcomes", welcomes, methods=["GET"]),
     Route("/v1/welcomes/ack", ack_welcomes, methods=["POST"]),
 ]

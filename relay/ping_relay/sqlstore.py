@@ -965,6 +965,17 @@ class SqlStore:
 
         return await self._db.read(tx)
 
+    async def user_groups(self, device: Device, limit: int) -> list[bytes]:
+        def tx(t: Tx) -> list[bytes]:
+            rows = t.all(
+                "SELECT DISTINCT m.group_id FROM members m JOIN devices d ON d.device_id = m.device_id"
+                " WHERE d.user_id = ? AND m.removed_seq IS NULL ORDER BY m.group_id LIMIT ?",
+                device.user_id, limit,
+            )  # fmt: skip
+            return [_bytes(row[0]) for row in rows]
+
+        return await self._db.read(tx)
+
     async def mls_group_info(self, group_id: bytes, device: Device) -> tuple[int, bytes] | None:
         def tx(t: Tx) -> tuple[int, bytes] | None:
             _group(t, group_id, lock=False)

@@ -202,6 +202,11 @@ class Store(Protocol):
 
     async def read(self, group_id: bytes, device_id: bytes, after: int, limit: int, max_bytes: int) -> Page: ...
 
+    async def user_groups(self, device: Device, limit: int) -> list[bytes]:
+        """Groups where a device of ``device``'s user (another one, or itself) is a current
+        member, at most ``limit``: what a new device joins by external commit."""
+        ...
+
     async def mls_group_info(self, group_id: bytes, device: Device) -> tuple[int, bytes] | None:
         """``(epoch, GroupInfo)`` kept with the group's newest commit that carried one, for a
         current member or a device whose user has a current member; 403 otherwise."""

@@ -186,3 +186,51 @@ async def _restored_twice_through_a_relay(selenium, url):
 
 def test_a_restored_copy_rejoins_through_a_relay(selenium, relay):
     _restored_twice_through_a_relay(selenium, relay.url)
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def _new_device_joins_by_itself(selenium, url):
+    import asyncio
+
+    from ping_web.client import MessagingClient
+    from ping_web.client.identity import IdentityEventKind
+    from ping_web.delivery.relay import RelayDelivery
+    from ping_web.storage import MemoryStorage
+
+    def delivery():
+        return RelayDelivery(url, push="off")
+
+    phone = await MessagingClient.open(MemoryStorage(), b"ann", delivery=delivery(), label="phone")
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=delivery())
+    await phone.publish_key_packages(3)
+    await bob.publish_key_packages(3)
+    events = []
+    bob.on_identity_event = events.append
+    laptop = await MessagingClient.open(MemoryStorage(), b"ann", delivery=delivery(), linked=True)
+    code = await phone.start_link()
+    linking = asyncio.ensure_future(laptop.request_link(code, label="laptop"))
+    request = await phone.wait_link_request(code)
+    await phone.approve_link(code, request)
+    await linking
+    # bob makes a conversation with ann's phone only (as a client that knew only that device would)
+    chat = (await bob.create_conversation("with ann's phone only")).id
+    kp = await bob._delivery.claim_key_package(phone.device_id)
+    await bob.add_members(chat, [(phone.device_id, kp)])
+    await phone.sync()
+    await bob.send(chat, b"before the laptop")
+    await phone.close()  # every other device of ann is offline from here on
+    await laptop.sync()  # the device group, from the phone's Welcome
+    joined = await laptop.join_user_conversations()
+    assert chat in joined, joined
+    await laptop.send(chat, b"from ann's new laptop")
+    got = (await bob.sync()).messages
+    assert [m.plaintext for m in got] == [b"from ann's new laptop"] and got[0].sender_user.raw == b"ann"
+    assert await bob.unverified_members(chat) == []  # bob read ann's log: the laptop is hers
+    (joined_event,) = [e for e in events if e.kind is IdentityEventKind.DEVICE_JOINED]
+    assert joined_event.user_id.raw == b"ann" and joined_event.conversation_id == chat
+    await bob.send(chat, b"hi laptop")
+    assert [m.plaintext for m in (await laptop.sync()).messages] == [b"hi laptop"]
+
+
+def test_a_linked_device_joins_its_users_conversations_by_itself(selenium, relay):
+    _new_device_joins_by_itself(selenium, relay.url)
