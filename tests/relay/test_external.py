@@ -65,3 +65,15 @@ def test_who_may_join_by_external_commit(device) -> None:
     r = commit_with(gone, group, 3, external=True)
     assert r.status_code == 401  # its token went with the revocation
     assert b64d(alice.ok("GET", f"/v1/groups/{b64e(group)}/group-info")["group_info"]) == b"info"
+
+
+def test_a_device_lists_the_groups_its_user_is_in(device) -> None:
+    user = os.urandom(6)
+    phone, alice, stranger = device(user), device(), device()
+    mine, theirs = alice.create_group(), stranger.create_group()
+    assert alice.commit(mine, 0, added=[phone.device_id]).status_code == 200
+    laptop = device(user)  # a new device of the user: not in any group yet
+    assert laptop.ok("GET", "/v1/groups")["groups"] == [b64e(mine)]
+    assert b64e(theirs) not in phone.ok("GET", "/v1/groups")["groups"]
+    assert alice.commit(mine, 1, removed=[phone.device_id]).status_code == 200
+    assert laptop.ok("GET", "/v1/groups")["groups"] == []
