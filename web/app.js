@@ -200,6 +200,13 @@ function wireForms() {
       await worker.call("approve_link");
     }),
   );
+  $("link-history").addEventListener("click", () =>
+    act(async () => {
+      const { messages } = await worker.call("share_history", { device_id: $("link-panel").dataset.device });
+      $("link-history").hidden = true;
+      $("link-text").textContent += ` ${messages} messages of your history went to it, end-to-end encrypted.`;
+    }),
+  );
   $("link-close").addEventListener("click", () => {
     $("link-panel").hidden = true;
   });
@@ -286,6 +293,8 @@ function showLink(event) {
   panel.hidden = false;
   panel.dataset.state = event.state;
   $("link-approve").hidden = event.state !== "request";
+  $("link-history").hidden = event.state !== "done";
+  if (event.device_id) panel.dataset.device = event.device_id;
   if (event.state === "code") {
     $("link-text").textContent =
       "On the new device, open this page, pick the same name and enter this code (it works once, for 10 minutes):";

@@ -162,6 +162,7 @@ class WorkerHost:
             "approve_link": self.approve_link,
             "link_with_code": self.link_with_code,
             "contact": self.contact,
+            "share_history": self.share_history,
             "mark_verified": self.mark_verified,
             "add_member": self.add_member,
             "remove_member": self.remove_member,
@@ -465,6 +466,12 @@ class WorkerHost:
         await client.join_user_conversations()  # and the others of its user, by external commit
         self._schedule_sync()
         return {"devices": [d.label or d.device_id.hex[-6:] for d in own.devices]}
+
+    async def share_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Send this device's history of the conversations they share to another device of
+        this user (opt-in: the person asked for it), through the device group."""
+        count = await self._require_client().share_history(_device_id(args))
+        return {"messages": count}
 
     async def contact(self, args: dict[str, Any]) -> dict[str, Any]:
         """A user's verified devices, whether people compared safety numbers, and the number."""

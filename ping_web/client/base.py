@@ -135,6 +135,8 @@ class ClientBase:
         )
         self._log_published = False
         self._joins: list[IdentityEvent] = []
+        self._imported: list[IncomingMessage] = []
+        """Messages of history chunks taken in the batch being applied (``client.sync``)."""
         """Devices that joined by external commit, told once their batch is stored."""
         self.on_identity_event: Callable[[IdentityEvent], None] | None = None
         """Called when a user's devices or identity change, or a conversation has a member

@@ -18,6 +18,8 @@ from ping_web.client.requests import Request
 from ping_web.client.vetting import LogsNeeded
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.history import MAX_BUNDLE_MESSAGES
+from ping_web.core.history import chunks as history_chunks
 from ping_web.core.ids import ConversationId, DeviceId
 from ping_web.core.records import AddOutcome, ConversationMeta
 from ping_web.errors import InvalidInput, StateConflict, UnverifiedDevice
@@ -116,8 +118,10 @@ class Conversations(ClientBase):
         )
 
     async def _send(
-        self, conversation_id: ConversationId, plaintext: bytes, request: Request | None
+        self, conversation_id: ConversationId, plaintext: bytes, request: Request | None, *, kept: bool = True
     ) -> MessageEnvelope:
+        """:meth:`send`; ``kept=False``: not in this device's own history (a history chunk
+        for another device of the user)."""
         conversation = await self._prepare(conversation_id)
         if self._delivery is not None and conversation.state.pending is not None:
             await self.sync()  # a commit left unsettled by a crash is settled first
@@ -126,10 +130,10 @@ class Conversations(ClientBase):
             await self.self_update(conversation_id)
         now = self._clock()
         envelope = self._run(lambda: conversation.send_application(plaintext, now))
-        own = IncomingMessage.from_envelope(envelope, bytes(plaintext), self.user_id)
-        batch = self._capture([conversation], history=[own], outbox=self._to_post(envelope))
+        own = [IncomingMessage.from_envelope(envelope, bytes(plaintext), self.user_id)] if kept else []
+        batch = self._capture([conversation], history=own, outbox=self._to_post(envelope))
         await self._writer.submit(self._record_request(batch, request, envelope.encode()))
-        self._notify([own])
+        self._notify(own)
         if self._delivery is not None:
             await self._hand_over(envelope)
         return envelope
@@ -252,6 +256,35 @@ class Conversations(ClientBase):
         await self._writer.submit(self._capture([conversation], outbox=self._to_post(commit)))
         await self._settle(conversation, commit)
         return commit
+
+    async def share_history(self, device_id: DeviceId, *, max_messages: int = 10_000) -> int:
+        """Send another device of this user the stored history of each conversation it is a
+        member of (the newest ``max_messages`` in all), through the user's device group, in
+        chunks the relay cannot read (``core/history.py``). Opt-in: the application calls it
+        once the user agreed (e.g. when approving a link). Sending it again resumes an
+        interrupted transfer: what arrived twice is stored once. Returns the messages sent."""
+        await self._ready()
+        own = await self._identities.contact(self.user_id, refresh=self._delivery is not None)
+        device = None if own is None else own.log.device_by_id(device_id)
+        if device is None or not device.active or device_id == self.device_id:
+            raise InvalidInput("history goes only to another active device of this user's device list")
+        group = device_group_id(self.user_id)
+        if group not in self._metas:
+            raise StateConflict("this device is not in its user's device group")
+        budget = min(max_messages, MAX_BUNDLE_MESSAGES)
+        parts: list[tuple[ConversationId, list[bytes]]] = []
+        for meta in sorted(self._metas.values(), key=lambda m: m.created_at_ms):
+            conversation = await self._get(meta.id)
+            if meta.is_device_group or budget <= 0:
+                continue
+            if device.key not in {m.signature_key for m in conversation.members()}:
+                continue
+            messages = await self.history(meta.id, limit=budget)
+            parts.append((meta.id, [m.encode() for m in messages]))
+            budget -= len(messages)
+        for chunk in history_chunks(device_id, parts):
+            await self._send(group, chunk.encode(), None, kept=False)
+        return sum(len(messages) for _, messages in parts)
 
     def _to_post(self, envelope: MessageEnvelope) -> list[MessageEnvelope]:
         """Outbox entries for an envelope: only a bound delivery service ever drains the

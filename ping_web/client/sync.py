@@ -16,6 +16,7 @@ from ping_web.client.identity import IdentityEvent, IdentityEventKind
 from ping_web.client.vetting import LogsNeeded
 from ping_web.core.conversation import Conversation
 from ping_web.core.envelope import IncomingMessage, MessageEnvelope, MessageKind
+from ping_web.core.history import HistoryChunk
 from ping_web.core.ids import ConversationId
 from ping_web.errors import DeliveryUnavailable, PingError, StateConflict, UnknownConversation, WasmTrap
 
@@ -62,13 +63,16 @@ class Sync(ClientBase):
                 raise
             except PingError as exc:
                 outcome.rejected.append((envelope, exc))
-        if touched or self._engine.provider.has_changes or positions:
+        if touched or self._engine.provider.has_changes or positions or self._imported:
             # An own commit that lost its epoch leaves the outbox (its Welcome is never sent),
             # and the request that made it is recorded as failed, in this same batch.
             done = [
                 keys.outbox_key(c, seq, kind) for c, seq in lost for kind in (MessageKind.COMMIT, MessageKind.WELCOME)
             ]
-            batch = self._capture(touched.values(), history=outcome.messages, outbox_done=done, positions=positions)
+            imported, self._imported = self._imported, []  # history chunks from another device of this user
+            batch = self._capture(
+                touched.values(), history=[*imported, *outcome.messages], outbox_done=done, positions=positions
+            )
             for conversation_id, seq in lost:
                 self._requests.commit_discarded(batch, conversation_id, seq, self._clock())
             await self._writer.submit(batch)
@@ -100,7 +104,9 @@ class Sync(ClientBase):
         if pending is not None and conversation.state.pending is None and envelope.sender_device != self.device_id:
             lost.append((conversation.id, pending.seq))  # another member's commit took our epoch
         touched[conversation.id] = conversation
-        if message is not None:
+        if message is not None and not (
+            conversation.meta.is_device_group and self._take_history(message, self._imported)
+        ):
             outcome.messages.append(message)
         outcome.messages.extend(conversation.take_released())
         outcome.rejected.extend(conversation.take_rejected())
@@ -136,6 +142,31 @@ class Sync(ClientBase):
         if done:
             await self._require_delivery().ack_welcomes(self.device_id, done)  # joined or refused: done with
         return outcome
+
+    def _take_history(self, message: IncomingMessage, imported: list[IncomingMessage]) -> bool:
+        """A device-group message that is a history chunk: keep its messages (if it is for
+        this device, from an active device of this user, of a conversation this device has);
+        ``True`` if it was one (it is not shown as a message either way)."""
+        try:
+            chunk = HistoryChunk.parse(message.plaintext)
+        except PingError:
+            return True  # a malformed chunk: dropped, it never shows as a message
+        if chunk is None:
+            return False
+        own = self._identities.cached(self.user_id)
+        sender = None if own is None else own.log.device_by_id(message.sender_device)
+        if chunk.to != self.device_id or sender is None or not sender.active or message.sender_user != self.user_id:
+            return True
+        if chunk.conversation_id not in self._metas:
+            return True
+        for raw in chunk.messages:
+            try:
+                item = IncomingMessage.decode(raw)
+            except PingError:
+                continue
+            if item.conversation_id == chunk.conversation_id:
+                imported.append(item)
+        return True
 
     async def sync(self) -> BatchOutcome:
         """Pull Welcomes and every conversation's new envelopes from the delivery service,

@@ -234,3 +234,63 @@ async def _new_device_joins_by_itself(selenium, url):
 
 def test_a_linked_device_joins_its_users_conversations_by_itself(selenium, relay):
     _new_device_joins_by_itself(selenium, relay.url)
+
+
+@run_in_pyodide(packages=["ping_web"])
+async def test_a_linked_device_gets_its_users_history_when_asked(selenium):
+    import asyncio
+
+    from ping_web.client import MessagingClient
+    from ping_web.core.envelope import IncomingMessage
+    from ping_web.core.hlc import Hlc
+    from ping_web.core.history import HistoryChunk, chunks
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.errors import DecodeError, InvalidInput
+    from ping_web.storage import MemoryStorage
+
+    ds = LocalDeliveryService()
+    phone = await MessagingClient.open(MemoryStorage(), b"ann", delivery=ds, label="phone")
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    await bob.publish_key_packages(2)
+    chat = (await phone.create_conversation("chat")).id
+    await phone.add_user(chat, b"bob")
+    await bob.sync()
+    for i in range(5):
+        await phone.send(chat, f"ann {i}".encode())
+        await bob.send(chat, f"bob {i}".encode())
+    await phone.sync()
+    before = [m.plaintext for m in await phone.history(chat)]
+    assert len(before) == 10
+
+    laptop = await MessagingClient.open(MemoryStorage(), b"ann", delivery=ds, linked=True)
+    code = await phone.start_link()
+    linking = asyncio.ensure_future(laptop.request_link(code, label="laptop"))
+    await phone.approve_link(code, await phone.wait_link_request(code))
+    await linking
+    await laptop.sync()
+    assert await laptop.history(chat) == []  # MLS gave the new leaf nothing of the past
+
+    with __import__("pytest").raises(InvalidInput):
+        await phone.share_history(bob.device_id)  # only to the user's own devices
+    assert await phone.share_history(laptop.device_id) == 10
+    outcome = await laptop.sync()
+    assert outcome.messages == []  # history is not news
+    assert [m.plaintext for m in await laptop.history(chat)] == before
+    device_group = laptop.device_group_id
+    assert await laptop.history(device_group) == []  # the chunks are not shown as messages
+    assert await phone.share_history(laptop.device_id) == 10  # again: resumes, stores nothing twice
+    await laptop.sync()
+    assert [m.plaintext for m in await laptop.history(chat)] == before
+
+    # A chunk from a device that is not one of ann's, or for another device, is not taken.
+    (chunk,) = chunks(laptop.device_id, [(chat, [m.encode() for m in (await phone.history(chat))[:1]])])
+    forged = IncomingMessage(device_group, bob.device_id, bob.user_id, 1, 1, Hlc(1, 0), chunk.encode(),
+                             __import__("hashlib").sha256(chunk.encode()).digest())  # fmt: skip
+    taken = []
+    assert laptop._take_history(forged, taken) and taken == []
+    (other,) = chunks(phone.device_id, [(chat, [m.encode() for m in (await phone.history(chat))[:1]])])
+    own = IncomingMessage(device_group, phone.device_id, phone.user_id, 1, 1, Hlc(1, 0), other.encode(),
+                          __import__("hashlib").sha256(other.encode()).digest())  # fmt: skip
+    assert laptop._take_history(own, taken) and taken == []
+    with __import__("pytest").raises(DecodeError):
+        HistoryChunk.parse(chunk.encode()[:-3])
