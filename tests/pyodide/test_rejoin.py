@@ -239,11 +239,14 @@ def test_a_linked_device_joins_its_users_conversations_by_itself(selenium, relay
 @run_in_pyodide(packages=["ping_web"])
 async def test_a_linked_device_gets_its_users_history_when_asked(selenium):
     import asyncio
+    import hashlib
+
+    import pytest
 
     from ping_web.client import MessagingClient
     from ping_web.core.envelope import IncomingMessage
-    from ping_web.core.hlc import Hlc
     from ping_web.core.history import HistoryChunk, chunks
+    from ping_web.core.hlc import Hlc
     from ping_web.delivery import LocalDeliveryService
     from ping_web.errors import DecodeError, InvalidInput
     from ping_web.storage import MemoryStorage
@@ -270,7 +273,7 @@ async def test_a_linked_device_gets_its_users_history_when_asked(selenium):
     await laptop.sync()
     assert await laptop.history(chat) == []  # MLS gave the new leaf nothing of the past
 
-    with __import__("pytest").raises(InvalidInput):
+    with pytest.raises(InvalidInput):
         await phone.share_history(bob.device_id)  # only to the user's own devices
     assert await phone.share_history(laptop.device_id) == 10
     outcome = await laptop.sync()
@@ -285,12 +288,12 @@ async def test_a_linked_device_gets_its_users_history_when_asked(selenium):
     # A chunk from a device that is not one of ann's, or for another device, is not taken.
     (chunk,) = chunks(laptop.device_id, [(chat, [m.encode() for m in (await phone.history(chat))[:1]])])
     forged = IncomingMessage(device_group, bob.device_id, bob.user_id, 1, 1, Hlc(1, 0), chunk.encode(),
-                             __import__("hashlib").sha256(chunk.encode()).digest())  # fmt: skip
+                             hashlib.sha256(chunk.encode()).digest())  # fmt: skip
     taken = []
     assert laptop._take_history(forged, taken) and taken == []
     (other,) = chunks(phone.device_id, [(chat, [m.encode() for m in (await phone.history(chat))[:1]])])
     own = IncomingMessage(device_group, phone.device_id, phone.user_id, 1, 1, Hlc(1, 0), other.encode(),
-                          __import__("hashlib").sha256(other.encode()).digest())  # fmt: skip
+                          hashlib.sha256(other.encode()).digest())  # fmt: skip
     assert laptop._take_history(own, taken) and taken == []
-    with __import__("pytest").raises(DecodeError):
+    with pytest.raises(DecodeError):
         HistoryChunk.parse(chunk.encode()[:-3])
