@@ -33,10 +33,10 @@ async def test_followers_forward_and_a_crashed_leader_is_replaced(selenium):
             if not asyncio.iscoroutinefunction(method):
                 return method
 
-            async def call(*args):
+            async def call(*args, **kwargs):
                 if self.dead:
                     raise DeliveryUnavailable("this tab is gone")
-                return await method(*args)
+                return await method(*args, **kwargs)
 
             return call
 
