@@ -95,9 +95,8 @@ async function openDevice(user, code) {
   await refresh();
 }
 
-/** Forget a half-made device (its name was taken, or linking failed): a fresh worker and database. */
-async function wipeDevice() {
-  info = null;
+/** Close the worker and delete this device's database. */
+async function deleteDevice() {
   if (worker) {
     await Promise.allSettled([worker.call("close")]);
     worker.terminate();
@@ -106,6 +105,12 @@ async function wipeDevice() {
     const request = indexedDB.deleteDatabase(`ping_web:${STORAGE}`);
     request.onsuccess = request.onerror = request.onblocked = () => resolve();
   });
+}
+
+/** Forget a half-made device (its name was taken, or linking failed): a fresh worker and database. */
+async function wipeDevice() {
+  info = null;
+  await deleteDevice();
   await startWorker();
 }
 
@@ -441,14 +446,7 @@ function render() {
 
 async function reset() {
   if (!confirm("Close this device and delete its database (keys, conversations, history)?")) return;
-  if (worker) {
-    await Promise.allSettled([worker.call("close")]);
-    worker.terminate();
-  }
-  await new Promise((resolve) => {
-    const request = indexedDB.deleteDatabase(`ping_web:${STORAGE}`);
-    request.onsuccess = request.onerror = request.onblocked = () => resolve();
-  });
+  await deleteDevice();
   location.reload();
 }
 
