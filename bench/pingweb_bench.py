@@ -117,6 +117,8 @@ async def _prepare(kind: str, params: dict) -> None:
         }
     elif kind == "identity":
         _state["identity"] = {"log": device_log_of(params["log"])}
+    elif kind == "recovery":
+        pass  # every rep builds its own group (a rejoin changes it)
     else:
         raise ValueError(f"unknown case {kind}")
 
@@ -187,6 +189,87 @@ async def _identity_rep(params: dict) -> dict:
         for client in (alice, joiner, *users):
             await client.close()
     return result
+
+
+async def _recovery_rep(params: dict) -> dict:
+    """A stale copy of a member rejoins a group of ``N`` by external commit (created, then
+    processed by another member); and a history bundle of ``history`` messages goes to a
+    new device of the same user (built and sent, then imported). Device checks off: the
+    identity case measures those."""
+    from ping_web.delivery import LocalDeliveryService, RosterChange
+
+    ds = LocalDeliveryService()
+    alice = await MessagingClient.open(MemoryStorage(), b"alice", delivery=ds)
+    bob = await MessagingClient.open(MemoryStorage(), b"bob", delivery=ds)
+    for client in (alice, bob):
+        client._vetting.enabled = False
+    cid = (await alice.create_conversation("recovery")).id
+    await alice.add_members(cid, [(bob.device_id, await bob.new_key_package()), *other_key_packages(params["N"] - 2)])
+    await bob.sync()
+    backup = await bob.backup()
+    first = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    first._vetting.enabled = False
+    await first.send(cid, PLAINTEXT)  # this copy's self-update: the backup is no longer current
+    second = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
+    second._vetting.enabled = False
+    group_info = await ds.group_info(cid)
+    conversation = await second.conversation(cid)
+    start = time.perf_counter()
+    commit = conversation.rejoin(group_info, int(time.time() * 1000))
+    rejoin = time.perf_counter() - start
+    await ds.commit(commit.encode(), None, RosterChange(), external=True)
+    await alice.sync()  # untimed: everything before the external commit
+    start = time.perf_counter()
+    await alice.receive(commit)
+    process = time.perf_counter() - start
+    result = {"rejoin": rejoin * 1000, "process": process * 1000}
+    if params.get("history"):
+        result.update(await _history_rep(params["history"]))
+    for client in (alice, bob, first, second):
+        await client.close()
+    return result
+
+
+async def _history_rep(count: int) -> dict:
+    """A device with ``count`` stored messages in one conversation sends them to a newly
+    linked device of its user (``share_history``: built, encrypted, posted), which imports
+    them (its ``sync``)."""
+    import asyncio
+    import hashlib
+
+    from ping_web.client import keys
+    from ping_web.core.envelope import IncomingMessage
+    from ping_web.core.hlc import Hlc
+    from ping_web.delivery import LocalDeliveryService
+    from ping_web.storage import Batch
+
+    ds = LocalDeliveryService()
+    phone = await MessagingClient.open(MemoryStorage(), b"history", delivery=ds)
+    cid = (await phone.create_conversation("history")).id
+    laptop = await MessagingClient.open(MemoryStorage(), b"history", delivery=ds, linked=True)
+    code = await phone.start_link()
+    linking = asyncio.ensure_future(laptop.request_link(code))
+    await phone.approve_link(code, await phone.wait_link_request(code))
+    await linking
+    await laptop.sync()
+    digest = hashlib.sha256(PLAINTEXT).digest()
+    batch = Batch()
+    for i in range(count):
+        message = IncomingMessage(cid, phone.device_id, phone.user_id, 0, 1_000_000 + i, Hlc(1_000 + i, 0),
+                                  PLAINTEXT, digest)  # fmt: skip
+        batch.put(keys.HISTORY, keys.history_key(message), message.encode())
+    await phone._storage.commit(batch)
+    start = time.perf_counter()
+    sent = await phone.share_history(laptop.device_id, max_messages=count)
+    send = time.perf_counter() - start
+    start = time.perf_counter()
+    await laptop.sync()
+    imported = time.perf_counter() - start
+    if sent != count or len(await laptop.history(cid)) != count:
+        raise AssertionError("history: not every message arrived")
+    for client in (phone, laptop):
+        await client.close()
+    return {"history_send": send * 1000, "history_import": imported * 1000}
 
 
 async def _rep(kind: str, params: dict) -> dict:
@@ -279,6 +362,8 @@ async def _rep(kind: str, params: dict) -> dict:
                 "commitBytes": len(outcome.commit.payload), "welcomeBytes": len(outcome.welcome.payload)}  # fmt: skip
     if kind == "identity":
         return await _identity_rep(params)
+    if kind == "recovery":
+        return await _recovery_rep(params)
     raise ValueError(f"unknown case {kind}")
 
 

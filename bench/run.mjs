@@ -42,6 +42,7 @@ const CONFIG = QUICK
       groupsize: { sizes: [2, 10, 100], runs: 2, n: 30 },
       history: { stored: [10000], storages: ["memory"], runs: 2, n: 20 },
       identity: { runs: 2 },
+      recovery: { sizes: [2, 100], runs: 2, history: 1000 },
     }
   : {
       coldRuns: 5,
@@ -55,6 +56,7 @@ const CONFIG = QUICK
       groupsize: { sizes: [2, 10, 100, 1000], runs: 3, n: 100 },
       history: { stored: [10000, 100000], storages: ["memory", "idb"], runs: 3, n: 50 },
       identity: { runs: 5 },
+      recovery: { sizes: [2, 100, 1000], runs: 3, history: 10000 },
     };
 
 // -- small helpers ---------------------------------------------------------------------------
@@ -304,6 +306,13 @@ const identity = await interleaved(
   "identity",
 );
 
+const recovery = {};
+for (const N of CONFIG.recovery.sizes) {
+  log(`recovery: rejoin a group of ${N}${N === CONFIG.recovery.sizes[0] ? `, history of ${CONFIG.recovery.history}` : ""}`);
+  const params = { N, history: N === CONFIG.recovery.sizes[0] ? CONFIG.recovery.history : 0 };
+  recovery[N] = await interleaved(workers.filter((w) => w.peer.id === "pingweb_py"), "recovery", params, CONFIG.recovery.runs, `recovery ${N}`);
+}
+
 const groupsize = {};
 for (const N of CONFIG.groupsize.sizes) {
   log(`group of ${N}: ${CONFIG.groupsize.runs} runs of ${CONFIG.groupsize.n} messages`);
@@ -364,6 +373,15 @@ const thousands = (n) => n.toLocaleString("en-US");
   row("add 10 users' devices, device checks off (ms)", only("add_unchecked"));
   row("join a group of 11, device checks on (ms)", only("join_checked"));
   row("join a group of 11, device checks off (ms)", only("join_unchecked"));
+  for (const N of CONFIG.recovery.sizes) {
+    const of = (field) => ids.map((id) => (id === "pingweb_py" ? cell(values(val(recovery[N], id, field))) : "—"));
+    row(`rejoin a group of ${thousands(N)}: external commit (ms)`, of("rejoin"));
+    row(`rejoin a group of ${thousands(N)}: a member processes it (ms)`, of("process"));
+  }
+  const first = recovery[CONFIG.recovery.sizes[0]];
+  const hist = (field) => ids.map((id) => (id === "pingweb_py" ? cell(values(val(first, id, field))) : "—"));
+  row(`history of ${thousands(CONFIG.recovery.history)} messages to a new device: build and send (ms)`, hist("history_send"));
+  row(`history of ${thousands(CONFIG.recovery.history)} messages to a new device: import (ms)`, hist("history_import"));
 }
 for (const N of CONFIG.groupsize.sizes) {
   row(`send, group of ${thousands(N)} (msg/s)`, ids.map((id) => cell(values(val(groupsize[N], id, "send")))));
