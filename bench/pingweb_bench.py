@@ -212,16 +212,18 @@ async def _recovery_rep(params: dict) -> dict:
     await first.send(cid, PLAINTEXT)  # this copy's self-update: the backup is no longer current
     second = await MessagingClient.restore(MemoryStorage(), backup, delivery=ds)
     second._vetting.enabled = False
+    await alice.sync()  # untimed: everything before the external commit
     group_info = await ds.group_info(cid)
     conversation = await second.conversation(cid)
     start = time.perf_counter()
     commit = conversation.rejoin(group_info, int(time.time() * 1000))
     rejoin = time.perf_counter() - start
     await ds.commit(commit.encode(), None, RosterChange(), external=True)
-    await alice.sync()  # untimed: everything before the external commit
     start = time.perf_counter()
     await alice.receive(commit)
     process = time.perf_counter() - start
+    if (await alice.conversation(cid)).epoch() != commit.epoch + 1:
+        raise AssertionError("recovery: the member did not apply the external commit")
     result = {"rejoin": rejoin * 1000, "process": process * 1000}
     if params.get("history"):
         result.update(await _history_rep(params["history"]))
