@@ -315,7 +315,7 @@ class RelayDelivery:
         return True
 
     async def user_groups(self) -> list[ConversationId]:
-        reply = await self._ok("GET", "/v1/groups", what="listing this user's conversations")
+        reply = await self._ok("GET", "/v1/user-groups", what="listing this user's conversations")
         return [ConversationId(b64d(g, "group_id", size=16)) for g in _list(reply.get("groups"), "groups")]
 
     async def group_info(self, conversation_id: ConversationId) -> bytes | None:

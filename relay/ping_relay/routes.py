@@ -663,7 +663,7 @@ ROUTES = [
     Route("/v1/groups/{group_id}/messages", fetch, methods=["GET"]),
     Route("/v1/groups/{group_id}/commits", post_commit, methods=["POST"]),
     Route("/v1/groups/{group_id}/group-info", read_group_info, methods=["GET"]),
-    Route("/v1/groups", user_groups, methods=["GET"]),
+    Route("/v1/user-groups", user_groups, methods=["GET"]),
     Route("/v1/welcomes", welcomes, methods=["GET"]),
     Route("/v1/welcomes/ack", ack_welcomes, methods=["POST"]),
 ]

@@ -73,7 +73,7 @@ def test_a_device_lists_the_groups_its_user_is_in(device) -> None:
     mine, theirs = alice.create_group(), stranger.create_group()
     assert alice.commit(mine, 0, added=[phone.device_id]).status_code == 200
     laptop = device(user)  # a new device of the user: not in any group yet
-    assert laptop.ok("GET", "/v1/groups")["groups"] == [b64e(mine)]
-    assert b64e(theirs) not in phone.ok("GET", "/v1/groups")["groups"]
+    assert laptop.ok("GET", "/v1/user-groups")["groups"] == [b64e(mine)]
+    assert b64e(theirs) not in phone.ok("GET", "/v1/user-groups")["groups"]
     assert alice.commit(mine, 1, removed=[phone.device_id]).status_code == 200
-    assert laptop.ok("GET", "/v1/groups")["groups"] == []
+    assert laptop.ok("GET", "/v1/user-groups")["groups"] == []

@@ -87,6 +87,7 @@ def test_a_database_from_before_the_quotas_is_counted(spawn, databases) -> None:
         "DROP INDEX mailbox_by_time",
         "DROP TABLE device_logs",
         "DROP TABLE links",
+        "DROP TABLE group_infos",
         "ALTER TABLE devices DROP COLUMN revoked_at_ms",
         "DELETE FROM schema_version WHERE version >= 3",
     ):
